@@ -1,0 +1,1 @@
+"""M5 shared core: schema, model bundle, ONNX encoder, stores, events, index, settings."""

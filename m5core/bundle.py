@@ -1,0 +1,114 @@
+"""Model bundle: the framework-neutral artefact the trainer publishes and everyone else loads.
+
+Layout of a bundle directory:
+    manifest.json        Manifest below (version, dim, towers, metrics, training config, sha256s)
+    tokenizer.json       Hugging Face `tokenizers` file, shared by both towers
+    product.int8.onnx    product tower: (input_ids, attention_mask) int64 (batch, seq) -> embedding (batch, dim)
+    query.int8.onnx      query tower, same signature, same embedding space (may be a distilled student)
+
+The ONNX graphs do pooling, projection and L2 normalisation themselves, so the runtime side is
+only tokenize -> run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, corrupt or does not match what it is paired with."""
+
+
+class TowerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    onnx: str
+    """File name inside the bundle."""
+    layers: int = 0
+    hidden: int = 0
+    max_length: int = 128
+    distilled_from: str | None = None
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["m5-bundle/1"] = "m5-bundle/1"
+    name: str = "m5"
+    version: str
+    """Unique bundle version; stored with every vector so a mismatched query tower is detected."""
+    created_at: float
+    dim: int = Field(gt=0)
+    pooling: Literal["cls", "mean"] = "mean"
+    render_scheme: Literal["plain", "fields"] = "fields"
+    quantization: Literal["int8", "fp32"] = "int8"
+    tokenizer: str = "tokenizer.json"
+    towers: dict[Literal["product", "query"], TowerSpec]
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training_config: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+    """sha256 of every file in the bundle, checked on load."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
+    """Read and check a bundle's manifest.
+
+    Raises:
+        BundleError: missing manifest or files, or a sha256 that does not match.
+    """
+    bundle_dir = Path(bundle_dir)
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no bundle at {bundle_dir}: {MANIFEST} is missing (train one with `m5 train all` or `make demo`)")
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValueError as exc:
+        raise BundleError(f"{path}: invalid manifest: {exc}") from exc
+    if verify:
+        for name, digest in manifest.files.items():
+            f = bundle_dir / name
+            if not f.is_file():
+                raise BundleError(f"bundle {manifest.version}: file {name} is missing")
+            if sha256_file(f) != digest:
+                raise BundleError(f"bundle {manifest.version}: sha256 of {name} does not match the manifest")
+    return manifest
+
+
+def write_manifest(bundle_dir: Path | str, manifest: Manifest) -> Manifest:
+    """Hash every file in the bundle into the manifest and write it atomically."""
+    bundle_dir = Path(bundle_dir)
+    files = {p.name: sha256_file(p) for p in sorted(bundle_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = manifest.model_copy(update={"files": files})
+    atomic_write_bytes(bundle_dir / MANIFEST, manifest.model_dump_json(indent=2).encode())
+    return manifest
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

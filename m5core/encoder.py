@@ -1,0 +1,112 @@
+"""Encoders: texts -> L2-normalised float32 vectors. No torch here.
+
+`OnnxEncoder` runs one tower of a bundle with ONNX Runtime; `HashEncoder` is a deterministic
+stand-in with the same interface for fast tests (its vectors follow token overlap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from m5core.bundle import BundleError, Manifest, load_manifest
+
+Tower = Literal["product", "query"]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    version: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Encode texts.
+
+        Returns:
+            (len(texts), dim) float32, each row L2-normalised.
+        """
+        ...
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class OnnxEncoder:
+    """One tower of a bundle, run by ONNX Runtime on CPU."""
+
+    def __init__(self, bundle_dir: Path | str, tower: Tower = "product", threads: int = 1, manifest: Manifest | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest or load_manifest(self.bundle_dir)
+        if tower not in self.manifest.towers:
+            raise BundleError(f"bundle {self.manifest.version} has no {tower} tower")
+        spec = self.manifest.towers[tower]
+        self.version = self.manifest.version
+        self.dim = self.manifest.dim
+        self.tower = tower
+        self.max_length = spec.max_length
+        self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / self.manifest.tokenizer))
+        self.tokenizer.enable_truncation(self.max_length)
+        self.tokenizer.no_padding()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.bundle_dir / spec.onnx), opts, providers=["CPUExecutionProvider"])
+        self._pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> (input_ids, attention_mask), both (batch, seq) int64, padded to the longest."""
+        encs = self.tokenizer.encode_batch(texts) if len(texts) > 1 else [self.tokenizer.encode(texts[0])]
+        seq = max(1, max(len(e.ids) for e in encs))
+        ids = np.full((len(encs), seq), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encs), seq), dtype=np.int64)
+        for i, e in enumerate(encs):
+            n = len(e.ids)
+            ids[i, :n] = e.ids
+            mask[i, :n] = 1
+        return ids, mask
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        (out,) = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})
+        return out.astype(np.float32, copy=False)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ids, mask = self.tokenize(texts)
+        return self.run(ids, mask)
+
+
+_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+
+
+class HashEncoder:
+    """Feature-hashing bag of words: deterministic, instant, lexical. For tests and smoke runs only."""
+
+    def __init__(self, dim: int = 64, version: str = "hash-v1"):
+        self.dim = dim
+        self.version = version
+
+    def _one(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        for tok in _TOKEN_RE.findall(text.lower()):
+            h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little")
+            v[h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
+        if not v.any():
+            v[0] = 1.0
+        return v
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return l2_normalize(np.stack([self._one(t) for t in texts]))

@@ -1,0 +1,56 @@
+"""Event transport interface: Kafka in production, JSON-lines files in the embedded demo.
+
+At-least-once: a consumer commits offsets only after its side effects are durable, and a
+restarted consumer resumes from the last commit (or the earliest record when none exists).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None  # None is a tombstone on a compacted topic
+    timestamp_ms: int
+
+
+TopicPartition = tuple[str, int]
+
+
+class EventSource(ABC):
+    @abstractmethod
+    def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
+        """Next messages of the subscribed topics; empty when none arrived within the timeout."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Mark everything below `offsets[tp]` (the next offset to read) as processed."""
+
+    @abstractmethod
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages not yet consumed, per partition."""
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:  # noqa: B027
+        """Start reading at these offsets (snapshot bootstrap); a no-op where unsupported."""
+
+    def close(self) -> None:  # noqa: B027
+        pass
+
+
+class EventSink(ABC):
+    @abstractmethod
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None: ...
+
+    @abstractmethod
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Block until everything sent is durable at the transport (raise if not)."""
+
+    def close(self) -> None:  # noqa: B027
+        pass

@@ -1,0 +1,182 @@
+"""Product and change-event schema: the one definition every component validates against.
+
+Pure functions only: ASIN <-> FAISS id, content hash, text rendering for the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from enum import Enum
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+ASIN_PATTERN = r"^[0-9A-Z]{10}$"
+_ASIN_RE = re.compile(ASIN_PATTERN)
+
+Asin = Annotated[str, StringConstraints(pattern=ASIN_PATTERN)]
+
+# Oversize fields are rejected, not truncated: a silent cut changes the embedding.
+MAX_TITLE = 512
+MAX_TEXT = 8_192
+MAX_BULLETS = 16
+MAX_ATTRIBUTES = 64
+
+
+class Locale(str, Enum):
+    en_US = "en_US"
+    de_DE = "de_DE"
+    ar_AE = "ar_AE"
+
+
+MARKETPLACE_OF_LOCALE = {Locale.en_US: "US", Locale.de_DE: "DE", Locale.ar_AE: "AE"}
+LANGUAGE_OF_LOCALE = {Locale.en_US: "en", Locale.de_DE: "de", Locale.ar_AE: "ar"}
+
+
+class ProductLine(str, Enum):
+    consumables = "consumables"
+    hardlines = "hardlines"
+    media = "media"
+    softlines = "softlines"
+
+
+class Product(BaseModel):
+    """A catalog listing. Fields that feed the embedding are listed in EMBEDDED_FIELDS."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    asin: Asin
+    marketplace: Literal["US", "DE", "AE"]
+    locale: Locale
+    product_line: ProductLine
+    product_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    brand: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    title: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE)]
+    description: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = ""
+    bullet_points: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
+        default_factory=list, max_length=MAX_BULLETS
+    )
+    attributes: dict[str, str] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
+    version: int = Field(ge=0)
+    updated_at: float = Field(ge=0, description="Unix seconds of the change.")
+    # Metadata: stored and served, never embedded (an edit here is not re-embedded).
+    price: float | None = Field(default=None, ge=0)
+    stock: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _marketplace_matches_locale(self) -> Product:
+        expected = MARKETPLACE_OF_LOCALE[Locale(self.locale)]
+        if self.marketplace != expected:
+            raise ValueError(f"marketplace {self.marketplace!r} does not match locale {self.locale!r} (expected {expected!r})")
+        return self
+
+
+EMBEDDED_FIELDS = ("locale", "product_type", "brand", "title", "description", "bullet_points", "attributes")
+
+
+class ChangeOp(str, Enum):
+    upsert = "upsert"
+    delete = "delete"
+    patch = "patch"  # partial edit: attributes and/or metadata, merged onto the stored product
+
+
+class ChangeEvent(BaseModel):
+    """One message on `catalog.changes`, keyed by ASIN."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    op: ChangeOp
+    asin: Asin
+    version: int = Field(ge=0)
+    ts: float = Field(ge=0, description="Unix seconds when the change happened (for freshness).")
+    product: Product | None = None
+    attributes: dict[str, str | None] | None = Field(default=None, description="patch: value None removes the attribute.")
+    price: float | None = Field(default=None, ge=0)
+    stock: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _payload_matches_op(self) -> ChangeEvent:
+        if self.op == ChangeOp.upsert:
+            if self.product is None:
+                raise ValueError("product: required for op 'upsert'")
+            if self.product.asin != self.asin:
+                raise ValueError(f"product.asin: {self.product.asin!r} differs from event asin {self.asin!r}")
+            if self.product.version != self.version:
+                raise ValueError("product.version: differs from event version")
+        elif self.product is not None:
+            raise ValueError(f"product: not allowed for op {self.op!r}")
+        return self
+
+
+def is_asin(value: str) -> bool:
+    return bool(_ASIN_RE.match(value))
+
+
+def asin_to_id(asin: str) -> int:
+    """Bijective ASIN -> int64: base-36 digits fit in 52 bits, so no mapping table is needed."""
+    return int(asin, 36)
+
+
+def id_to_asin(idx: int) -> str:
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = []
+    for _ in range(10):
+        idx, r = divmod(idx, 36)
+        out.append(digits[r])
+    return "".join(reversed(out))
+
+
+def content_hash(product: Product | dict) -> str:
+    """Hash of exactly the fields that feed the embedding; equal hash means no re-embedding."""
+    doc = product.model_dump() if isinstance(product, Product) else product
+    payload = {k: doc.get(k) for k in EMBEDDED_FIELDS}
+    return hashlib.blake2b(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+
+
+# Field tokens for the "fields" rendering scheme; the trainer adds them to the tokenizer vocabulary.
+FIELD_TOKENS = ("[TITLE]", "[BRAND]", "[TYPE]", "[DESC]", "[BULLET]", "[ATTR]", "[VAL]")
+
+
+def render_product(product: Product | dict, scheme: Literal["plain", "fields"] = "fields") -> str:
+    """Product -> the text the product tower reads.
+
+    "plain" streams attributes as `name value` text; "fields" marks each part with a special
+    token (the brief found field tokens gave better downstream results).
+    """
+    p = product.model_dump() if isinstance(product, Product) else product
+    attrs = p.get("attributes") or {}
+    bullets = p.get("bullet_points") or []
+    if scheme == "plain":
+        parts = [p["title"], p["brand"], p["product_type"].replace("_", " ")]
+        parts += [f"{k.replace('_', ' ')} {v}" for k, v in sorted(attrs.items())]
+        parts += bullets
+        if p.get("description"):
+            parts.append(p["description"])
+        return " . ".join(x for x in parts if x)
+    parts = [f"[TITLE] {p['title']}", f"[BRAND] {p['brand']}", f"[TYPE] {p['product_type'].replace('_', ' ')}"]
+    parts += [f"[ATTR] {k.replace('_', ' ')} [VAL] {v}" for k, v in sorted(attrs.items())]
+    parts += [f"[BULLET] {b}" for b in bullets]
+    if p.get("description"):
+        parts.append(f"[DESC] {p['description']}")
+    return " ".join(parts)
+
+
+def apply_patch(product: dict, event: ChangeEvent) -> dict:
+    """Merge a patch event onto a stored product document (pure; returns a new dict)."""
+    doc = dict(product)
+    attrs = dict(doc.get("attributes") or {})
+    for name, value in (event.attributes or {}).items():
+        if value is None:
+            attrs.pop(name, None)
+        else:
+            attrs[name] = value
+    doc["attributes"] = attrs
+    if event.price is not None:
+        doc["price"] = event.price
+    if event.stock is not None:
+        doc["stock"] = event.stock
+    doc["version"] = event.version
+    doc["updated_at"] = event.ts
+    return doc

@@ -1,0 +1,101 @@
+"""Typed settings: every field from an `M5_*` environment variable or a `--flag`, docstring as help.
+
+Each component declares one settings class built from the mixins below, so a name such as
+`M5_REDIS_URL` means the same thing to the service and the indexer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound="M5Settings")
+
+
+class M5Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="M5_",
+        extra="forbid",  # an unknown key is an error, never silently ignored
+        use_attribute_docstrings=True,
+        validate_default=True,
+    )
+
+    def safe_dump(self) -> dict[str, Any]:
+        """Settings as a dict for logs, with secrets masked."""
+        return json.loads(self.model_dump_json())
+
+
+class StoreConfig(M5Settings):
+    store: Literal["redis", "local"] = "local"
+    """Embedding store backend: `redis` (production) or `local` (embedded on-disk, for the demo)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL of the embedding store of record."""
+    local_store_path: Path = Path(".m5/store.sqlite")
+    """File of the embedded store, used when store=local."""
+    namespace: str = "m5"
+    """Key prefix in the store; re-embedding writes a new namespace then switches."""
+
+
+class FeedConfig(M5Settings):
+    events: Literal["kafka", "local"] = "local"
+    """Event transport: `kafka` (production) or `local` (JSON-lines files, for the demo)."""
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers, comma separated."""
+    changes_topic: str = "catalog.changes"
+    """Topic of catalog change events (input of the indexer)."""
+    embeddings_topic: str = "catalog.embeddings"
+    """Compacted, ASIN-keyed topic of new vectors and tombstones (output of the indexer)."""
+    dlq_topic: str = "catalog.changes.dlq"
+    """Dead-letter topic for events that cannot be indexed, with the reason."""
+    local_events_dir: Path = Path(".m5/events")
+    """Directory of the local event log (one JSON-lines file per topic), used when events=local."""
+
+
+class BundleConfig(M5Settings):
+    bundle: Path = Path(".m5/bundles/current")
+    """Model bundle directory (manifest.json, tokenizer, int8 ONNX towers)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[M5Settings]) -> None:
+    """Add one `--flag` per settings field; unset flags fall through to env vars and defaults."""
+    group = parser.add_argument_group(f"{cls.__name__} (each flag also reads M5_<NAME>)")
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+        help_text = (field.description or "").strip()
+        default = field.default if field.default is not None else "none"
+        if isinstance(default, SecretStr):
+            default = "***"
+        kwargs["help"] = f"{help_text} [env M5_{name.upper()}; default {default}]"
+        if ann is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif get_origin(ann) is Literal:
+            kwargs["choices"] = [str(c) for c in get_args(ann)]
+        elif get_origin(ann) is list:
+            kwargs["nargs"] = "+"
+        group.add_argument(_flag(name), **kwargs)
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> S:
+    """Build settings from parsed flags (flags win over env vars); a bad value exits 2 naming the field."""
+    given = {k: v for k, v in vars(args).items() if k in cls.model_fields}
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "settings"
+            msgs.append(f"{_flag(loc)} / M5_{loc.upper()}: {err['msg']}")
+        text = "; ".join(msgs)
+        if parser is not None:
+            parser.error(text)
+        raise SystemExit(f"error: {text}") from None

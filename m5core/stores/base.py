@@ -1,0 +1,79 @@
+"""Embedding store interface: the store of record for vectors, one record per ASIN.
+
+Writes are idempotent and order-safe: a record only replaces one with a lower product version,
+and a delete leaves a versioned tombstone so a late, older upsert cannot resurrect the product.
+Implementations: `redis.RedisStore` (production), `local.LocalStore` (embedded, for the demo).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRecord:
+    asin: str
+    vector: np.ndarray  # (dim,) float32, L2-normalised
+    product_version: int
+    bundle_version: str
+    content_hash: str
+    locale: str
+    product_line: str
+    updated_at: float  # event time of the change, unix seconds
+    doc: bytes | None = None  # the product document (JSON), needed to apply later patches
+
+
+def quantize_int8(v: np.ndarray) -> tuple[np.ndarray, float]:
+    """Symmetric per-vector int8: v ~= q * scale."""
+    m = float(np.max(np.abs(v))) if v.size else 0.0
+    scale = m / 127.0 if m > 0 else 1.0
+    return np.clip(np.rint(v / scale), -127, 127).astype(np.int8), scale
+
+
+def dequantize_int8(q: np.ndarray, scale: float) -> np.ndarray:
+    return q.astype(np.float32) * np.float32(scale)
+
+
+class EmbeddingStore(ABC):
+    """Small on purpose: every backend passes the same contract tests (tests/m5core/test_store_contract.py)."""
+
+    @abstractmethod
+    def put(self, records: Sequence[VectorRecord]) -> list[bool]:
+        """Write records atomically per ASIN; True where written, False where a newer or equal version is held."""
+
+    @abstractmethod
+    def touch(self, asin: str, product_version: int, doc: bytes, updated_at: float) -> bool:
+        """Metadata-only change (same content hash): bump version and doc, keep the vector."""
+
+    @abstractmethod
+    def delete(self, asin: str, product_version: int) -> bool:
+        """Replace the record with a tombstone at product_version unless a newer version is held."""
+
+    @abstractmethod
+    def get(self, asin: str) -> VectorRecord | None:
+        """The live record, or None when missing or deleted."""
+
+    @abstractmethod
+    def get_many(self, asins: Sequence[str]) -> list[VectorRecord | None]: ...
+
+    @abstractmethod
+    def version_of(self, asin: str) -> int | None:
+        """Highest product version seen for the ASIN, tombstones included."""
+
+    @abstractmethod
+    def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
+        """Every live record, in no particular order."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of live records."""
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
