@@ -47,5 +47,5 @@ def decode_feed_value(value: bytes) -> VectorRecord:
             product_line=d["pl"],
             updated_at=float(d["ts"]),
         )
-    except (KeyError, TypeError, orjson.JSONDecodeError, base64.binascii.Error) as exc:
+    except (KeyError, TypeError, ValueError) as exc:  # JSON and base64 errors are ValueErrors
         raise ValueError(f"malformed feed value: {exc}") from exc

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from m5core.bundle import BundleError, Manifest, TowerSpec, load_manifest, write_manifest
+from m5core.encoder import Encoder, HashEncoder
+
+
+def _bundle(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "product.int8.onnx").write_bytes(b"onnx")
+    m = Manifest(version="t-1", created_at=0.0, dim=8, towers={"product": TowerSpec(onnx="product.int8.onnx")})
+    return write_manifest(tmp_path, m)
+
+
+def test_manifest_hashes_every_file(tmp_path):
+    m = _bundle(tmp_path)
+    assert set(m.files) == {"tokenizer.json", "product.int8.onnx"}
+    assert load_manifest(tmp_path).version == "t-1"
+
+
+def test_tampered_file_is_refused(tmp_path):
+    _bundle(tmp_path)
+    (tmp_path / "product.int8.onnx").write_bytes(b"evil")
+    with pytest.raises(BundleError, match="sha256 of product.int8.onnx"):
+        load_manifest(tmp_path)
+
+
+def test_missing_bundle_names_the_fix(tmp_path):
+    with pytest.raises(BundleError, match="m5 train"):
+        load_manifest(tmp_path / "nope")
+
+
+def test_hash_encoder_is_deterministic_and_batch_equals_single():
+    enc = HashEncoder(dim=32)
+    assert isinstance(enc, Encoder)
+    texts = ["red running shoes", "blaue Laufschuhe", "حذاء جري"]
+    batch = enc.embed(texts)
+    assert batch.shape == (3, 32) and batch.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, rtol=1e-5)
+    for i, t in enumerate(texts):
+        np.testing.assert_array_equal(enc.embed([t])[0], batch[i])
+    assert enc.embed([]).shape == (0, 32)
