@@ -39,6 +39,8 @@ class StoreConfig(M5Settings):
     """File of the embedded store, used when store=local."""
     namespace: str = "m5"
     """Key prefix in the store; re-embedding writes a new namespace then switches."""
+    vector_dtype: Literal["float32", "int8"] = "float32"
+    """How vectors are kept in Redis: float32, or int8 with a per-vector scale (4x smaller)."""
 
 
 class FeedConfig(M5Settings):

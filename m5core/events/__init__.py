@@ -1,0 +1,30 @@
+"""Event transports, chosen by `FeedConfig.events`: kafka (production) or local (JSON-lines files)."""
+
+from m5core.events.base import EventSink, EventSource, Message
+from m5core.settings import FeedConfig
+
+
+def open_source(settings: FeedConfig, topics: list[str], group: str | None, on_revoked=None) -> EventSource:
+    """A consumer of `topics`; group=None reads every partition without a group (index followers)."""
+    if settings.events == "kafka":
+        from m5core.events.kafka import KafkaAssignedSource, KafkaSource
+
+        if group is None:
+            return KafkaAssignedSource(settings.kafka_bootstrap, topics)
+        return KafkaSource(settings.kafka_bootstrap, topics, group, on_revoked=on_revoked)
+    from m5core.events.local import LocalSource
+
+    return LocalSource(settings.local_events_dir, topics, group or "follower")
+
+
+def open_sink(settings: FeedConfig) -> EventSink:
+    if settings.events == "kafka":
+        from m5core.events.kafka import KafkaSink
+
+        return KafkaSink(settings.kafka_bootstrap)
+    from m5core.events.local import LocalSink
+
+    return LocalSink(settings.local_events_dir)
+
+
+__all__ = ["EventSink", "EventSource", "Message", "open_sink", "open_source"]

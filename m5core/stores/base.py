@@ -65,6 +65,14 @@ class EmbeddingStore(ABC):
         """Highest product version seen for the ASIN, tombstones included."""
 
     @abstractmethod
+    def versions_of(self, asins: Sequence[str]) -> list[tuple[int | None, str | None, bool]]:
+        """(product version, content hash, is tombstone) per ASIN, in one round trip: plans a batch."""
+
+    @abstractmethod
+    def get_doc(self, asin: str) -> bytes | None:
+        """The live product document (JSON), to merge a patch onto."""
+
+    @abstractmethod
     def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
         """Every live record, in no particular order."""
 

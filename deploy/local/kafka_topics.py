@@ -1,0 +1,48 @@
+"""Readiness check and idempotent creation of M5's topics (used by services.sh)."""
+
+import argparse
+import sys
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+# name -> (partitions, config)
+DEFAULT_TOPICS = {
+    "catalog.changes": (3, {}),
+    "catalog.embeddings": (3, {"cleanup.policy": "compact"}),
+    "catalog.changes.dlq": (1, {}),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--check", action="store_true", help="exit 0 when the broker answers metadata")
+    ap.add_argument("--create-defaults", action="store_true")
+    args = ap.parse_args()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=3000, client_id="m5-services")
+    except Exception as exc:  # noqa: BLE001 - readiness probe: any failure means not ready
+        print(f"kafka not ready: {exc}", file=sys.stderr)
+        return 1
+    try:
+        existing = set(admin.list_topics())
+        if args.create_defaults:
+            new = [
+                NewTopic(name, num_partitions=p, replication_factor=1, topic_configs=cfg)
+                for name, (p, cfg) in DEFAULT_TOPICS.items()
+                if name not in existing
+            ]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+    finally:
+        admin.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Kafka transport (kafka-python): manual commits after side effects, earliest reset, acks=all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from m5core.events.base import EventSink, EventSource, Message
+from m5core.events.base import TopicPartition as TP
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_revoked: Callable[[list[TP]], None] | None):
+        self.on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked):
+        if self.on_revoked:
+            self.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned):
+        pass
+
+
+class KafkaSource(EventSource):
+    def __init__(self, bootstrap: str, topics: list[str], group_id: str, on_revoked=None, **opts):
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            group_id=group_id,
+            enable_auto_commit=False,
+            # A group with no commit starts at the beginning: nothing produced before the first commit is skipped.
+            auto_offset_reset="earliest",
+            max_poll_records=opts.pop("max_poll_records", 1000),
+            **opts,
+        )
+        self.consumer.subscribe(topics, listener=_Listener(on_revoked))
+
+    def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out = [
+            Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
+            for records in batches.values()
+            for r in records
+        ]
+        out.sort(key=lambda m: (m.topic, m.partition, m.offset))
+        return out
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        if offsets:
+            self.consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in offsets.items()}
+            )
+
+    def seek(self, offsets: Mapping[TP, int]) -> None:
+        for (t, p), off in offsets.items():
+            self.consumer.seek(TopicPartition(t, p), off)
+
+    def lag(self) -> dict[TP, int]:
+        parts = list(self.consumer.assignment())
+        if not parts:
+            return {}
+        ends = self.consumer.end_offsets(parts)
+        return {(tp.topic, tp.partition): max(0, ends[tp] - self.consumer.position(tp)) for tp in parts}
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class KafkaAssignedSource(KafkaSource):
+    """Reads every partition of the topics without a group (the service's index follower)."""
+
+    def __init__(self, bootstrap: str, topics: list[str], **opts):
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                                      auto_offset_reset="earliest", group_id=None, **opts)
+        parts = []
+        for t in topics:
+            ids = self.consumer.partitions_for_topic(t) or {0}
+            parts += [TopicPartition(t, p) for p in sorted(ids)]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_beginning(*parts)
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        pass  # offsets live in the index snapshot, not in a group
+
+
+class KafkaSink(EventSink):
+    def __init__(self, bootstrap: str, **opts):
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 2),
+                                      retries=5, **opts)
+        self._futures = []
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self._futures.append(self.producer.send(topic, key=key, value=value))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        self.producer.flush(timeout=timeout_s)
+        futures, self._futures = self._futures, []
+        for f in futures:
+            f.get(timeout=timeout_s)  # raises if the broker did not take it
+
+    def close(self) -> None:
+        self.producer.close()

@@ -1,0 +1,170 @@
+"""Redis embedding store: one hash per ASIN, version-checked in Lua so writes are atomic and order-safe.
+
+Layout: `{ns}:v:{asin}` -> vec (raw float32 LE, or int8 with `scale`), pv, bv, h, loc, pl, ts, doc,
+del (1 on a tombstone); `{ns}:live` counts live records so count() is O(1). All keys of a batch go
+through one script call, so the store must be a single Redis node (not Cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import redis
+
+from m5core.stores.base import EmbeddingStore, VectorRecord, dequantize_int8, quantize_int8
+
+_PUT = """
+local out = {}
+for i = 2, #KEYS do
+  local b = (i - 2) * 9
+  local pv = tonumber(ARGV[b + 1])
+  local cur = redis.call('HMGET', KEYS[i], 'pv', 'del')
+  local curpv = tonumber(cur[1])
+  if curpv == nil or curpv < pv then
+    if curpv == nil or cur[2] == '1' then redis.call('INCR', KEYS[1]) end
+    redis.call('HSET', KEYS[i], 'pv', ARGV[b + 1], 'vec', ARGV[b + 2], 'scale', ARGV[b + 3], 'bv', ARGV[b + 4],
+      'h', ARGV[b + 5], 'loc', ARGV[b + 6], 'pl', ARGV[b + 7], 'ts', ARGV[b + 8], 'doc', ARGV[b + 9], 'del', '0')
+    out[i - 1] = 1
+  else
+    out[i - 1] = 0
+  end
+end
+return out
+"""
+
+_DELETE = """
+local pv = tonumber(ARGV[1])
+local cur = redis.call('HMGET', KEYS[2], 'pv', 'del')
+local curpv = tonumber(cur[1])
+if curpv ~= nil and curpv >= pv then return 0 end
+if curpv ~= nil and cur[2] ~= '1' then redis.call('DECR', KEYS[1]) end
+redis.call('HDEL', KEYS[2], 'vec', 'scale', 'doc', 'h')
+redis.call('HSET', KEYS[2], 'pv', ARGV[1], 'del', '1', 'ts', ARGV[2])
+return 1
+"""
+
+_TOUCH = """
+local pv = tonumber(ARGV[1])
+local cur = redis.call('HMGET', KEYS[1], 'pv', 'del')
+local curpv = tonumber(cur[1])
+if curpv == nil or cur[2] == '1' or curpv >= pv then return 0 end
+redis.call('HSET', KEYS[1], 'pv', ARGV[1], 'doc', ARGV[2], 'ts', ARGV[3])
+return 1
+"""
+
+_FIELDS = ("vec", "scale", "pv", "bv", "h", "loc", "pl", "ts", "del")
+
+
+class RedisStore(EmbeddingStore):
+    def __init__(self, url: str, namespace: str = "m5", dtype: Literal["float32", "int8"] = "float32", **pool_kwargs):
+        self.client = redis.Redis.from_url(url, **pool_kwargs)
+        self.namespace = namespace
+        self.dtype = dtype
+        self._put = self.client.register_script(_PUT)
+        self._delete = self.client.register_script(_DELETE)
+        self._touch = self.client.register_script(_TOUCH)
+        self._live = f"{namespace}:live"
+
+    def key(self, asin: str) -> str:
+        return f"{self.namespace}:v:{asin}"
+
+    def _vec_args(self, v: np.ndarray) -> tuple[bytes, str]:
+        if self.dtype == "int8":
+            q, scale = quantize_int8(v)
+            return q.tobytes(), repr(scale)
+        return np.ascontiguousarray(v, dtype="<f4").tobytes(), ""
+
+    def put(self, records: Sequence[VectorRecord]) -> list[bool]:
+        if not records:
+            return []
+        keys, args = [self._live], []
+        for r in records:
+            vec, scale = self._vec_args(r.vector)
+            keys.append(self.key(r.asin))
+            args += [r.product_version, vec, scale, r.bundle_version, r.content_hash, r.locale, r.product_line, repr(r.updated_at), r.doc or b""]
+        return [bool(x) for x in self._put(keys=keys, args=args)]
+
+    def touch(self, asin: str, product_version: int, doc: bytes, updated_at: float) -> bool:
+        return bool(self._touch(keys=[self.key(asin)], args=[product_version, doc, repr(updated_at)]))
+
+    def delete(self, asin: str, product_version: int) -> bool:
+        return bool(self._delete(keys=[self._live, self.key(asin)], args=[product_version, repr(0.0)]))
+
+    @staticmethod
+    def decode(asin: str, vals: Sequence[bytes | None], doc: bytes | None = None) -> VectorRecord | None:
+        vec, scale, pv, bv, h, loc, pl, ts, deleted = vals
+        if pv is None or deleted == b"1" or vec is None:
+            return None
+        if scale:
+            vector = dequantize_int8(np.frombuffer(vec, dtype=np.int8), float(scale))
+        else:
+            vector = np.frombuffer(vec, dtype="<f4")
+        return VectorRecord(asin, vector, int(pv), bv.decode(), h.decode(), loc.decode(), pl.decode(), float(ts), doc or None)
+
+    def get_raw(self, asin: str) -> list[bytes | None]:
+        """The stored fields as bytes, one round trip: the service's hot path decodes only what it returns."""
+        return self.client.hmget(self.key(asin), _FIELDS)
+
+    def get(self, asin: str, with_doc: bool = False) -> VectorRecord | None:
+        vals = self.client.hmget(self.key(asin), (*_FIELDS, "doc"))
+        return self.decode(asin, vals[:-1], vals[-1] if with_doc else None)
+
+    def get_many(self, asins: Sequence[str]) -> list[VectorRecord | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for a in asins:
+            pipe.hmget(self.key(a), _FIELDS)
+        return [self.decode(a, vals) for a, vals in zip(asins, pipe.execute())]
+
+    def get_doc(self, asin: str) -> bytes | None:
+        doc, deleted = self.client.hmget(self.key(asin), ("doc", "del"))
+        return None if deleted == b"1" else doc
+
+    def version_of(self, asin: str) -> int | None:
+        pv = self.client.hget(self.key(asin), "pv")
+        return None if pv is None else int(pv)
+
+    def versions_of(self, asins: Sequence[str]) -> list[tuple[int | None, str | None, bool]]:
+        """(product version, content hash, deleted) per ASIN, one pipelined round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for a in asins:
+            pipe.hmget(self.key(a), ("pv", "h", "del"))
+        out = []
+        for pv, h, d in pipe.execute():
+            out.append((None if pv is None else int(pv), None if h is None else h.decode(), d == b"1"))
+        return out
+
+    def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
+        prefix = f"{self.namespace}:v:"
+        for keys in _chunks(self.client.scan_iter(match=prefix + "*", count=batch), batch):
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hmget(k, _FIELDS)
+            for k, vals in zip(keys, pipe.execute()):
+                rec = self.decode(k.decode()[len(prefix):], vals)
+                if rec is not None:
+                    yield rec
+
+    def count(self) -> int:
+        return int(self.client.get(self._live) or 0)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _chunks(it, n):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

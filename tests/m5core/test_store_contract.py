@@ -1,0 +1,87 @@
+"""One contract, every backend: the embedded store must behave exactly like Redis."""
+
+import numpy as np
+import pytest
+
+from m5core.stores.base import VectorRecord
+from m5core.stores.local import LocalStore
+from m5core.stores.redis import RedisStore
+
+
+@pytest.fixture(params=["local", "redis", "redis-int8"])
+def store(request, tmp_path, unique_name):
+    if request.param == "local":
+        s = LocalStore(tmp_path / "store.sqlite", "t")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, unique_name("ns"), dtype="int8" if request.param == "redis-int8" else "float32")
+    yield s
+    s.close()
+
+
+def rec(asin="B000000001", pv=1, seed=0, doc=b'{"x":1}'):
+    v = np.random.default_rng(seed).standard_normal(16).astype(np.float32)
+    v /= np.linalg.norm(v)
+    return VectorRecord(asin, v, pv, "b-1", f"h{seed}", "en_US", "media", 100.0 + pv, doc)
+
+
+def close(a, b, store):
+    tol = 0.02 if getattr(store, "dtype", "float32") == "int8" else 0
+    np.testing.assert_allclose(a, b, atol=tol)
+
+
+def test_put_get_round_trip(store):
+    r = rec()
+    assert store.put([r]) == [True]
+    got = store.get(r.asin)
+    close(got.vector, r.vector, store)
+    assert (got.product_version, got.bundle_version, got.locale, got.product_line) == (1, "b-1", "en_US", "media")
+    assert store.count() == 1 and store.version_of(r.asin) == 1
+    assert store.get_doc(r.asin) == b'{"x":1}'
+
+
+def test_older_and_equal_versions_are_skipped(store):
+    assert store.put([rec(pv=5, seed=1)]) == [True]
+    assert store.put([rec(pv=4, seed=2), rec(pv=5, seed=3)]) == [False, False]
+    close(store.get("B000000001").vector, rec(seed=1).vector, store)
+    assert store.put([rec(pv=6, seed=4)]) == [True]
+    assert store.get("B000000001").product_version == 6
+    assert store.count() == 1
+
+
+def test_delete_leaves_a_tombstone(store):
+    store.put([rec(pv=3)])
+    assert store.delete("B000000001", 2) is False  # older delete loses
+    assert store.delete("B000000001", 4) is True
+    assert store.get("B000000001") is None and store.count() == 0
+    assert store.version_of("B000000001") == 4
+    assert store.put([rec(pv=3, seed=9)]) == [False]  # late, older upsert does not resurrect
+    assert store.get("B000000001") is None
+    assert store.put([rec(pv=5, seed=9)]) == [True]  # a newer one does
+    assert store.count() == 1
+
+
+def test_delete_of_unknown_asin_blocks_older_upserts(store):
+    assert store.delete("B000000009", 7) is True
+    assert store.put([rec("B000000009", pv=6)]) == [False]
+    assert store.count() == 0
+
+
+def test_touch_keeps_the_vector(store):
+    store.put([rec(pv=1, seed=5)])
+    assert store.touch("B000000001", 2, b'{"price":1}', 200.0) is True
+    assert store.touch("B000000001", 2, b'{"price":2}', 201.0) is False
+    got = store.get("B000000001")
+    assert got.product_version == 2
+    close(got.vector, rec(seed=5).vector, store)
+    assert store.get_doc("B000000001") == b'{"price":1}'
+
+
+def test_get_many_versions_and_scan(store):
+    store.put([rec(f"B00000000{i}", pv=i, seed=i) for i in range(1, 6)])
+    store.delete("B000000003", 10)
+    got = store.get_many(["B000000001", "B000000003", "ZZZZZZZZZZ"])
+    assert got[0] is not None and got[1] is None and got[2] is None
+    assert store.versions_of(["B000000002", "B000000003", "ZZZZZZZZZZ"]) == [(2, "h2", False), (10, None, True), (None, None, False)]
+    assert sorted(r.asin for r in store.scan(batch=2)) == ["B000000001", "B000000002", "B000000004", "B000000005"]
+    assert store.count() == 4 and store.ping()
