@@ -1,0 +1,66 @@
+"""Retrieval and classification metrics (pure numpy). Gains follow ESCI: E=1, S=0.1, C=0.01, I=0."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+GAINS = {"E": 1.0, "S": 0.1, "C": 0.01, "I": 0.0}
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Probability a random positive outscores a random negative (ties count half)."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    pos, neg = s[y == 1], s[y == 0]
+    if not len(pos) or not len(neg):
+        raise ValueError("roc_auc needs both positive and negative labels")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    allv = np.concatenate([pos, neg])[order]
+    # average ranks for ties
+    i = 0
+    while i < len(allv):
+        j = i
+        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def recall_at_precision(scores: Sequence[float], labels: Sequence[int], precision: float = 0.9) -> float:
+    """Highest recall at any threshold whose precision is at least `precision`."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    order = np.argsort(-s, kind="mergesort")
+    tp = np.cumsum(y[order])
+    prec = tp / np.arange(1, len(s) + 1)
+    rec = tp / max(1, y.sum())
+    ok = prec >= precision
+    return float(rec[ok].max()) if ok.any() else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
+    return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
+
+
+def average_precision(ranked: Sequence[str], relevant: set[str], k: int | None = None) -> float:
+    hits, total = 0, 0.0
+    for i, a in enumerate(ranked[:k] if k else ranked):
+        if a in relevant:
+            hits += 1
+            total += hits / (i + 1)
+    return total / len(relevant) if relevant else 0.0
+
+
+def ndcg_at_k(ranked: Sequence[str], labels: dict[str, str], k: int = 10) -> float:
+    gains = [GAINS.get(labels.get(a, "I"), 0.0) for a in ranked[:k]]
+    dcg = sum(g / np.log2(i + 2) for i, g in enumerate(gains))
+    ideal = sorted((GAINS[lbl] for lbl in labels.values()), reverse=True)[:k]
+    idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))
+    return float(dcg / idcg) if idcg > 0 else 0.0
+
+
+def exact_share_at_k(ranked: Sequence[str], labels: dict[str, str], k: int = 10) -> float:
+    top = ranked[:k]
+    return sum(labels.get(a) == "E" for a in top) / max(1, len(top))

@@ -1,0 +1,190 @@
+"""Training configuration: every knob typed, validated before anything runs; DeepSpeed JSON derived."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    vocab_size: int = Field(8000, ge=1000, le=256_000)
+    layers: int = Field(4, ge=1, le=96)
+    hidden: int = Field(256, ge=32)
+    heads: int = Field(4, ge=1)
+    intermediate: int = Field(1024, ge=32)
+    max_position: int = Field(512, ge=16)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = "mean"
+    proj_dim: int = Field(256, ge=0, description="0 keeps the hidden size")
+    added_layers: int = Field(0, ge=0, le=4, description="MLP layers added on top of the pooled encoder for fine-tuning")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"heads: {self.heads} does not divide hidden={self.hidden}")
+        return self
+
+    @property
+    def dim(self) -> int:
+        return self.proj_dim or self.hidden
+
+
+class PretrainConfig(_Strict):
+    steps: int = Field(300, ge=1)
+    micro_batch: int = Field(32, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    warmup: int = Field(30, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    masking: Literal["subword", "whole_word"] = "subword"
+    scheme: Literal["plain", "fields"] = "fields"
+    alpha: float = Field(0.7, gt=0, le=1, description="language sampling temperature: p_lang ~ n_lang^alpha")
+    seq_schedule: list[tuple[int, float]] = Field(default_factory=lambda: [(64, 0.9), (128, 0.1)])
+    zero_stage: int = Field(1, ge=0, le=3)
+    activation_checkpointing: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    save_every: int = Field(100, ge=1)
+    seed: int = 0
+
+    @field_validator("seq_schedule")
+    @classmethod
+    def _shares_sum_to_one(cls, v):
+        if not v or abs(sum(s for _, s in v) - 1.0) > 1e-6 or any(n < 8 for n, _ in v):
+            raise ValueError("seq_schedule: shares must sum to 1 and lengths be >= 8, e.g. [[128, 0.9], [512, 0.1]]")
+        return v
+
+
+class FinetuneConfig(_Strict):
+    steps: int = Field(300, ge=0)
+    batch: int = Field(64, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    loss: Literal["infonce", "bce", "triplet"] = "infonce"
+    towers: Literal["two_tower"] = "two_tower"
+    temperature: float = Field(0.05, gt=0)
+    margin: float = Field(0.2, gt=0)
+    tasks: list[Literal["search", "duplicates", "copurchase"]] = Field(default_factory=lambda: ["search", "duplicates"])
+    hard_negatives: bool = True
+    mine_every: int = Field(150, ge=1)
+    max_query_len: int = Field(32, ge=8)
+    max_product_len: int = Field(128, ge=16)
+    seed: int = 0
+
+
+class DistillConfig(_Strict):
+    enabled: bool = True
+    layers: int = Field(2, ge=1)
+    hidden: int = Field(128, ge=32)
+    heads: int = Field(2, ge=1)
+    intermediate: int = Field(512, ge=32)
+    steps: int = Field(400, ge=1)
+    batch: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+
+
+class ExportConfig(_Strict):
+    min_cosine: float = Field(0.99, gt=0, le=1, description="parity gate: mean cosine fp32 vs int8")
+    max_metric_drop: float = Field(0.01, ge=0, description="parity gate: relative drop of recall@10 allowed")
+    validation_size: int = Field(256, ge=8)
+    keep_fp32: bool = True
+
+
+class TrainConfig(_Strict):
+    name: str = "m5"
+    catalog: Path = Path(".m5/demo/catalog")
+    out: Path = Path(".m5/bundles")
+    run_dir: Path = Path(".m5/runs/latest")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = Field(0, ge=0, description="0: torch default")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+
+    def deepspeed_config(self, cuda: bool) -> dict:
+        """The DeepSpeed JSON, derived from this config (never hand-edited)."""
+        p = self.pretrain
+        if not cuda and p.precision == "fp16":
+            raise ConfigError("pretrain.precision: fp16 needs a GPU; use fp32 or bf16 on CPU")
+        cfg = {
+            "train_micro_batch_size_per_gpu": p.micro_batch,
+            "gradient_accumulation_steps": p.grad_accum,
+            "optimizer": {"type": "AdamW", "params": {"lr": p.lr, "weight_decay": p.weight_decay, "betas": [0.9, 0.98], "eps": 1e-6}},
+            "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": p.lr,
+                                                              "warmup_num_steps": p.warmup, "total_num_steps": max(p.steps, p.warmup + 1)}},
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": p.zero_stage},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if p.precision == "bf16":
+            cfg["bf16"] = {"enabled": True}
+        elif p.precision == "fp16":
+            cfg["fp16"] = {"enabled": True}
+        return cfg
+
+
+PRESETS = {
+    # make demo: the whole pipeline in a few minutes on 2 CPU cores
+    "tiny": {"model": {"layers": 2, "hidden": 128, "heads": 2, "intermediate": 512, "proj_dim": 128},
+             "pretrain": {"steps": 150, "micro_batch": 32}, "finetune": {"steps": 250, "batch": 64},
+             "distill": {"layers": 1, "hidden": 128, "heads": 2, "steps": 250}},
+    # the benchmark run of docs/benchmarks.md (<= 15 minutes on 2 cores)
+    "default": {},
+    # fixtures for tests: seconds
+    "test": {"model": {"vocab_size": 2000, "layers": 1, "hidden": 64, "heads": 2, "intermediate": 128, "proj_dim": 32},
+             "pretrain": {"steps": 12, "micro_batch": 16, "save_every": 6}, "finetune": {"steps": 30, "batch": 32, "mine_every": 15},
+             "distill": {"layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 40, "batch": 64},
+             "export": {"validation_size": 64}},
+    # the brief's scales, for GPU nodes (not run here)
+    "m5-500m": {"model": {"vocab_size": 32000, "layers": 24, "hidden": 1280, "heads": 20, "intermediate": 5120, "proj_dim": 256},
+                "pretrain": {"micro_batch": 64, "zero_stage": 1, "precision": "bf16", "seq_schedule": [[128, 0.9], [512, 0.1]], "steps": 125000}},
+    "m5-1.5b": {"model": {"vocab_size": 32000, "layers": 48, "hidden": 1600, "heads": 25, "intermediate": 6400, "proj_dim": 256},
+                "pretrain": {"micro_batch": 32, "zero_stage": 2, "precision": "bf16", "activation_checkpointing": True,
+                             "seq_schedule": [[128, 0.9], [512, 0.1]], "steps": 125000}},
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: Path | None = None, preset: str = "default", overrides: dict | None = None) -> TrainConfig:
+    """Preset <- file <- overrides. An unknown key or an impossible value fails here, naming the key.
+
+    Raises:
+        ConfigError: with every offending key as `section.key: message`.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: unknown {preset!r} (choose from {', '.join(PRESETS)})")
+    doc = dict(PRESETS[preset])
+    if path is not None:
+        text = Path(path).read_text()
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+        doc = _merge(doc, data or {})
+    doc = _merge(doc, overrides or {})
+    try:
+        return TrainConfig.model_validate(doc)
+    except ValidationError as exc:
+        msgs = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid training config: " + "; ".join(msgs)) from None
