@@ -104,6 +104,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; readers are often other users (containers)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -37,6 +37,10 @@ class EventSource(ABC):
     def lag(self) -> dict[TopicPartition, int]:
         """Messages not yet consumed, per partition."""
 
+    @abstractmethod
+    def end_offsets(self) -> dict[TopicPartition, int]:
+        """The next offset to be written, per partition: a bootstrap point taken before a store scan."""
+
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:  # noqa: B027
         """Start reading at these offsets (snapshot bootstrap); a no-op where unsupported."""
 

@@ -57,6 +57,10 @@ class KafkaSource(EventSource):
         for (t, p), off in offsets.items():
             self.consumer.seek(TopicPartition(t, p), off)
 
+    def end_offsets(self) -> dict[TP, int]:
+        parts = list(self.consumer.assignment())
+        return {(tp.topic, tp.partition): off for tp, off in self.consumer.end_offsets(parts).items()} if parts else {}
+
     def lag(self) -> dict[TP, int]:
         parts = list(self.consumer.assignment())
         if not parts:

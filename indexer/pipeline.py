@@ -1,0 +1,146 @@
+"""The indexer loop: poll -> parse -> plan -> encode -> store + feed -> commit.
+
+At-least-once delivery plus idempotent, version-checked writes gives exactly-once state: offsets
+are committed only after the store holds the batch and the feed has flushed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+import numpy as np
+import orjson
+
+from indexer import metrics as M
+from indexer.parse import DeadLetter, parse_event
+from indexer.plan import plan_batch
+from indexer.settings import IndexerSettings
+from m5core.encoder import Encoder
+from m5core.events.base import EventSink, EventSource, Message
+from m5core.feed import encode_feed_value
+from m5core.schema import ChangeEvent, content_hash, render_product
+from m5core.stores.base import EmbeddingStore, VectorRecord
+
+log = logging.getLogger(__name__)
+
+
+class Indexer:
+    def __init__(self, settings: IndexerSettings, source: EventSource, sink: EventSink, store: EmbeddingStore,
+                 encoder: Encoder, render_scheme: str = "fields"):
+        self.s = settings
+        self.source, self.sink, self.store, self.encoder = source, sink, store, encoder
+        self.scheme = render_scheme
+        self.stop = threading.Event()
+        M.BUNDLE_INFO.labels(encoder.version).set(1)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, max_idle_s: float | None = None) -> None:
+        """Until stop is set (SIGTERM/SIGINT), or max_idle_s without events (tests, backfills)."""
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            msgs = self.source.poll(self.s.max_batch, self.s.max_wait_ms / 1000)
+            if not msgs:
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    return
+                self._report_lag()
+                continue
+            idle_since = time.monotonic()
+            self.process(msgs)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM finishes the batch in hand, commits it, and exits."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop.set())
+
+    def _report_lag(self) -> None:
+        try:
+            for (t, p), lag in self.source.lag().items():
+                M.CONSUMER_LAG.labels(t, str(p)).set(lag)
+        except Exception:  # noqa: BLE001 - metrics never stop indexing
+            log.debug("lag unavailable", exc_info=True)
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, msgs: list[Message]) -> None:
+        events: list[ChangeEvent] = []
+        for m in msgs:
+            parsed = parse_event(m, self.s.max_event_bytes)
+            if isinstance(parsed, DeadLetter):
+                self._dead(parsed)
+            else:
+                events.append(parsed)
+                M.EVENTS.labels(parsed.op).inc()
+        if events:
+            self._apply(events, msgs)
+        self.sink.flush()
+        offsets: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (m.topic, m.partition)
+            offsets[key] = max(offsets.get(key, 0), m.offset + 1)
+        self.source.commit(offsets)
+        M.BATCHES.inc()
+
+    def _apply(self, events: list[ChangeEvent], msgs: list[Message]) -> None:
+        asins = sorted({e.asin for e in events})
+        stored = dict(zip(asins, self.store.versions_of(asins)))
+        patched = sorted({e.asin for e in events if e.op == "patch"})
+        docs = {a: orjson.loads(d) if (d := self.store.get_doc(a)) else None for a in patched}
+        plan = plan_batch(events, stored, docs)
+        M.STALE.inc(len(plan.stale))
+        by_asin_msg = {}
+        for m in msgs:
+            if m.key:
+                by_asin_msg[m.key.decode("utf-8", "replace")] = m
+        for e in plan.unknown:
+            self._dead(DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held",
+                                  by_asin_msg.get(e.asin, msgs[0])))
+        for asin, version, _ in plan.delete:
+            if self.store.delete(asin, version):
+                self.sink.send(self.s.embeddings_topic, asin.encode(), None)
+        for doc in plan.touch:
+            self.store.touch(doc["asin"], doc["version"], orjson.dumps(doc), doc["updated_at"])
+        M.SKIPPED_UNCHANGED.inc(len(plan.touch))
+        if plan.embed:
+            vectors = self._encode([render_product(d, self.scheme) for d in plan.embed], plan, by_asin_msg, msgs)
+            if vectors is not None:
+                records = [
+                    VectorRecord(d["asin"], v, d["version"], self.encoder.version, content_hash(d), d["locale"], d["product_line"],
+                                 d["updated_at"], orjson.dumps(d))
+                    for d, v in zip(plan.embed, vectors)
+                ]
+                written = self.store.put(records)
+                for r, ok in zip(records, written):
+                    if ok:
+                        self.sink.send(self.s.embeddings_topic, r.asin.encode(), encode_feed_value(r))
+                M.WRITES.inc(sum(written))
+        now = time.time()
+        for ts in plan.ts.values():
+            M.FRESHNESS_SECONDS.observe(max(0.0, now - ts))
+        M.STORE_SIZE.set(self.store.count())
+
+    def _encode(self, texts: list[str], plan, by_asin_msg, msgs):
+        delay = 0.1
+        for attempt in range(1, self.s.encode_retries + 1):
+            try:
+                t0 = time.perf_counter()
+                out = []
+                for i in range(0, len(texts), self.s.max_batch):
+                    out.append(self.encoder.embed(texts[i:i + self.s.max_batch]))
+                M.ENCODE_SECONDS.observe(time.perf_counter() - t0)
+                return np.concatenate(out)
+            except Exception as exc:  # noqa: BLE001 - the encoder is a black box; retry, then dead-letter
+                log.warning("encode attempt %d/%d failed: %s", attempt, self.s.encode_retries, exc)
+                if attempt == self.s.encode_retries:
+                    for d in plan.embed:
+                        self._dead(DeadLetter("encode_failed", str(exc), by_asin_msg.get(d["asin"], msgs[0])))
+                    return None
+                time.sleep(delay)
+                delay *= 2
+        return None
+
+    def _dead(self, dl: DeadLetter) -> None:
+        M.DEAD_LETTERS.labels(dl.reason).inc()
+        log.warning("dead letter (%s) at %s:%d:%d: %s", dl.reason, dl.message.topic, dl.message.partition, dl.message.offset, dl.error[:200])
+        self.sink.send(self.s.dlq_topic, dl.message.key, dl.payload())

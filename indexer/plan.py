@@ -1,0 +1,68 @@
+"""What a batch of events does to the store (pure): fold each ASIN's events, then embed, touch,
+delete or skip against what the store holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from m5core.schema import ChangeEvent, apply_patch, content_hash
+
+
+@dataclass
+class Plan:
+    embed: list[dict] = field(default_factory=list)  # product docs whose embedded content changed
+    touch: list[dict] = field(default_factory=list)  # docs with new metadata, same content hash
+    delete: list[tuple[str, int, float]] = field(default_factory=list)  # (asin, version, ts)
+    stale: list[ChangeEvent] = field(default_factory=list)  # not newer than the store
+    unknown: list[ChangeEvent] = field(default_factory=list)  # patches for a product never seen
+    ts: dict[str, float] = field(default_factory=dict)  # asin -> event time of the newest change
+
+
+def fold(events: list[ChangeEvent], stored_docs: dict[str, dict | None]) -> dict[str, tuple[str, dict | None, int, float, list[ChangeEvent]]]:
+    """Per ASIN, apply its events in version order: -> (state "live"|"deleted"|"unknown", doc, version, ts, unknown patches)."""
+    out = {}
+    by_asin: dict[str, list[ChangeEvent]] = {}
+    for e in events:
+        by_asin.setdefault(e.asin, []).append(e)
+    for asin, evs in by_asin.items():
+        evs.sort(key=lambda e: e.version)
+        doc = stored_docs.get(asin)
+        state = "live" if doc is not None else "unknown"
+        version, ts, orphans = -1, 0.0, []
+        for e in evs:
+            if e.op == "upsert":
+                doc, state = e.product.model_dump(), "live"
+            elif e.op == "delete":
+                doc, state = None, "deleted"
+            elif doc is None:
+                orphans.append(e)
+                continue
+            else:
+                doc = apply_patch(doc, e)
+            version, ts = e.version, e.ts
+        out[asin] = (state, doc, version, ts, orphans)
+    return out
+
+
+def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, str | None, bool]],
+               stored_docs: dict[str, dict | None]) -> Plan:
+    """stored: asin -> (version, content hash, tombstone) as the store holds it."""
+    plan = Plan()
+    for asin, (state, doc, version, ts, orphans) in fold(events, stored_docs).items():
+        plan.unknown += orphans
+        if version < 0:
+            continue
+        held_version, held_hash, tomb = stored.get(asin, (None, None, False))
+        if held_version is not None and held_version >= version:
+            plan.stale += [e for e in events if e.asin == asin]
+            continue
+        plan.ts[asin] = ts
+        if state == "deleted":
+            plan.delete.append((asin, version, ts))
+        elif state == "live":
+            doc = {**doc, "version": version}
+            if held_hash is not None and not tomb and content_hash(doc) == held_hash:
+                plan.touch.append(doc)
+            else:
+                plan.embed.append(doc)
+    return plan

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from m5core.settings import BundleConfig, FeedConfig, StoreConfig
+
+
+class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
+    group_id: str = "m5-indexer"
+    """Kafka consumer group: indexers in one group share the partitions of catalog.changes."""
+    max_batch: int = 256
+    """Most events encoded and written together."""
+    max_wait_ms: int = 50
+    """Longest a poll waits for a batch to fill (bounds the added freshness delay)."""
+    encode_threads: int = 2
+    """ONNX Runtime intra-op threads of the product tower."""
+    max_event_bytes: int = 1_000_000
+    """Payloads above this go to the dead-letter topic as oversize."""
+    encode_retries: int = 3
+    """Encoding attempts (with exponential back-off) before the events are dead-lettered."""
+    metrics_port: int = 9108
+    """Port of the indexer's Prometheus /metrics (0 disables)."""
+    snapshot_dir: Path = Path(".m5/snapshots")
+    """Where FAISS index snapshots (with the feed offsets they include) are written."""

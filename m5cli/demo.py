@@ -1,0 +1,96 @@
+"""`m5 demo`: catalog -> tiny model -> int8 bundle -> index -> serve, on embedded defaults.
+
+No Docker, Kafka or Redis: the embedded sqlite store and the local event log stand in for them
+behind the same interfaces. Steps whose output exists are reused (delete .m5/demo to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from m5core.settings import M5Settings, add_settings_arguments, settings_from_args
+
+
+class DemoSettings(M5Settings):
+    workdir: Path = Path(".m5/demo")
+    """Where the demo keeps its catalog, bundles, store and event log."""
+    products: int = 5000
+    """Catalog size."""
+    seed: int = 0
+    """Catalog seed."""
+    preset: str = "tiny"
+    """Training preset (tiny trains in a few minutes on 2 cores)."""
+    retrain: bool = False
+    """Train a new bundle even if one exists."""
+    host: str = "127.0.0.1"
+    """Interface the demo server listens on."""
+    port: int = 8000
+    """Port of the demo server."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="generate, train, index and serve a demo on embedded defaults", description=__doc__)
+    add_settings_arguments(p, DemoSettings)
+    p.set_defaults(func=run, parser=p)
+
+
+def step(msg: str) -> None:
+    print(f"\n==> {msg}", flush=True)
+
+
+def run(args) -> int:
+    d = settings_from_args(DemoSettings, args, args.parser)
+    work = d.workdir.resolve()
+    catalog, bundles = work / "catalog", work / "bundles"
+    env = {**os.environ, "M5_STORE": "local", "M5_EVENTS": "local", "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"),
+           "M5_LOCAL_EVENTS_DIR": str(work / "events"), "M5_BUNDLE": str(bundles / "current"), "M5_METRICS_PORT": "0"}
+    t0 = time.perf_counter()
+    if not (catalog / "manifest.json").exists():
+        step(f"generating a {d.products}-product catalog in {catalog}")
+        from catalog.generate import generate_catalog
+
+        generate_catalog(catalog, d.products, d.seed)
+    if d.retrain or not (bundles / "current" / "manifest.json").exists():
+        step(f"training the '{d.preset}' model (pre-train, fine-tune, distil, int8 export)")
+        from trainer.config import load_config
+        from trainer.pipeline import train_all
+
+        train_all(load_config(None, d.preset, {"catalog": str(catalog), "out": str(bundles), "run_dir": str(work / "run")}), resume=False)
+        (work / "store.sqlite").unlink(missing_ok=True)
+    if not (work / "store.sqlite").exists():
+        step("indexing the catalog (backfill into the embedded store and the local feed)")
+        subprocess.run([sys.executable, "-m", "m5cli", "index", "backfill", str(catalog)], env=env, check=True)
+    step("starting the indexer on the local event log (m5 index run)")
+    indexer = subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env)
+    first = next(iter(_products(catalog)))
+    base = f"http://{d.host}:{d.port}"
+    print(f"""
+Ready in {time.perf_counter() - t0:.0f} s. Try, in another shell:
+
+  curl -s {base}/asin/{first['asin']}/embedding | head -c 300; echo
+  curl -s -X POST {base}/query/embed -H 'content-type: application/json' -d '{{"queries": ["red running shoes"]}}' | head -c 300; echo
+  curl -s -X POST {base}/search -H 'content-type: application/json' -d '{{"query": "scarlet jogging sneakers", "k": 5}}'; echo
+  curl -s -X POST {base}/search -H 'content-type: application/json' -d '{{"asin": "{first['asin']}", "k": 5, "filters": {{"locale": "{first['locale']}"}}}}'; echo
+  curl -s {base}/readyz; echo
+  # change the catalog and watch it follow within a second:
+  {sys.executable} -m m5cli catalog events --catalog {catalog} --count 200 --local-events-dir {work / 'events'}
+""", flush=True)
+    step(f"serving on {base} (Ctrl-C stops the server and the indexer)")
+    try:
+        return subprocess.run([sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port)], env=env).returncode
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        indexer.terminate()
+        indexer.wait(timeout=15)
+
+
+def _products(catalog: Path):
+    from catalog.io import read_jsonl
+
+    return read_jsonl(catalog / "products.jsonl")

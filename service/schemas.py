@@ -1,0 +1,88 @@
+"""Request and response models: the OpenAPI contract (with examples) and input validation."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from m5core.schema import ASIN_PATTERN, Locale, ProductLine
+
+Asin = Annotated[str, StringConstraints(pattern=ASIN_PATTERN)]
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddingResponse(_Model):
+    asin: str
+    dim: int
+    dtype: str = Field(description="float32 or int8 (then vector ~= values * scale)")
+    vector: list[float]
+    scale: float | None = None
+    bundle_version: str
+    product_version: int
+
+
+class AsinBatchRequest(_Model):
+    asins: list[Asin] = Field(min_length=1, max_length=1000, examples=[["B0000009IX", "B0017WE19M"]])
+
+
+class AsinBatchResponse(_Model):
+    embeddings: list[EmbeddingResponse]
+    missing: list[str]
+
+
+class QueryEmbedRequest(_Model):
+    queries: list[QueryText] = Field(min_length=1, max_length=64, examples=[["red running shoes", "Laufschuhe rot"]])
+
+
+class QueryEmbedResponse(_Model):
+    dim: int
+    bundle_version: str
+    vectors: list[list[float]]
+
+
+class Filters(_Model):
+    locale: Locale | None = None
+    product_line: ProductLine | None = None
+
+
+class SearchRequest(_Model):
+    """Exactly one of query, vector or asin."""
+
+    query: QueryText | None = Field(None, examples=["scarlet jogging sneakers"])
+    vector: list[Finite] | None = Field(None, min_length=1, max_length=4096)
+    asin: Asin | None = Field(None, description="more like this product (it is excluded from the hits)")
+    k: int = Field(10, ge=1, le=1000)
+    filters: Filters | None = None
+    effort: int | None = Field(None, ge=1, le=4096, description="nprobe (IVF) or efSearch (HNSW): higher is slower and more exact")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchRequest:
+        given = [n for n in ("query", "vector", "asin") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of query, vector or asin (got {', '.join(given) or 'none'})")
+        return self
+
+
+class SearchHit(_Model):
+    asin: str
+    score: float
+    product_version: int
+
+
+class SearchResponse(_Model):
+    hits: list[SearchHit]
+    k: int
+    index_size: int
+    index_kind: str
+    bundle_version: str
+    took_ms: float
+
+
+class Problem(_Model):
+    detail: str

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import SecretStr
+
+from m5core.settings import BundleConfig, FeedConfig, StoreConfig
+
+
+class ServiceSettings(StoreConfig, FeedConfig, BundleConfig):
+    host: str = "127.0.0.1"
+    """Interface to listen on."""
+    port: int = 8000
+    """HTTP port."""
+    workers: int = 1
+    """uvicorn worker processes (each holds its own index; see docs/service.md)."""
+    api_key: SecretStr | None = None
+    """When set, every route but /healthz, /readyz and /metrics needs `X-API-Key` or `Authorization: Bearer`."""
+    max_body_bytes: int = 1_048_576
+    """Larger request bodies get 413."""
+    max_k: int = 1000
+    """Largest k for /search."""
+    max_batch_asins: int = 1000
+    """Largest ASIN list for POST /asin/embeddings."""
+    max_queries: int = 64
+    """Largest query list for POST /query/embed."""
+    max_query_chars: int = 512
+    """Longer query strings get 422."""
+    query_cache_size: int = 10_000
+    """LRU entries of query embeddings (0 disables)."""
+    max_in_flight: int = 256
+    """Requests in progress beyond this get 503 with Retry-After instead of queueing without bound."""
+    feed_lag_ready_bound: int = 10_000
+    """/readyz fails while the index is more than this many feed messages behind."""
+    index_kind: Literal["auto", "flat", "hnsw", "ivf_sq8"] = "auto"
+    """FAISS index type; auto is exact below 50k products and IVF-SQ8 above."""
+    effort: int | None = None
+    """Default recall/latency knob: nprobe (IVF) or efSearch (HNSW); None uses the index default."""

@@ -1,0 +1,155 @@
+"""The HTTP contract: happy paths, every bad-input status, live feed updates, metrics."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from m5core.stores.base import VectorRecord
+from tests.service.conftest import ENC, TEXTS
+
+
+async def test_asin_embedding_json_and_octet(api):
+    h = await api()
+    r = await h.client.get("/asin/B000000001/embedding")
+    assert r.status_code == 200
+    body = r.json()
+    want = ENC.embed([TEXTS["B000000001"][0]])[0]
+    np.testing.assert_allclose(body["vector"], want, rtol=1e-6)
+    assert r.headers["x-m5-bundle-version"] == ENC.version and r.headers["x-m5-product-version"] == "1"
+    raw = await h.client.get("/asin/B000000001/embedding", headers={"accept": "application/octet-stream"})
+    np.testing.assert_array_equal(np.frombuffer(raw.content, "<f4"), want)
+    q = (await h.client.get("/asin/B000000001/embedding?dtype=int8")).json()
+    assert q["dtype"] == "int8" and abs(np.dot(np.array(q["vector"]) * q["scale"], want) - 1) < 0.01
+
+
+@pytest.mark.parametrize("path,status,word", [("/asin/B00000000Z/embedding", 404, "not in the catalog"),
+                                              ("/asin/bad/embedding", 422, "asin"),
+                                              ("/asin/B000000001/embedding?dtype=fp16", 422, "dtype")])
+async def test_asin_errors(api, path, status, word):
+    h = await api()
+    r = await h.client.get(path)
+    assert r.status_code == status and word in r.json()["detail"]
+
+
+async def test_batch_reports_missing(api):
+    h = await api()
+    r = await h.client.post("/asin/embeddings", json={"asins": ["B000000001", "B00000000Z"]})
+    assert r.status_code == 200
+    assert [e["asin"] for e in r.json()["embeddings"]] == ["B000000001"] and r.json()["missing"] == ["B00000000Z"]
+
+
+def metric(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_query_embed_and_cache(api):
+    h = await api()
+    before = (await h.client.get("/metrics")).text
+    r = await h.client.post("/query/embed", json={"queries": ["red running shoes"]})
+    r = await h.client.post("/query/embed", json={"queries": ["red running shoes", "blue socks"]})
+    assert r.status_code == 200
+    v = np.array(r.json()["vectors"])
+    np.testing.assert_allclose(v[0], ENC.embed(["red running shoes"])[0], rtol=1e-6)
+    assert v.shape == (2, ENC.dim)
+    after = (await h.client.get("/metrics")).text
+    assert metric(after, "m5_query_cache_hits_total") - metric(before, "m5_query_cache_hits_total") == 1
+    assert metric(after, "m5_query_cache_misses_total") - metric(before, "m5_query_cache_misses_total") == 2
+
+
+async def test_search_by_text_vector_and_asin(api):
+    h = await api()
+    r = await h.client.post("/search", json={"query": "red running shoes", "k": 2})
+    assert r.status_code == 200 and r.json()["hits"][0]["asin"] == "B000000001"
+    vec = ENC.embed(["steel water bottle 1 l"])[0].tolist()
+    r = await h.client.post("/search", json={"vector": vec, "k": 1})
+    assert r.json()["hits"][0]["asin"] == "B000000004"
+    r = await h.client.post("/search", json={"asin": "B000000001", "k": 10})
+    hits = [x["asin"] for x in r.json()["hits"]]
+    assert "B000000001" not in hits and len(hits) == 4
+    r = await h.client.post("/search", json={"query": "running shoes", "k": 10, "filters": {"locale": "de_DE"}})
+    assert {x["asin"] for x in r.json()["hits"]} == {"B000000003", "B000000005"}
+
+
+@pytest.mark.parametrize("body,word", [
+    ({"query": "x", "vector": [0.1]}, "exactly one"),
+    ({}, "exactly one"),
+    ({"vector": [0.1, 0.2]}, "dimensions"),
+    ({"vector": [0.0] * 32}, "zeros"),
+    ({"query": "shoes", "k": 0}, "k"),
+    ({"query": "shoes", "k": 1001}, "k"),
+    ({"query": ""}, "query"),
+    ({"query": "x" * 600}, "query"),
+    ({"query": "x", "filters": {"locale": "fr_FR"}}, "locale"),
+])
+async def test_search_bad_input_is_422_naming_the_field(api, body, word):
+    h = await api()
+    r = await h.client.post("/search", json=body)
+    assert r.status_code == 422 and word in r.json()["detail"]
+
+
+async def test_nan_vector_is_rejected(api):
+    h = await api()
+    r = await h.client.post("/search", content=b'{"vector": [NaN' + b", 0.0" * 31 + b"]}", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+async def test_body_limit_auth_and_overload(api):
+    h = await api(max_body_bytes=1000, api_key="s3cret")
+    r = await h.client.post("/search", json={"query": "x"})
+    assert r.status_code == 401
+    auth = {"x-api-key": "s3cret"}
+    assert (await h.client.post("/search", json={"query": "x" * 2000}, headers=auth)).status_code == 413
+    assert (await h.client.post("/search", json={"query": "shoes"}, headers={"authorization": "Bearer s3cret"})).status_code == 200
+    assert (await h.client.get("/healthz")).status_code == 200  # open without a key
+    h2 = await api(max_in_flight=0)
+    r = await h2.client.get("/asin/B000000001/embedding")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+async def test_feed_updates_are_searchable_without_restart(api):
+    h = await api()
+    v = ENC.embed(["purple umbrella with wooden handle"])[0]
+    h.publish(VectorRecord("B000000009", v, 1, ENC.version, "h", "en_US", "hardlines", 2.0))
+    for _ in range(50):
+        r = await h.client.post("/search", json={"vector": v.tolist(), "k": 1})
+        if r.json()["hits"][0]["asin"] == "B000000009":
+            break
+        await asyncio.sleep(0.05)
+    assert r.json()["hits"][0]["asin"] == "B000000009"
+    # a delete: the store tombstones it and the feed carries a null value
+    h.store.delete("B000000009", 2)
+    h.sink.send(h.settings.embeddings_topic, b"B000000009", None)
+    h.sink.flush()
+    for _ in range(50):
+        r = await h.client.post("/search", json={"vector": v.tolist(), "k": 1})
+        if r.json()["hits"][0]["asin"] != "B000000009":
+            break
+        await asyncio.sleep(0.05)
+    assert r.json()["hits"][0]["asin"] != "B000000009"
+
+
+async def test_bundle_mismatch_is_refused_and_not_ready(api):
+    h = await api()
+    v = ENC.embed(["anything"])[0]
+    h.publish(VectorRecord("B000000008", v, 1, "another-bundle", "h", "en_US", "media", 2.0))
+    for _ in range(50):
+        r = await h.client.post("/query/embed", json={"queries": ["shoes"]})
+        if r.status_code == 409:
+            break
+        await asyncio.sleep(0.05)
+    assert r.status_code == 409 and "another-bundle" in r.json()["detail"]
+    ready = await h.client.get("/readyz")
+    assert ready.status_code == 503 and "mismatch" in ready.json()["reasons"][0]
+
+
+async def test_ready_and_metrics_names(api):
+    h = await api()
+    r = await h.client.get("/readyz")
+    assert r.status_code == 200 and r.json()["ready"] and r.json()["index_size"] == 5
+    await h.client.get("/asin/B000000001/embedding")
+    m = (await h.client.get("/metrics")).text
+    for name in ("m5_http_requests_total", "m5_http_request_duration_seconds_bucket", "m5_http_requests_in_flight",
+                 "m5_index_size", "m5_feed_lag_messages", "m5_bundle_info", "m5_index_info"):
+        assert name in m
+    assert 'route="/asin/{asin}/embedding"' in m
