@@ -96,6 +96,10 @@ class Indexer:
         for e in plan.unknown:
             self._dead(DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held",
                                   by_asin_msg.get(e.asin, msgs[0])))
+        for asin, tomb in plan.republish:
+            rec = None if tomb else self.store.get(asin)
+            if tomb or rec is not None:
+                self.sink.send(self.s.embeddings_topic, asin.encode(), None if tomb else encode_feed_value(rec))
         for asin, version, _ in plan.delete:
             if self.store.delete(asin, version):
                 self.sink.send(self.s.embeddings_topic, asin.encode(), None)

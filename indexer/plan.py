@@ -14,6 +14,9 @@ class Plan:
     touch: list[dict] = field(default_factory=list)  # docs with new metadata, same content hash
     delete: list[tuple[str, int, float]] = field(default_factory=list)  # (asin, version, ts)
     stale: list[ChangeEvent] = field(default_factory=list)  # not newer than the store
+    # Exactly what the store holds: a replay after a crash between the store write and the feed
+    # flush. The feed may lack it, so publish it again (consumers apply it idempotently).
+    republish: list[tuple[str, bool]] = field(default_factory=list)  # (asin, is tombstone)
     unknown: list[ChangeEvent] = field(default_factory=list)  # patches for a product never seen
     ts: dict[str, float] = field(default_factory=dict)  # asin -> event time of the newest change
 
@@ -54,6 +57,8 @@ def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, st
             continue
         held_version, held_hash, tomb = stored.get(asin, (None, None, False))
         if held_version is not None and held_version >= version:
+            if held_version == version:
+                plan.republish.append((asin, tomb))
             plan.stale += [e for e in events if e.asin == asin]
             continue
         plan.ts[asin] = ts

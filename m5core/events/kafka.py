@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -35,6 +36,11 @@ class KafkaSource(EventSource):
             max_poll_records=opts.pop("max_poll_records", 1000),
             **opts,
         )
+        # Know the partitions before joining: a member that joins without a fresh topic's metadata is
+        # assigned nothing, and the group only notices at the next metadata refresh (minutes).
+        deadline = time.monotonic() + 10
+        while any(not self.consumer.partitions_for_topic(t) for t in topics) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.consumer.subscribe(topics, listener=_Listener(on_revoked))
 
     def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:

@@ -1,0 +1,105 @@
+"""The indexer against the real Kafka and Redis: ordering, dead letters, unchanged content, groups."""
+
+import threading
+
+import orjson
+
+from catalog.events import bad_events
+from indexer.parse import DeadLetter, parse_event
+from m5core.events.base import Message
+from m5core.feed import decode_feed_value
+from tests.indexer.conftest import delete, patch, upsert
+
+
+def test_parse_names_the_reason():
+    msg = lambda v, k=b"B000000001": Message("t", 0, 7, k, v, 0)  # noqa: E731
+    for key, payload, reason in bad_events():
+        out = parse_event(msg(payload, key), 500_000)
+        assert isinstance(out, DeadLetter) and out.reason == reason, (payload[:60], out)
+    assert not isinstance(parse_event(msg(upsert("B000000001", 1)), 1_000_000), DeadLetter)
+
+
+def test_newest_version_wins_out_of_order_and_deletes_stick(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    produce("B000000001", upsert("B000000001", 3, title="third"))
+    produce("B000000001", upsert("B000000001", 1, title="first"))
+    produce("B000000001", upsert("B000000001", 2, title="second"))
+    produce("B000000002", upsert("B000000002", 1))
+    produce("B000000002", delete("B000000002", 2))
+    produce("B000000002", upsert("B000000002", 1, title="late replay"))
+    producer.flush()
+    make().run(max_idle_s=1.5)
+    rec = store.get("B000000001")
+    assert rec.product_version == 3 and b"third" in store.get_doc("B000000001")
+    assert store.get("B000000002") is None and store.version_of("B000000002") == 2
+
+
+def test_dead_letters_keep_the_good_events_flowing(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    produce("B000000001", upsert("B000000001", 1))
+    for key, payload, _ in bad_events():
+        producer.send(s.changes_topic, key, payload)
+    produce("B00000000P", patch("B00000000P", 2, price=3.0))  # never seen
+    produce("B000000003", upsert("B000000003", 1))
+    producer.flush()
+    make().run(max_idle_s=1.5)
+    assert store.get("B000000001") and store.get("B000000003")
+    dlq = read(s.dlq_topic, len(bad_events()) + 1)
+    reasons = sorted(orjson.loads(m.value)["reason"] for m in dlq)
+    assert reasons == sorted([r for _, _, r in bad_events()] + ["unknown_asin"])
+    schema = [orjson.loads(m.value) for m in dlq if orjson.loads(m.value)["reason"] == "schema"]
+    assert all(d["source"]["topic"] == s.changes_topic and d["payload"] for d in schema)
+    assert any(d["error"].startswith("asin:") for d in schema) and any(d["error"].startswith("op:") for d in schema)
+
+
+def test_unchanged_content_is_not_reembedded(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    produce("B000000001", upsert("B000000001", 1))
+    produce("B000000001", patch("B000000001", 2, price=9.5, stock=3))  # metadata only
+    produce("B000000001", patch("B000000001", 3, attributes={"colour": "blue"}))  # content
+    producer.flush()
+    make().run(max_idle_s=1.5)
+    assert store.get("B000000001").product_version == 3
+    doc = orjson.loads(store.get_doc("B000000001"))
+    assert doc["price"] == 9.5 and doc["attributes"] == {"colour": "blue"}
+    feed = read(s.embeddings_topic, 1)
+    # one batch folds the three events: a single vector reaches the feed, at version 3
+    assert [decode_feed_value(m.value).product_version for m in feed] == [3]
+
+
+def test_price_only_patch_after_upsert_skips_the_encoder(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    produce("B000000001", upsert("B000000001", 1))
+    producer.flush()
+    first = make()
+    first.run(max_idle_s=1.0)
+    first.source.close()  # leave the group so the next indexer gets the partitions at once
+    calls = []
+
+    class Counting:
+        dim, version = 32, "hash-v1"
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            raise AssertionError("a price change must not be embedded")
+
+    produce("B000000001", patch("B000000001", 2, price=1.0))
+    producer.flush()
+    make(encoder=Counting()).run(max_idle_s=3.0)
+    assert calls == [] and store.get("B000000001").product_version == 2
+
+
+def test_two_indexers_in_one_group_process_every_asin_once(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    asins = [f"B0000{i:05d}" for i in range(300)]
+    for a in asins:
+        produce(a, upsert(a, 1))
+    producer.flush()
+    a, b = make(), make()
+    ta = threading.Thread(target=a.run, kwargs={"max_idle_s": 10})
+    tb = threading.Thread(target=b.run, kwargs={"max_idle_s": 10})
+    ta.start(), tb.start()
+    ta.join(), tb.join()
+    assert store.count() == 300
+    feed = read(s.embeddings_topic, 300)
+    assert sorted(decode_feed_value(m.value).asin for m in feed) == asins
