@@ -325,7 +325,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
     bar.close()
 
     n_queries = max(20, int(products * QUERIES_PER_PRODUCT))
-    forms = ["plain", "plain", "plain", "misspelled", "synonym", "synonym", "synonym", "synonym", "cross", "cross"]
+    forms = ["plain", "plain", "misspelled", "synonym", "synonym", "synonym", "synonym", "synonym", "cross", "cross", "cross"]
     head_pool = pool[: max(1, len(pool) // 20)]
     gap_count = 0
     for qi in range(n_queries):

@@ -131,7 +131,14 @@ def canonical_value(name: str, text: str) -> str:
     for canon, words in WORDS.items():
         if text in (words["en"], words["de"], words["ar"]):
             return canon
-    return text.split(" ")[0].replace(",", ".")
+    if name not in ("capacity", "weight", "volume", "power", "length"):
+        return text
+    number, _, unit = text.partition(" ")
+    x = float(number.replace(",", "."))
+    x = {"inch": x * 2.54, "kg": x * 1000, "ml": x / 1000 if name == "capacity" else x}.get(unit, x)
+    if name == "capacity":
+        return f"{x:g}"
+    return str(int(round(x)))
 
 
 def format_value(name: str, value: str, lang: str) -> str:

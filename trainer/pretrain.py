@@ -90,7 +90,10 @@ def save_checkpoint(engine, ckpt_dir: Path, cfg: TrainConfig, step: int) -> None
     """Client state carries the full config and its hash so a resume rebuilds exactly."""
     engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}",
                            client_state={"step": step, "config": json.loads(cfg.model_dump_json()), "config_hash": cfg.hash(),
-                                         "model_args": cfg.model.model_dump()})
+                                         "model_args": cfg.model.model_dump(),
+                                         # dropout draws from torch's RNG: without it a resumed run diverges
+                                         "torch_rng": torch.get_rng_state(),
+                                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
 
 
 def load_checkpoint(engine, ckpt_dir: Path, cfg: TrainConfig) -> int:
@@ -109,6 +112,9 @@ def load_checkpoint(engine, ckpt_dir: Path, cfg: TrainConfig) -> int:
     _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if client is None:
         raise CheckpointError(f"checkpoint {ckpt_dir / tag} could not be loaded")
+    torch.set_rng_state(client["torch_rng"])
+    if client.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(client["cuda_rng"])
     return int(client["step"])
 
 

@@ -1,0 +1,93 @@
+"""Pure pieces of the trainer: config validation, masking, language sampling, schedules, losses."""
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.config import ConfigError, load_config
+from trainer.data import PretrainCorpus, language_probs, mask_tokens, seq_len_for_step
+from trainer.losses import make_loss
+
+
+@pytest.mark.parametrize("over,key", [
+    ({"pretrain": {"zero_stage": 4}}, "pretrain.zero_stage"),
+    ({"pretrain": {"alpha": -0.5}}, "pretrain.alpha"),
+    ({"pretrain": {"zero_stge": 1}}, "pretrain.zero_stge"),
+    ({"model": {"hidden": 100, "heads": 3}}, "heads"),
+    ({"finetune": {"loss": "hinge"}}, "finetune.loss"),
+    ({"pretrain": {"seq_schedule": [[128, 0.5]]}}, "seq_schedule"),
+])
+def test_bad_config_fails_before_training_naming_the_key(over, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, "tiny", over)
+
+
+def test_fp16_on_cpu_is_refused_and_deepspeed_json_follows_config():
+    cfg = load_config(None, "tiny", {"pretrain": {"precision": "fp16"}})
+    with pytest.raises(ConfigError, match="fp16"):
+        cfg.deepspeed_config(cuda=False)
+    ds = load_config(None, "tiny", {"pretrain": {"zero_stage": 2, "micro_batch": 8, "grad_accum": 4}}).deepspeed_config(cuda=False)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 4
+
+
+def _batch(rng, b=64, s=40):
+    ids = rng.integers(20, 1000, (b, s))
+    attn = np.ones((b, s), dtype=np.int64)
+    attn[:, 30:] = 0
+    special = np.zeros((b, s), bool)
+    special[:, 0] = special[:, 29] = True
+    special |= attn == 0
+    starts = rng.random((b, s)) < 0.5
+    starts[:, 0] = True
+    return ids, attn, starts, special
+
+
+def test_subword_masking_rate_and_specials():
+    rng = np.random.default_rng(0)
+    ids, attn, starts, special = _batch(rng)
+    inputs, labels = mask_tokens(ids, attn, starts, special, 0.15, False, 4, 1000, rng)
+    chosen = labels != -100
+    assert not (chosen & special).any()
+    rate = chosen.sum() / (~special).sum()
+    assert 0.12 < rate < 0.18
+    assert 0.7 < (inputs[chosen] == 4).mean() < 0.9  # ~80% [MASK]
+    assert (labels[chosen] == ids[chosen]).all()
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word():
+    rng = np.random.default_rng(1)
+    ids, attn, starts, special = _batch(rng)
+    _, labels = mask_tokens(ids, attn, starts, special, 0.2, True, 4, 1000, rng)
+    chosen = labels != -100
+    word = np.cumsum(starts, axis=1)
+    for i in range(len(ids)):
+        for w in np.unique(word[i][chosen[i]]):
+            piece = (word[i] == w) & ~special[i]
+            assert chosen[i][piece].all()
+
+
+def test_language_sampling_with_temperature_lifts_rare_languages():
+    counts = {"en": 800, "de": 150, "ar": 50}
+    flat, hot = language_probs(counts, 1.0), language_probs(counts, 0.3)
+    assert flat["ar"] == pytest.approx(0.05) and hot["ar"] > 0.15 and hot["en"] < flat["en"]
+    products = [{"locale": loc, "title": "t", "brand": "b", "product_type": "x"} for loc, n in
+                (("en_US", 800), ("de_DE", 150), ("ar_AE", 50)) for _ in range(n)]
+    corpus = PretrainCorpus(products, "plain", 0.3)
+    langs = [lang for step in range(40) for lang in corpus.batch(0, step, 64)[1]]
+    assert abs(langs.count("ar") / len(langs) - hot["ar"]) < 0.03
+    assert corpus.batch(7, 3, 16) == corpus.batch(7, 3, 16)  # a batch is a pure function of (seed, step)
+
+
+def test_sequence_length_schedule():
+    lens = [seq_len_for_step(s, 100, [(128, 0.9), (512, 0.1)]) for s in range(100)]
+    assert lens.count(128) == 90 and lens[-1] == 512 and lens[89] == 128
+
+
+@pytest.mark.parametrize("name", ["infonce", "bce", "triplet"])
+def test_losses_score_true_pairs_better_than_shuffled(name):
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(32, 16), dim=-1)
+    aligned = torch.nn.functional.normalize(a + 0.1 * torch.randn(32, 16), dim=-1)
+    shuffled = aligned[torch.randperm(32)]
+    loss = make_loss(name, 0.05, 0.2)
+    assert loss(a, aligned) < loss(a, shuffled)
