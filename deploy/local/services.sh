@@ -126,11 +126,14 @@ prom_ready() { curl -fsS "http://127.0.0.1:$PROM_PORT/-/ready"; }
 start_prometheus() {
   need prometheus "apt-get install -y prometheus"
   local d="$CACHE/prometheus"; mkdir -p "$d/data"
-  if pid_alive "$d/prometheus.pid" && prom_ready 2>/dev/null; then log "prometheus already up on :$PROM_PORT"; return; fi
   # Our config with this machine's ports; rule files are read from the repo.
   sed -e "s#127.0.0.1:8000#127.0.0.1:$SERVICE_PORT#; s#127.0.0.1:9108#127.0.0.1:$INDEXER_METRICS_PORT#" \
       -e "s#rules/#$REPO/deploy/prometheus/rules/#" \
       "$REPO/deploy/prometheus/prometheus.yml" > "$d/prometheus.yml"
+  if pid_alive "$d/prometheus.pid" && prom_ready >/dev/null 2>&1; then
+    curl -fsS -X POST "http://127.0.0.1:$PROM_PORT/-/reload" >/dev/null  # pick up edited config and rules
+    log "prometheus already up on :$PROM_PORT (config reloaded)"; return
+  fi
   nohup prometheus --config.file="$d/prometheus.yml" --storage.tsdb.path="$d/data" \
     --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle >>"$d/prometheus.log" 2>&1 &
   echo $! > "$d/prometheus.pid"
