@@ -41,8 +41,10 @@ def test_resume_continues_from_the_saved_step_with_the_same_batches(tmp_path, te
     _pretrain(resumed, test_catalog)
     a, b = _losses(tmp_path / "a" / "run"), _losses(tmp_path / "b" / "run")
     assert sorted(b) == list(range(1, 9))  # steps 5..8 came after the resume, none repeated
+    # Same weights, optimizer state, RNG and batches: the losses agree to float noise (a fresh start
+    # at step 5 would be several percent higher).
     for step in range(1, 9):
-        assert b[step] == pytest.approx(a[step], rel=1e-3), step
+        assert b[step] == pytest.approx(a[step], rel=3e-3), step
 
 
 def test_mismatched_and_corrupt_checkpoints_are_refused(tmp_path, test_catalog):
