@@ -25,6 +25,13 @@ def _positive(text: str) -> int:
     return n
 
 
+def _non_negative(text: str) -> float:
+    x = float(text)
+    if not x >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return x
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("catalog", help="generate a synthetic catalog or a change-event stream", description=__doc__)
     csub = p.add_subparsers(dest="catalog_command", metavar="SUBCOMMAND", required=True)
@@ -37,12 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = csub.add_parser("events", help="emit change events (upserts, patches, deletes) for a catalog")
     e.add_argument("--catalog", type=Path, required=True, help="catalog directory")
     e.add_argument("--count", type=_positive, default=1000, help="number of events")
-    e.add_argument("--rate", type=float, default=0.0, help="events per second (0: as fast as possible)")
-    e.add_argument("--seed", type=int, default=1)
+    e.add_argument("--rate", type=_non_negative, default=0.0, help="events per second (0: as fast as possible)")
+    e.add_argument("--seed", type=int, default=1, help="random seed (same seed, same stream)")
     e.add_argument("--out", type=Path, help="write JSON lines here (default: stdout)")
     e.add_argument("--kafka", metavar="BOOTSTRAP", help="produce to Kafka instead, keyed by ASIN")
     e.add_argument("--local-events-dir", type=Path, help="append to the embedded event log instead (m5 demo)")
-    e.add_argument("--topic", default="catalog.changes")
+    e.add_argument("--topic", default="catalog.changes", help="topic for --kafka / --local-events-dir (default catalog.changes)")
     e.set_defaults(func=_events)
 
 

@@ -13,6 +13,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import orjson
@@ -96,23 +97,25 @@ class _World:
     def __init__(self, rng: random.Random, locales: list[str]):
         self.rng = rng
         self.locales = locales
-        self.locale_weights = [{"en_US": 0.5, "de_DE": 0.3, "ar_AE": 0.2}[loc] for loc in locales]
+        # cumulative weights: random.choices would re-accumulate them on every call (same draws)
+        self.locale_cum = list(accumulate({"en_US": 0.5, "de_DE": 0.3, "ar_AE": 0.2}[loc] for loc in locales))
         self.brands = sorted({"".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize() for _ in range(400)})
         rng.shuffle(self.brands)
-        self.brand_w = _zipf_weights(len(self.brands))
+        self.brand_cum = list(accumulate(_zipf_weights(len(self.brands))))
         self.types = list(TYPES)
-        self.type_w = _zipf_weights(len(self.types), 0.6)
+        self.type_cum = list(accumulate(_zipf_weights(len(self.types), 0.6)))
 
     def new_item(self, cluster: str) -> Item:
         r = self.rng
-        t = r.choices(self.types, self.type_w)[0]
+        t = r.choices(self.types, cum_weights=self.type_cum)[0]
         attrs = {}
         for name in TYPES[t][3]:
             choices = MATERIALS_OF.get(t, CHOICES[name]) if name == "material" else CHOICES[name]
             attrs[name] = r.choice(choices)
         if "material" in attrs and "material" not in TYPES[t][3]:
             attrs.pop("material")
-        return Item(cluster, t, r.choices(self.brands, self.brand_w)[0], attrs, r.choices(self.locales, self.locale_weights)[0])
+        return Item(cluster, t, r.choices(self.brands, cum_weights=self.brand_cum)[0], attrs,
+                    r.choices(self.locales, cum_weights=self.locale_cum)[0])
 
     def sibling(self, item: Item, cluster: str) -> Item:
         """Hard negative: same brand and type, a different colour or key attribute."""
@@ -283,7 +286,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
 
     bar = tqdm(total=products, desc="products", unit="p", disable=not show_progress, mininterval=1.0)
     n_cluster = 0
-    recent: list[tuple[str, Item]] = []
+    recent: list[tuple[str, Item, str]] = []  # (asin, item, split) of recent clusters
     while counts["products"] < products:
         before = counts["products"]
         cid = f"c{n_cluster:08d}"
@@ -310,11 +313,11 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
             s_asin = emit(sib, sib.locale, "base")
             write("clusters", {"cluster_id": sid, "asins": [s_asin], "split": split})
             write("duplicate_pairs", {"asin_a": asins[0], "asin_b": s_asin, "label": 0, "product_line": pl, "cluster_a": cid, "cluster_b": sid, "split": split, "hard": True})
-        for other_asin, other in recent[-50:]:
-            if TYPES[other.type][0] == pl and other.cluster != cid and split_of(other.cluster, seed) == split and rng.random() < 0.02:
+        for other_asin, other, other_split in recent[-50:]:
+            if TYPES[other.type][0] == pl and other.cluster != cid and other_split == split and rng.random() < 0.02:
                 write("duplicate_pairs", {"asin_a": asins[0], "asin_b": other_asin, "label": 0, "product_line": pl, "cluster_a": cid, "cluster_b": other.cluster, "split": split})
                 break
-        recent.append((asins[0], item))
+        recent.append((asins[0], item, split))
         if len(recent) > 200:
             del recent[:100]
         if rng.random() < P_COPURCHASE:

@@ -64,3 +64,41 @@ def ndcg_at_k(ranked: Sequence[str], labels: dict[str, str], k: int = 10) -> flo
 def exact_share_at_k(ranked: Sequence[str], labels: dict[str, str], k: int = 10) -> float:
     top = ranked[:k]
     return sum(labels.get(a) == "E" for a in top) / max(1, len(top))
+
+
+def roc_curve(scores: Sequence[float], labels: Sequence[int], points: int = 200) -> dict[str, list[float]]:
+    """False/true positive rates over descending thresholds, thinned to about `points` for plotting."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    order = np.argsort(-s, kind="mergesort")
+    tp = np.concatenate([[0], np.cumsum(y[order])])
+    fp = np.concatenate([[0], np.cumsum(1 - y[order])])
+    step = max(1, len(tp) // points)
+    idx = np.unique(np.r_[np.arange(0, len(tp), step), len(tp) - 1])
+    return {"fpr": (fp[idx] / max(1, fp[-1])).tolist(), "tpr": (tp[idx] / max(1, tp[-1])).tolist()}
+
+
+def pr_curve(scores: Sequence[float], labels: Sequence[int], points: int = 200) -> dict[str, list[float]]:
+    """Precision and recall over descending thresholds, thinned for plotting."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    order = np.argsort(-s, kind="mergesort")
+    tp = np.cumsum(y[order])
+    prec = tp / np.arange(1, len(s) + 1)
+    rec = tp / max(1, y.sum())
+    step = max(1, len(s) // points)
+    idx = np.unique(np.r_[np.arange(0, len(s), step), len(s) - 1])
+    return {"precision": prec[idx].tolist(), "recall": rec[idx].tolist()}
+
+
+def mlm_accuracy_by_language(batches: Sequence[tuple[str, int, int]]) -> dict[str, float]:
+    """(language, correct, masked) per batch -> accuracy per language plus "all" (token-weighted)."""
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for lang, c, n in batches:
+        if c < 0 or n < 0 or c > n:
+            raise ValueError(f"batches: correct={c} masked={n} for {lang!r} is not a valid count")
+        correct[lang] = correct.get(lang, 0) + c
+        total[lang] = total.get(lang, 0) + n
+    out = {lang: correct[lang] / total[lang] for lang in sorted(total) if total[lang]}
+    if sum(total.values()):
+        out["all"] = sum(correct.values()) / sum(total.values())
+    return out

@@ -1,4 +1,10 @@
-"""Bulk-load a catalog file: large encode batches and pipelined writes, published to the feed."""
+"""Bulk-load a catalog file: large encode batches and pipelined writes, published to the feed.
+
+With `snapshot_root`, the same pass also builds the FAISS index and saves it as a snapshot that
+includes the feed up to its end offsets after the final flush, so the service starts from the file
+instead of replaying the feed. Run it while no event indexer writes the same feed: anything another
+writer published before the flush would be counted as included without being in the index.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
 from tqdm import tqdm
 
@@ -20,8 +27,13 @@ log = logging.getLogger(__name__)
 
 
 def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encoder, settings: IndexerSettings,
-             scheme: str = "fields", batch: int = 512) -> dict:
+             scheme: str = "fields", batch: int = 512, snapshot_root: Path | None = None, feed_source=None) -> dict:
+    """products.jsonl -> store + feed (+ one FAISS snapshot). -> counts, seconds and products/s.
+
+    feed_source: an EventSource on the embeddings topic, used only for its end offsets (snapshot meta).
+    """
     t0 = time.perf_counter()
+    kept: list[tuple[str, np.ndarray, str, str, int]] = []  # (asin, vector, locale, product_line, version), docs dropped
     n_written = n_bad = 0
     bar = tqdm(desc="backfill", unit="p", mininterval=1.0)
     buf: list[dict] = []
@@ -35,6 +47,8 @@ def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encode
             if ok:
                 sink.send(settings.embeddings_topic, r.asin.encode(), encode_feed_value(r))
                 n_written += 1
+                if snapshot_root is not None:
+                    kept.append((r.asin, r.vector, r.locale, r.product_line, r.product_version))
         bar.update(len(buf))
         buf.clear()
 
@@ -51,5 +65,21 @@ def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encode
         flush()
     sink.flush()
     bar.close()
+    out = {"written": n_written, "invalid": n_bad}
+    if snapshot_root is not None:
+        out["snapshot"] = str(_snapshot(kept, encoder, settings, snapshot_root, feed_source))
     secs = time.perf_counter() - t0
-    return {"written": n_written, "invalid": n_bad, "seconds": round(secs, 2), "products_per_s": round(n_written / max(secs, 1e-9), 1)}
+    return {**out, "seconds": round(secs, 2), "products_per_s": round(n_written / max(secs, 1e-9), 1)}
+
+
+def _snapshot(kept: list[tuple], encoder, settings: IndexerSettings, root: Path, feed_source) -> Path:
+    from indexer.snapshot import save_snapshot
+    from m5core.index import AnnIndex
+
+    asins, vecs, locales, lines, versions = (list(c) for c in zip(*kept)) if kept else ([], [], [], [], [])
+    vectors = np.stack(vecs) if vecs else np.zeros((0, encoder.dim), np.float32)  # (n, dim)
+    index = AnnIndex.build(encoder.dim, asins, vectors, locales, lines, versions, kind=settings.index_kind, version=encoder.version)
+    offsets = feed_source.end_offsets() if feed_source is not None else {}
+    path = save_snapshot(index, root, offsets, settings.snapshots_keep, {"bundle_versions": [encoder.version]})
+    log.info("backfill snapshot %s: %d vectors", path, len(index))
+    return path

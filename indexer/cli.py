@@ -1,4 +1,4 @@
-"""`m5 index run|backfill`."""
+"""`m5 index run|backfill|snapshot|reembed|rollback`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("catalog", type=Path, help="catalog directory or products.jsonl")
     b.add_argument("--batch", type=int, default=512, help="encode batch size")
     add_settings_arguments(b, IndexerSettings)
+    b.add_argument("--snapshot", action="store_true", help="also build the FAISS index and save it under --snapshot-dir")
     b.set_defaults(func=_backfill, parser=b)
+    sn = isub.add_parser("snapshot", help="follow catalog.embeddings into a FAISS index, saving snapshots every --snapshot-interval-s")
+    sn.add_argument("--once", action="store_true", help="catch up with the feed, save one snapshot and exit")
+    add_settings_arguments(sn, IndexerSettings)
+    sn.set_defaults(func=_snapshot, parser=sn)
+    re_ = isub.add_parser("reembed", help="re-embed the catalog with --bundle into a new namespace, gate it, switch atomically")
+    re_.add_argument("--golden", type=Path, help="catalog dir whose test queries/judgements give the recall@10 gate")
+    re_.add_argument("--min-recall", type=float, default=0.0, help="refuse the switch below this golden recall@10")
+    re_.add_argument("--min-overlap", type=float, default=0.0, help="refuse below this old/new top-10 neighbour overlap")
+    re_.add_argument("--min-coverage", type=float, default=0.999, help="refuse if the new namespace holds less of the old")
+    re_.add_argument("--no-switch", action="store_true", help="fill and gate the new namespace, leave the pointer")
+    re_.add_argument("--batch", type=int, default=512, help="encode batch size")
+    add_settings_arguments(re_, IndexerSettings)
+    re_.set_defaults(func=_reembed, parser=re_)
+    rb = isub.add_parser("rollback", help="point readers back at the namespace active before the last switch")
+    add_settings_arguments(rb, IndexerSettings)
+    rb.set_defaults(func=_rollback, parser=rb)
 
 
 def _run(args) -> int:
@@ -41,9 +58,72 @@ def _backfill(args) -> int:
         args.parser.error(f"catalog: {path} does not exist")
     manifest = load_manifest(s.bundle)
     enc = OnnxEncoder(s.bundle, "product", threads=s.encode_threads, manifest=manifest)
-    store, sink = open_store(s), open_sink(s)
-    out = backfill(path, store, sink, enc, s, manifest.render_scheme, args.batch)
+    from m5core.events import open_source
+    from m5core.stores import active_namespace
+
+    store, sink = open_store(s, active_namespace(s)), open_sink(s)
+    feed = open_source(s, [s.embeddings_topic], None) if args.snapshot else None
+    out = backfill(path, store, sink, enc, s, manifest.render_scheme, args.batch,
+                   snapshot_root=s.snapshot_dir if args.snapshot else None, feed_source=feed)
+    if feed is not None:
+        feed.close()
     sink.close()
     store.close()
     print(f"backfill: {out}")
+    return 0
+
+
+def _snapshot(args) -> int:
+    import signal
+    import threading
+
+    from indexer.snapshot import Snapshotter
+    from m5core.bundle import load_manifest
+    from m5core.events import open_source
+    from m5core.stores import active_namespace, open_store
+
+    s = settings_from_args(IndexerSettings, args, args.parser)
+    dim = load_manifest(s.bundle, verify=False).dim
+    store = open_store(s, active_namespace(s))
+    source = open_source(s, [s.embeddings_topic], None)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    snap = Snapshotter(source, store, s.snapshot_dir, dim, s.index_kind, s.snapshot_interval_s, s.snapshots_keep)
+    snap.run(stop, max_idle_s=2.0 if args.once else None)
+    source.close()
+    store.close()
+    print(f"snapshot: {snap.snapshots[-1]} ({len(snap.index)} vectors)")
+    return 0
+
+
+def _reembed(args) -> int:
+    from indexer.reembed import Gates, ReembedRefused, reembed
+    from m5core.bundle import load_manifest
+    from m5core.encoder import OnnxEncoder
+
+    s = settings_from_args(IndexerSettings, args, args.parser)
+    manifest = load_manifest(s.bundle)
+    enc = OnnxEncoder(s.bundle, "product", threads=s.encode_threads, manifest=manifest)
+    qenc = OnnxEncoder(s.bundle, "query", threads=s.encode_threads, manifest=manifest) if args.golden else None
+    gates = Gates(min_coverage=args.min_coverage, min_overlap=args.min_overlap, min_recall=args.min_recall)
+    try:
+        out = reembed(s, enc, manifest.render_scheme, qenc, args.golden, gates, args.batch, switch=not args.no_switch)
+    except ReembedRefused as exc:
+        print(f"reembed refused: {exc}")
+        return 1
+    print(f"reembed: {out}")
+    return 0
+
+
+def _rollback(args) -> int:
+    from indexer.reembed import ReembedRefused, rollback
+
+    s = settings_from_args(IndexerSettings, args, args.parser)
+    try:
+        frm, to = rollback(s)
+    except ReembedRefused as exc:
+        print(f"rollback refused: {exc}")
+        return 1
+    print(f"rollback: active namespace {frm} -> {to}")
     return 0

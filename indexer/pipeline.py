@@ -19,7 +19,7 @@ from indexer.parse import DeadLetter, parse_event
 from indexer.plan import plan_batch
 from indexer.settings import IndexerSettings
 from m5core.encoder import Encoder
-from m5core.events.base import EventSink, EventSource, Message
+from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.feed import encode_feed_value
 from m5core.schema import ChangeEvent, content_hash, render_product
 from m5core.stores.base import EmbeddingStore, VectorRecord
@@ -48,7 +48,31 @@ class Indexer:
                 self._report_lag()
                 continue
             idle_since = time.monotonic()
-            self.process(msgs)
+            self.process_with_retries(msgs)
+
+    def process_with_retries(self, msgs: list[Message]) -> None:
+        """A store or broker outage retries the whole batch (writes are idempotent), then gives up loudly.
+
+        Nothing is committed until a try succeeds, so giving up (the process exits non-zero and is
+        restarted) redelivers the batch: at-least-once either way.
+        """
+        delay = 0.2
+        for attempt in range(1, self.s.store_retries + 1):
+            try:
+                self.process(msgs)
+                return
+            except CommitRejected as exc:
+                # Rebalanced mid-batch: our writes are durable and idempotent; the partitions' new owner
+                # replays from the last commit. Retrying the commit here could only fail again.
+                log.info("commit rejected after a rebalance (%s); the new owner replays the batch", exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - redis/kafka errors have no common base class
+                if attempt == self.s.store_retries or self.stop.is_set():
+                    raise
+                log.warning("batch attempt %d/%d failed (%s: %s); retrying in %.1fs", attempt, self.s.store_retries,
+                            type(exc).__name__, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM finishes the batch in hand, commits it, and exits."""

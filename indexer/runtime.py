@@ -9,7 +9,7 @@ from indexer.settings import IndexerSettings
 from m5core.bundle import load_manifest
 from m5core.encoder import OnnxEncoder
 from m5core.events import open_sink, open_source
-from m5core.stores import open_store
+from m5core.stores import active_namespace, open_store
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def build_indexer(s: IndexerSettings, encoder=None) -> Indexer:
     manifest = load_manifest(s.bundle)
     encoder = encoder or OnnxEncoder(s.bundle, "product", threads=s.encode_threads, manifest=manifest)
-    store = open_store(s)
+    store = open_store(s, active_namespace(s))  # follows a re-embed's switch
     source = open_source(s, [s.changes_topic], s.group_id)
     sink = open_sink(s)
     return Indexer(s, source, sink, store, encoder, manifest.render_scheme)

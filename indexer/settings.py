@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from m5core.settings import BundleConfig, FeedConfig, StoreConfig
 
@@ -22,3 +23,11 @@ class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
     """Port of the indexer's Prometheus /metrics (0 disables)."""
     snapshot_dir: Path = Path(".m5/snapshots")
     """Where FAISS index snapshots (with the feed offsets they include) are written."""
+    snapshot_interval_s: float = 60.0
+    """Seconds between FAISS snapshots written by `m5 index snapshot` (one more at exit)."""
+    snapshots_keep: int = 3
+    """Snapshots kept on disk; older ones are deleted after each save."""
+    index_kind: Literal["auto", "flat", "hnsw", "ivf_sq8"] = "auto"
+    """FAISS index type of snapshots: auto = flat on small catalogs, IVF-SQ8 from 50k vectors."""
+    store_retries: int = 5
+    """Attempts at a batch when the store or the feed fails (exponential back-off); then the indexer exits non-zero."""

@@ -14,6 +14,7 @@ import sys
 from catalog import cli as catalog_cli
 from evaluation import cli as eval_cli
 from indexer import cli as indexer_cli
+from loadtests import cli as loadtest_cli
 from m5cli import demo
 from service import cli as service_cli
 from trainer import cli as trainer_cli
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     trainer_cli.register(sub)
     catalog_cli.register(sub)
     eval_cli.register(sub)
+    loadtest_cli.register(sub)
     return parser
 
 

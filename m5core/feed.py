@@ -7,11 +7,19 @@ JSON so any consumer can read them; the vector travels as base64 little-endian f
 from __future__ import annotations
 
 import base64
+import threading
+from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import orjson
 
-from m5core.stores.base import VectorRecord
+from m5core.events.base import EventSource, TopicPartition
+from m5core.stores.base import EmbeddingStore, VectorRecord
+
+if TYPE_CHECKING:  # faiss is an `index` extra; the codec functions must import without it
+    from m5core.index import AnnIndex
 
 
 def encode_feed_value(rec: VectorRecord) -> bytes:
@@ -51,25 +59,60 @@ def decode_feed_value(value: bytes) -> VectorRecord:
         raise ValueError(f"malformed feed value: {exc}") from exc
 
 
-class FeedFollower:
-    """Keeps an AnnIndex in step with the feed: bootstrap from the store, then apply the feed live.
+SNAPSHOT_PREFIX = "snap-"
 
-    Bootstrap takes the feed's end offsets *before* scanning the store and replays from there, so a
-    change that lands during the scan is applied twice at worst; versions make that harmless. A
-    tombstone carries no version, so it removes a product only when the store no longer holds it.
+
+def latest_snapshot(snapshot_dir: Path | str | None) -> Path | None:
+    """Newest complete snapshot directory (`snap-<unix ms>` with an index.json), or None."""
+    root = Path(snapshot_dir) if snapshot_dir else None
+    if root is None or not root.is_dir():
+        return None
+    snaps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(SNAPSHOT_PREFIX)
+                   and not p.name.endswith(".tmp") and (p / "index.json").is_file())
+    return snaps[-1] if snaps else None
+
+
+def offsets_from_meta(meta: Mapping[str, int]) -> dict[TopicPartition, int]:
+    """{"topic:partition": next_offset} (snapshot meta) -> {(topic, partition): next_offset}."""
+    out = {}
+    for key, off in meta.items():
+        topic, _, part = key.rpartition(":")
+        out[(topic, int(part))] = int(off)
+    return out
+
+
+class FeedFollower:
+    """Keeps an AnnIndex in step with the feed: bootstrap from a snapshot or the store, then apply the feed live.
+
+    Bootstrap prefers the newest snapshot in `snapshot_dir` (its meta holds the feed offsets it
+    includes, so only the tail of the feed is replayed). Otherwise it takes the feed's end offsets
+    *before* scanning the store and replays from there, so a change that lands during the scan is
+    applied twice at worst; versions make that harmless. With no store either, the compacted feed is
+    replayed from its start. A tombstone carries no version, so with a store it removes a product
+    only when the store no longer holds it. `offsets` is the next offset per partition the index
+    includes (what a snapshot of it records); malformed values are counted and skipped, never fatal.
     """
 
-    def __init__(self, source, index, store, log=None):
+    def __init__(self, source: EventSource, index: AnnIndex, store: EmbeddingStore | None = None, log=None, *,
+                 snapshot_dir: Path | str | None = None):
         import logging
 
         self.source, self.index, self.store = source, index, store
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.log = log or logging.getLogger(__name__)
         self.applied = 0
         self.malformed = 0
         self.bundle_versions: set[str] = set()
         self.last_lag = 0
+        self.offsets: dict[TopicPartition, int] = {}
+        self.snapshot_meta: dict | None = None  # meta of the snapshot bootstrapped from, if any
 
     def bootstrap(self, batch: int = 2000) -> int:
+        """-> vectors loaded. May replace `self.index` with the snapshot's index (read it back after)."""
+        if self._bootstrap_from_snapshot():
+            return len(self.index)
+        if self.store is None:
+            return 0  # no snapshot, no store: the compacted feed itself is the full state
         end = self.source.end_offsets()
         n = 0
         buf: list[VectorRecord] = []
@@ -81,7 +124,31 @@ class FeedFollower:
         n += self._upsert(buf)
         if end:
             self.source.seek(end)
+            self.offsets.update(end)
         return n
+
+    def _bootstrap_from_snapshot(self) -> bool:
+        snap = latest_snapshot(self.snapshot_dir)
+        if snap is None:
+            return False
+        from m5core.index import AnnIndex
+
+        try:
+            index, meta = AnnIndex.load(snap)
+        except Exception as exc:  # noqa: BLE001 - a damaged snapshot falls back to the store
+            self.log.warning("cannot load snapshot %s (%s); bootstrapping from the store", snap, exc)
+            return False
+        if index.dim != self.index.dim:
+            self.log.warning("snapshot %s has dim %d, expected %d; bootstrapping from the store", snap, index.dim, self.index.dim)
+            return False
+        offsets = offsets_from_meta(meta.get("offsets", {}))
+        if offsets:
+            self.source.seek(offsets)
+            self.offsets.update(offsets)
+        self.index, self.snapshot_meta = index, meta
+        self.bundle_versions.update(meta.get("bundle_versions") or ([index.version] if index.version else []))
+        self.log.info("bootstrapped %d vectors from snapshot %s at offsets %s", len(index), snap.name, meta.get("offsets"))
+        return True
 
     def _upsert(self, recs: list[VectorRecord]) -> int:
         recs = [r for r in recs if (self.index.version_of(r.asin) or -1) < r.product_version]
@@ -92,7 +159,14 @@ class FeedFollower:
                           [r.product_line for r in recs], [r.product_version for r in recs])
         return len(recs)
 
+    def _check(self, rec: VectorRecord) -> None:
+        if rec.vector.shape != (self.index.dim,):
+            raise ValueError(f"vector has {rec.vector.shape[0]} dims, the index has {self.index.dim}")
+        if not np.isfinite(rec.vector).all():
+            raise ValueError("vector has NaN or inf values")
+
     def poll_once(self, max_records: int = 1000, timeout_s: float = 0.2) -> int:
+        """Apply one batch of feed messages. -> messages consumed (applied or skipped)."""
         msgs = self.source.poll(max_records, timeout_s)
         ups: dict[str, VectorRecord] = {}
         dels: list[str] = []
@@ -104,6 +178,7 @@ class FeedFollower:
                 continue
             try:
                 rec = decode_feed_value(m.value)
+                self._check(rec)
             except ValueError as exc:
                 self.malformed += 1
                 self.log.warning("skipping malformed feed record at %s:%d:%d: %s", m.topic, m.partition, m.offset, exc)
@@ -114,19 +189,24 @@ class FeedFollower:
             if prev is None or prev.product_version < rec.product_version:
                 ups[rec.asin] = rec
         n = self._upsert(list(ups.values()))
-        gone = [a for a in dels if self.store.get(a) is None]
+        gone = [a for a in dels if self.store is None or self.store.get(a) is None]
         n += self.index.remove(gone) if gone else 0
         self.applied += n
+        for m in msgs:
+            tp = (m.topic, m.partition)
+            self.offsets[tp] = max(self.offsets.get(tp, 0), m.offset + 1)
         return len(msgs)
 
     def lag(self) -> int:
+        """Feed messages not applied yet (all partitions); the last known value if the broker is unreachable."""
         try:
             self.last_lag = int(sum(self.source.lag().values()))
         except Exception:  # noqa: BLE001 - lag is advisory
             pass
         return self.last_lag
 
-    def run(self, stop) -> None:
+    def run(self, stop: threading.Event) -> None:
+        """Thread body: poll until `stop` is set."""
         while not stop.is_set():
             try:
                 self.poll_once()

@@ -13,12 +13,14 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from m5core.bundle import load_manifest
 from m5core.encoder import Encoder, OnnxEncoder
@@ -26,7 +28,7 @@ from m5core.events import open_source
 from m5core.feed import FeedFollower
 from m5core.index import AnnIndex
 from m5core.schema import ASIN_PATTERN
-from m5core.stores import open_store
+from m5core.stores import active_namespace, open_store
 from m5core.stores.base import EmbeddingStore, quantize_int8
 from service import metrics as M
 from service.schemas import (
@@ -62,14 +64,50 @@ class State:
     thread: threading.Thread | None = None
     cache: OrderedDict = field(default_factory=OrderedDict)
     started: float = field(default_factory=time.time)
+    lookup: object = None  # asin -> record, set from the store in __post_init__
 
-    def mismatch(self) -> str | None:
+    def __post_init__(self) -> None:
+        self.lookup = _point_lookup(self.store)
+
+    def swap_encoder(self, encoder: Encoder) -> None:
+        """New query tower (bundle swap): one reference assignment, so in-flight requests keep the old one."""
+        self.cache = OrderedDict()
+        self.encoder = encoder
+        M.BUNDLE_INFO.labels(encoder.version).set(1)
+
+    def swap_index(self, index: AnnIndex) -> None:
+        """New index (rebuild, new snapshot): the follower applies the feed to it from now on."""
+        if self.follower is not None:
+            self.follower.index = index
+        self.index = index
+
+    def mismatch(self, encoder: Encoder | None = None) -> str | None:
         """A query tower from another bundle than the indexed vectors gives meaningless neighbours."""
-        held = self.follower.bundle_versions if self.follower else set()
-        other = sorted(v for v in held if v != self.encoder.version)
+        enc = encoder or self.encoder
+        held = set(self.follower.bundle_versions) if self.follower else set()
+        if self.index.version:
+            held.add(self.index.version)
+        other = sorted(v for v in held if v != enc.version)
         if other:
-            return f"indexed vectors come from bundle(s) {other}, the query tower is {self.encoder.version}"
+            return f"indexed vectors come from bundle(s) {other}, the query tower is {enc.version}"
         return None
+
+
+def _from_store(fn, *args):
+    """A store call on the event loop (one round trip, no thread hop); an outage is a 503, not a 500."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - redis/sqlite errors alike
+        raise ApiError(503, f"store unavailable: {type(exc).__name__}", {"retry-after": "1"}) from exc
+
+
+def _point_lookup(store: EmbeddingStore):
+    """asin -> VectorRecord | None in one round trip, without the product document where the store can skip it."""
+    raw = getattr(store, "get_raw", None)
+    if raw is None:
+        return store.get
+    decode = store.decode
+    return lambda asin: decode(asin, raw(asin))
 
 
 def _json(doc, status: int = 200, headers: dict | None = None) -> Response:
@@ -77,25 +115,33 @@ def _json(doc, status: int = 200, headers: dict | None = None) -> Response:
 
 
 def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | None = None, store: EmbeddingStore | None = None,
-               feed_source=None, follow_feed: bool = True) -> FastAPI:
-    """Build the app; injected parts (encoder, store, feed source) make tests fast and hermetic."""
+               index: AnnIndex | None = None, feed_source=None, follow_feed: bool = True) -> FastAPI:
+    """Build the app; injected parts (encoder, store, index, feed source) make tests fast and hermetic.
+
+    An injected index is used as is (no store scan); otherwise the index starts from the newest
+    snapshot in `settings.snapshot_dir`, else from a store scan, and then follows the feed.
+    """
     s = settings or ServiceSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        import faiss
+
+        faiss.omp_set_num_threads(s.search_threads)
         enc = encoder or OnnxEncoder(s.bundle, "query", threads=1, manifest=load_manifest(s.bundle))
-        st = store or open_store(s)
-        index = AnnIndex(enc.dim, s.index_kind, enc.version)
+        st = store or open_store(s, active_namespace(s))  # follows a re-embed's namespace switch
+        idx = index if index is not None else AnnIndex(enc.dim, s.index_kind, enc.version)
         source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
-        state = State(s, enc, st, index)
+        state = State(s, enc, st, idx)
+        follower = FeedFollower(source if source is not None else _NoFeed(), idx, st, log, snapshot_dir=s.snapshot_dir)
+        if index is None:
+            follower.bootstrap()
+            state.index = follower.index  # the snapshot's index when one was loaded
+        state.follower = follower  # with no feed: still knows the bundles it loaded (lag 0)
         if source is not None:
-            state.follower = FeedFollower(source, index, st, log)
-            n = state.follower.bootstrap()
-            state.thread = threading.Thread(target=state.follower.run, args=(state.stop,), name="feed-follower", daemon=True)
+            state.thread = threading.Thread(target=follower.run, args=(state.stop,), name="feed-follower", daemon=True)
             state.thread.start()
-        else:
-            n = FeedFollower(_NoFeed(), index, st, log).bootstrap()
-        log.info("service up: %d vectors (%s index), query tower %s", n, index.kind, enc.version)
+        log.info("service up: %d vectors (%s index), query tower %s", len(state.index), state.index.kind, enc.version)
         M.BUNDLE_INFO.labels(enc.version).set(1)
         app.state.m5 = state
         yield
@@ -116,6 +162,23 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
     async def _api_error(_: Request, exc: ApiError):
         return _json({"detail": exc.detail}, exc.status, exc.headers)
 
+    def openapi_with_dim() -> dict:
+        """The vector length is the bundle's dim, known once the lifespan loaded it: say it in the schema."""
+        doc = FastAPI.openapi(app)
+        state = getattr(app.state, "m5", None)
+        if state is not None:
+            vec = doc["components"]["schemas"]["SearchRequest"]["properties"]["vector"]
+            vec["minItems"] = vec["maxItems"] = state.index.dim
+        return doc
+
+    app.openapi = openapi_with_dim  # type: ignore[method-assign]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": bad JSON is bad input like any other
+            return _json({"detail": "body: not valid JSON"}, 422)
+        return _json({"detail": exc.detail}, exc.status_code, getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
         msgs = []
@@ -127,17 +190,15 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
             msgs.append(f"{loc or 'body'}: {e['msg']}")
         return _json({"detail": "; ".join(msgs)}, 422)
 
-    errors = {404: {"model": Problem}, 422: {"model": Problem}}
+    errors = {code: {"model": Problem} for code in (401, 404, 413, 422, 503)}
 
     # ------------------------------------------------------------------ embeddings by ASIN
     @app.get("/asin/{asin}/embedding", response_model=EmbeddingResponse, responses={**errors, 200: {"content": {OCTET: {}}}},
              summary="The stored embedding of a product")
     async def asin_embedding(request: Request, asin: str = Path(pattern=ASIN_PATTERN, examples=["B0000009IX"]),
-                             dtype: str = "float32") -> Response:
-        if dtype not in ("float32", "int8"):
-            raise ApiError(422, "dtype: must be float32 or int8")
+                             dtype: Literal["float32", "int8"] = Query("float32", description="int8: vector ~= values * scale")) -> Response:
         state: State = request.app.state.m5
-        rec = state.store.get(asin)
+        rec = _from_store(state.lookup, asin)
         if rec is None:
             raise ApiError(404, f"asin {asin} is not in the catalog")
         headers = {"x-m5-bundle-version": rec.bundle_version, "x-m5-product-version": str(rec.product_version)}
@@ -156,42 +217,45 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         state: State = request.app.state.m5
         if len(body.asins) > s.max_batch_asins:
             raise ApiError(422, f"asins: at most {s.max_batch_asins}")
-        recs = state.store.get_many(body.asins)
+        recs = _from_store(state.store.get_many, body.asins)
         found = [{"asin": a, "dim": int(r.vector.shape[0]), "dtype": "float32", "vector": r.vector, "scale": None,
                   "bundle_version": r.bundle_version, "product_version": r.product_version} for a, r in zip(body.asins, recs) if r]
         return _json({"embeddings": found, "missing": [a for a, r in zip(body.asins, recs) if r is None]})
 
     # ------------------------------------------------------------------ queries
-    def embed_queries(state: State, texts: list[str]) -> np.ndarray:
-        if (msg := state.mismatch()) is not None:
+    def embed_queries(state: State, texts: list[str]) -> tuple[np.ndarray, Encoder]:
+        """-> ((n, dim) float32, the encoder used). Cache keys carry the bundle version, so a swap cannot mix towers."""
+        enc = state.encoder
+        if (msg := state.mismatch(enc)) is not None:
             raise ApiError(409, f"bundle mismatch: {msg}; deploy the matching bundle or re-embed the catalog")
         for i, t in enumerate(texts):
             if not t.strip():
                 raise ApiError(422, f"queries.{i}: empty query")
             if len(t) > s.max_query_chars:
                 raise ApiError(422, f"queries.{i}: longer than {s.max_query_chars} characters")
-        out = np.empty((len(texts), state.encoder.dim), dtype=np.float32)
+        cache = state.cache
+        out = np.empty((len(texts), enc.dim), dtype=np.float32)  # (n, dim)
         todo = []
         for i, t in enumerate(texts):
-            hit = state.cache.get(t)
+            hit = cache.get((enc.version, t))
             if hit is None:
                 todo.append(i)
             else:
-                state.cache.move_to_end(t)
+                cache.move_to_end((enc.version, t))
                 out[i] = hit
         M.CACHE_HITS.inc(len(texts) - len(todo))
         if todo:
             M.CACHE_MISSES.inc(len(todo))
             t0 = time.perf_counter()
-            vecs = state.encoder.embed([texts[i] for i in todo])
+            vecs = enc.embed([texts[i] for i in todo])
             M.STAGE.labels("encode").observe(time.perf_counter() - t0)
             for i, v in zip(todo, vecs):
                 out[i] = v
                 if s.query_cache_size:
-                    state.cache[texts[i]] = v
-                    if len(state.cache) > s.query_cache_size:
-                        state.cache.popitem(last=False)
-        return out
+                    cache[(enc.version, texts[i])] = v
+                    if len(cache) > s.query_cache_size:
+                        cache.popitem(last=False)
+        return out, enc
 
     @app.post("/query/embed", response_model=QueryEmbedResponse, responses={**errors, 409: {"model": Problem}},
               summary="Embed search queries with the query tower")
@@ -199,41 +263,46 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         state: State = request.app.state.m5
         if len(body.queries) > s.max_queries:
             raise ApiError(422, f"queries: at most {s.max_queries}")
-        vecs = embed_queries(state, body.queries)
-        return _json({"dim": state.encoder.dim, "bundle_version": state.encoder.version, "vectors": vecs})
+        vecs, enc = embed_queries(state, body.queries)
+        return _json({"dim": enc.dim, "bundle_version": enc.version, "vectors": vecs})
 
     # ------------------------------------------------------------------ search
     @app.post("/search", response_model=SearchResponse, responses={**errors, 409: {"model": Problem}},
               summary="k nearest products by query text, vector or ASIN")
     async def search(request: Request, body: SearchRequest) -> Response:
         state: State = request.app.state.m5
+        index = state.index  # one reference for the whole request: a concurrent swap cannot split it
         t0 = time.perf_counter()
         if body.k > s.max_k:
             raise ApiError(422, f"k: at most {s.max_k}")
         exclude = None
         if body.query is not None:
-            q = embed_queries(state, [body.query])
+            q, _ = embed_queries(state, [body.query])
         elif body.vector is not None:
-            if len(body.vector) != state.index.dim:
-                raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {state.index.dim}")
-            q = np.asarray(body.vector, dtype=np.float32)[None]
-            norm = float(np.linalg.norm(q))
+            if len(body.vector) != index.dim:
+                raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {index.dim}")
+            q64 = np.asarray(body.vector, dtype=np.float64)[None]
+            norm = float(np.linalg.norm(q64 / max(1.0, float(np.abs(q64).max()))))  # scaled: no overflow
             if norm == 0:
                 raise ApiError(422, "vector: must not be all zeros")
-            q /= norm
+            q = (q64 / max(1.0, float(np.abs(q64).max())) / norm).astype(np.float32)
         else:
-            rec = state.store.get(body.asin)
+            rec = _from_store(state.store.get, body.asin)
             if rec is None:
                 raise ApiError(404, f"asin {body.asin} is not in the catalog")
+            if rec.vector.shape[0] != index.dim:
+                raise ApiError(409, f"asin {body.asin} has a {rec.vector.shape[0]}-d vector, the index is {index.dim}-d (bundle mismatch)")
             q, exclude = rec.vector[None], body.asin
+        if q.shape[1] != index.dim:
+            raise ApiError(409, f"the query tower gives {q.shape[1]}-d vectors, the index is {index.dim}-d (bundle mismatch)")
         f = body.filters or None
         t1 = time.perf_counter()
-        hits = state.index.search(q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None,
+        hits = index.search(q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None,
                                   exclude=exclude, effort=body.effort or s.effort)[0]
         M.STAGE.labels("search").observe(time.perf_counter() - t1)
         return _json({
-            "hits": [{"asin": a, "score": sc, "product_version": state.index.version_of(a) or 0} for a, sc in hits],
-            "k": body.k, "index_size": len(state.index), "index_kind": state.index.kind,
+            "hits": [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits],
+            "k": body.k, "index_size": len(index), "index_kind": index.kind,
             "bundle_version": state.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3),
         })
 
@@ -279,6 +348,12 @@ class _NoFeed:
 
     def seek(self, offsets):
         pass
+
+    def poll(self, max_records=0, timeout_s=0.0):
+        return []
+
+    def lag(self):
+        return {}
 
 
 def app_factory() -> FastAPI:

@@ -52,11 +52,18 @@ class Filters(_Model):
 
 
 class SearchRequest(_Model):
-    """Exactly one of query, vector or asin."""
+    """Exactly one of query, vector or asin (the schema says so with oneOf; null is not a value for them)."""
 
-    query: QueryText | None = Field(None, examples=["scarlet jogging sneakers"])
-    vector: list[Finite] | None = Field(None, min_length=1, max_length=4096)
-    asin: Asin | None = Field(None, description="more like this product (it is excluded from the hits)")
+    # Typed without None on purpose: "absent" is the only way to leave one out, so `oneOf: required` is exact.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["query"]}, {"required": ["vector"]}, {"required": ["asin"]}],
+        "examples": [{"query": "scarlet jogging sneakers", "k": 10, "filters": {"locale": "en_US"}},
+                     {"asin": "B0000009IX", "k": 5}],
+    })
+
+    query: QueryText = Field(None, examples=["scarlet jogging sneakers"])  # type: ignore[assignment]
+    vector: list[Finite] = Field(None, min_length=1, max_length=4096, description="raw query vector; normalised here")  # type: ignore[assignment]
+    asin: Asin = Field(None, description="more like this product (it is excluded from the hits)")  # type: ignore[assignment]
     k: int = Field(10, ge=1, le=1000)
     filters: Filters | None = None
     effort: int | None = Field(None, ge=1, le=4096, description="nprobe (IVF) or efSearch (HNSW): higher is slower and more exact")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import SecretStr
@@ -36,3 +37,9 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig):
     """FAISS index type; auto is exact below 50k products and IVF-SQ8 above."""
     effort: int | None = None
     """Default recall/latency knob: nprobe (IVF) or efSearch (HNSW); None uses the index default."""
+    snapshot_dir: Path | None = None
+    """Directory of index snapshots (`snap-<ms>`, written by the indexer's snapshotter): start from the newest
+    one and replay only the feed after it; unset or empty = build the index from a store scan."""
+    search_threads: int = 1
+    """FAISS (OpenMP) threads per worker. One query does not get faster with more, and idle OpenMP threads
+    spinning next to uvicorn workers cost 10x latency on a busy box: keep 1 and scale with workers."""

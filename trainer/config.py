@@ -69,7 +69,9 @@ class FinetuneConfig(_Strict):
     batch: int = Field(64, ge=2)
     lr: float = Field(2e-4, gt=0)
     loss: Literal["infonce", "bce", "triplet"] = "infonce"
-    towers: Literal["two_tower"] = "two_tower"
+    towers: Literal["two_tower", "cross_encoder"] = "two_tower"
+    """two_tower: shared weights, exportable embeddings. cross_encoder: one [SEP]-joined input per
+    pair scored by BCE (duplicate detection); a scorer only, so it cannot be exported as a bundle."""
     temperature: float = Field(0.05, gt=0)
     margin: float = Field(0.2, gt=0)
     tasks: list[Literal["search", "duplicates", "copurchase"]] = Field(default_factory=lambda: ["search", "duplicates"])
@@ -122,7 +124,9 @@ class TrainConfig(_Strict):
         cfg = {
             "train_micro_batch_size_per_gpu": p.micro_batch,
             "gradient_accumulation_steps": p.grad_accum,
-            "optimizer": {"type": "AdamW", "params": {"lr": p.lr, "weight_decay": p.weight_decay, "betas": [0.9, 0.98], "eps": 1e-6}},
+            # torch_adam: torch's fused AdamW, so a GPU node needs no JIT build of DeepSpeed's FusedAdam
+            "optimizer": {"type": "AdamW", "params": {"lr": p.lr, "weight_decay": p.weight_decay, "betas": [0.9, 0.98], "eps": 1e-6,
+                                                      "torch_adam": True}},
             "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": p.lr,
                                                               "warmup_num_steps": p.warmup, "total_num_steps": max(p.steps, p.warmup + 1)}},
             "gradient_clipping": 1.0,

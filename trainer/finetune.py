@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
@@ -103,19 +104,23 @@ def mine_hard_negatives(model, tok, pairs: PairSet, asins: list[str], product_ve
     return n
 
 
-def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[str, dict], device) -> tuple[EmbeddingModel, dict]:
+def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[str, dict], device,
+             sets: list[PairSet] | None = None, product_texts: dict[str, str] | None = None,
+             model: EmbeddingModel | None = None) -> tuple[EmbeddingModel, dict]:
+    """Two-tower fine-tuning. `sets`/`product_texts` replace the catalog's tasks (partner pairs);
+    `model` continues from an already fine-tuned tower instead of a fresh head on `encoder`."""
     f = cfg.finetune
     scheme = cfg.pretrain.scheme
     torch.manual_seed(f.seed)
-    model = EmbeddingModel(cfg.model, encoder).to(device)
+    model = (model or EmbeddingModel(cfg.model, encoder)).to(device)
     model.train()
     loss_fn = make_loss(f.loss, f.temperature, f.margin).to(device)
     opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=f.lr, weight_decay=0.01)
-    sets = build_pairs(catalog, products, cfg, scheme)
+    sets = sets if sets is not None else build_pairs(catalog, products, cfg, scheme)
     if not sets or f.steps == 0:
         return model, {"finetune_steps": 0}
-    asins = list(products)
-    ptext = {a: render_product(p, scheme) for a, p in products.items()}
+    asins = list(product_texts if product_texts is not None else products)
+    ptext = product_texts if product_texts is not None else {a: render_product(p, scheme) for a, p in products.items()}
     specials, pad = special_ids(tok), tok.token_to_id("[PAD]")
     rng = np.random.default_rng(f.seed)
     run = Path(cfg.run_dir)
@@ -153,3 +158,83 @@ def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[
         metrics_f.write(json.dumps({"step": step + 1, "task": s.name, "loss": float(loss)}) + "\n")
     metrics_f.close()
     return model, {"finetune_steps": f.steps, "finetune_seconds": round(time.perf_counter() - t0, 1)}
+
+
+class CrossEncoder(nn.Module):
+    """Both products in one input, `[CLS] a [SEP] b [SEP]`: attention across the pair, one score out.
+
+    More accurate for duplicate detection than two towers but nothing to index, so it is a scorer
+    (re-ranking, labelling), never exported into a bundle.
+    """
+
+    def __init__(self, c, encoder=None):
+        super().__init__()
+        self.embed = EmbeddingModel(c.model_copy(update={"proj_dim": 0}), encoder)
+        self.score = nn.Linear(c.hidden, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        e = self.embed.encoder(input_ids, attention_mask)  # (batch, seq, hidden)
+        m = attention_mask.unsqueeze(-1).to(e.dtype)
+        pooled = e[:, 0] if self.embed.config.pooling == "cls" else (e * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.score(self.embed.added(pooled)).squeeze(-1)  # (batch,) logits
+
+
+def encode_pairs(tok: Tokenizer, a: list[str], b: list[str], max_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs -> (ids, mask) (batch, seq): the tokenizer's pair template inserts the [SEP]."""
+    tok.enable_truncation(max_len)
+    encs = tok.encode_batch(list(zip(a, b)))
+    seq = max(len(e.ids) for e in encs)
+    ids = np.full((len(encs), seq), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encs), seq), dtype=np.int64)
+    for i, e in enumerate(encs):
+        ids[i, :len(e.ids)] = e.ids
+        mask[i, :len(e.ids)] = 1
+    return ids, mask
+
+
+def finetune_cross_encoder(cfg: TrainConfig, encoder, tok: Tokenizer, pairs: list[tuple[str, str, int]], device,
+                           eval_pairs: list[tuple[str, str, int]] = ()) -> tuple[CrossEncoder, dict]:
+    """BCE on labelled (text_a, text_b, label) pairs; returns the scorer and its ROC-AUC on eval_pairs."""
+    f = cfg.finetune
+    torch.manual_seed(f.seed)
+    model = CrossEncoder(cfg.model, encoder).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=f.lr, weight_decay=0.01)
+    pad = tok.token_to_id("[PAD]")
+    rng = np.random.default_rng(f.seed)
+    bar = tqdm(range(f.steps), desc="finetune[cross]", unit="step", mininterval=2.0)
+    for _ in bar:
+        idx = rng.choice(len(pairs), size=min(f.batch, len(pairs)), replace=False)
+        ids, mask = encode_pairs(tok, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], 2 * f.max_product_len, pad)
+        labels = torch.tensor([float(pairs[i][2]) for i in idx], device=device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+    metrics = {"cross_encoder_steps": f.steps}
+    if eval_pairs:
+        scores = score_pairs(model, tok, [a for a, _, _ in eval_pairs], [b for _, b, _ in eval_pairs], 2 * f.max_product_len, device)
+        metrics["duplicate_auc"] = roc_auc(np.array([y for _, _, y in eval_pairs]), scores)
+    return model, metrics
+
+
+@torch.no_grad()
+def score_pairs(model: CrossEncoder, tok: Tokenizer, a: list[str], b: list[str], max_len: int, device, batch: int = 64) -> np.ndarray:
+    model.eval()
+    pad = tok.token_to_id("[PAD]")
+    out = []
+    for i in range(0, len(a), batch):
+        ids, mask = encode_pairs(tok, a[i:i + batch], b[i:i + batch], max_len, pad)
+        out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).float().cpu().numpy())
+    model.train()
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Probability a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())

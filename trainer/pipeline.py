@@ -9,12 +9,15 @@ from pathlib import Path
 
 import torch
 
+from tokenizers import Tokenizer
+
 from catalog.io import load_catalog
 from m5core.schema import render_product
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.distill import distill, query_like_texts
 from trainer.export import publish_bundle
-from trainer.finetune import embed_texts, finetune
+from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
+from trainer.model import EmbeddingModel, Encoder
 from trainer.pretrain import pretrain
 from trainer.tokenizer import train_tokenizer
 
@@ -39,42 +42,189 @@ def validation_set(catalog, products: dict[str, dict], scheme: str, size: int) -
             "asins": asins, "relevant": relevant}
 
 
+STAGES = ("tokenizer", "pretrain", "finetune", "distill", "export")
+
+
+class StageError(RuntimeError):
+    """A stage run on its own whose input (an earlier stage's artefact in the run dir) is missing."""
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.is_file():
+        raise StageError(f"{path} is missing: run `m5 train {stage}` with the same --run-dir first")
+    return path
+
+
+class Run:
+    """One run directory: the config, each stage's artefact, metrics. Stages read what earlier ones wrote,
+    so `m5 train pretrain` then `m5 train finetune` equals `m5 train all`."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+        self.catalog = load_catalog(cfg.catalog)
+        self.products = {p["asin"]: p for p in self.catalog.products()}
+        self.scheme = cfg.pretrain.scheme
+        self.tok_path = self.dir / "tokenizer.json"
+        self.tok = None
+        self.device = _device(cfg)
+        self.metrics: dict = json.loads((self.dir / "stage_metrics.json").read_text()) if (self.dir / "stage_metrics.json").is_file() else {}
+
+    def _save_metrics(self, stage: str, m: dict) -> None:
+        self.metrics[stage] = m
+        (self.dir / "stage_metrics.json").write_text(json.dumps(self.metrics, indent=2, default=str))
+
+    def _sized(self) -> TrainConfig:
+        """The config with the vocabulary size the trained tokenizer actually reached."""
+        return self.cfg.model_copy(update={"model": self.cfg.model.model_copy(update={"vocab_size": self.tok.get_vocab_size()})})
+
+    def tokenizer(self):
+        texts = [render_product(p, self.scheme) for p in self.products.values()]
+        self.tok = train_tokenizer(texts + [q["text"] for q in self.catalog.queries("train")], self.cfg.model.vocab_size, self.tok_path)
+        self.cfg = self._sized()
+        return self.tok
+
+    def _load_tok(self):
+        if self.tok is None:
+            self.tok = Tokenizer.from_file(str(_need(self.tok_path, "tokenizer")))
+            self.cfg = self._sized()
+        return self.tok
+
+    def pretrain(self, resume: bool = True):
+        self._load_tok()
+        mlm, m = pretrain(self.cfg, list(self.products.values()), self.tok, resume=resume)
+        torch.save(mlm.encoder.state_dict(), self.dir / "pretrained.pt")
+        plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", "MLM pre-training")
+        self._save_metrics("pretrain", m)
+        return mlm.encoder
+
+    def _encoder(self) -> Encoder:
+        enc = Encoder(self.cfg.model)
+        enc.load_state_dict(torch.load(_need(self.dir / "pretrained.pt", "pretrain"), map_location="cpu"))
+        return enc
+
+    def finetune(self, encoder: Encoder | None = None):
+        self._load_tok()
+        encoder = (encoder or self._encoder()).to(self.device)
+        if self.cfg.finetune.towers == "cross_encoder":
+            return self._cross_encoder(encoder)
+        model, m = finetune(self.cfg, encoder, self.tok, self.catalog, self.products, self.device)
+        model = model.cpu().eval()
+        torch.save(model.state_dict(), self.dir / "finetuned.pt")
+        self._save_metrics("finetune", m)
+        return model
+
+    def _cross_encoder(self, encoder: Encoder):
+        text = {a: render_product(p, self.scheme) for a, p in self.products.items()}
+
+        def pairs(split):
+            return [(text[d["asin_a"]], text[d["asin_b"]], int(d["label"])) for d in self.catalog.duplicate_pairs(split)
+                    if d["asin_a"] in text and d["asin_b"] in text]
+
+        model, m = finetune_cross_encoder(self.cfg, encoder, self.tok, pairs("train"), self.device, pairs("valid")[:512])
+        torch.save(model.cpu().state_dict(), self.dir / "cross_encoder.pt")
+        self._save_metrics("finetune", m)
+        return model
+
+    def _finetuned(self) -> EmbeddingModel:
+        model = EmbeddingModel(self.cfg.model)
+        model.load_state_dict(torch.load(_need(self.dir / "finetuned.pt", "finetune"), map_location="cpu"))
+        return model.eval()
+
+    def distill(self, teacher: EmbeddingModel | None = None):
+        self._load_tok()
+        teacher = teacher or self._finetuned()
+        if not self.cfg.distill.enabled:
+            return None
+        q_texts = query_like_texts([q["text"] for q in self.catalog.queries("train")], [p["title"] for p in self.products.values()],
+                                   20_000, self.cfg.pretrain.seed)
+        student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"))
+        torch.save({"config": student.config.model_dump(), "state": student.state_dict()}, self.dir / "student.pt")
+        self._save_metrics("distill", m)
+        return student
+
+    def _student(self) -> EmbeddingModel | None:
+        path = self.dir / "student.pt"
+        if not self.cfg.distill.enabled:
+            return None
+        saved = torch.load(_need(path, "distill"), map_location="cpu")
+        student = EmbeddingModel(ModelConfig.model_validate(saved["config"]))
+        student.load_state_dict(saved["state"])
+        return student.eval()
+
+    def export(self, model: EmbeddingModel | None = None, student: EmbeddingModel | None = None, t0: float | None = None) -> Path:
+        if self.cfg.finetune.towers != "two_tower":
+            raise ConfigError("finetune.towers: cross_encoder scores pairs and has no embedding to export; use two_tower for a bundle")
+        self._load_tok()
+        model = model or self._finetuned()
+        if student is None:
+            student = self._student()
+        val = validation_set(self.catalog, self.products, self.scheme, self.cfg.export.validation_size)
+        metrics = {"pretrain": self.metrics.get("pretrain", {}), "finetune": self.metrics.get("finetune", {}),
+                   "distill": self.metrics.get("distill", {})}
+        if t0 is not None:
+            metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
+        return publish_bundle(
+            self.cfg.out, self.cfg.name, model, student or model, self.tok_path, self.scheme, metrics, json.loads(self.cfg.model_dump_json()),
+            validation=val, gate={"min_cosine": self.cfg.export.min_cosine, "max_drop": self.cfg.export.max_metric_drop},
+            query_distilled=student is not None, max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
+        )
+
+
+def run_stage(cfg: TrainConfig, stage: str, resume: bool = True):
+    """One stage on its own, reading earlier stages' artefacts from cfg.run_dir."""
+    if stage not in STAGES:
+        raise ValueError(f"stage: unknown {stage!r} (choose from {', '.join(STAGES)})")
+    if stage == "export" and cfg.finetune.towers != "two_tower":
+        raise ConfigError("finetune.towers: cross_encoder scores pairs and has no embedding to export; use two_tower for a bundle")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    run = Run(cfg)
+    if stage == "tokenizer":
+        run.tokenizer()
+        return run.tok_path
+    if stage == "pretrain":
+        return run.pretrain(resume=resume)
+    return getattr(run, stage)()
+
+
 def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run the whole pipeline and publish a bundle; returns its directory."""
+    if cfg.finetune.towers != "two_tower":  # fail before hours of pre-training, not at export
+        raise ConfigError("finetune.towers: cross_encoder scores pairs and has no embedding to export; "
+                          "use `m5 train finetune` for it, two_tower for a bundle")
     t0 = time.perf_counter()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    run = Path(cfg.run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(cfg.model_dump_json(indent=2))
-    catalog = load_catalog(cfg.catalog)
-    products = {p["asin"]: p for p in catalog.products()}
-    scheme = cfg.pretrain.scheme
-    texts = [render_product(p, scheme) for p in products.values()]
-    tok_path = run / "tokenizer.json"
-    tok = train_tokenizer(texts + [q["text"] for q in catalog.queries("train")], cfg.model.vocab_size, tok_path)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tok.get_vocab_size()})})
-    device = _device(cfg)
-    mlm, pre_metrics = pretrain(cfg, list(products.values()), tok, resume=resume)
-    encoder = mlm.encoder.to(device)
-    model, ft_metrics = finetune(cfg, encoder, tok, catalog, products, device)
-    model = model.cpu().eval()
-    query_tower, distilled, d_metrics = model, False, {}
-    if cfg.distill.enabled:
-        q_texts = query_like_texts([q["text"] for q in catalog.queries("train")], [p["title"] for p in products.values()],
-                                   20_000, cfg.pretrain.seed)
-        query_tower, d_metrics = distill(cfg, model, tok, q_texts, torch.device("cpu"))
-        distilled = True
-    val = validation_set(catalog, products, scheme, cfg.export.validation_size)
-    metrics = {"pretrain": pre_metrics, "finetune": ft_metrics, "distill": d_metrics,
-               "train_seconds": round(time.perf_counter() - t0, 1)}
-    bundle = publish_bundle(
-        cfg.out, cfg.name, model, query_tower, tok_path, scheme, metrics, json.loads(cfg.model_dump_json()),
-        validation=val, gate={"min_cosine": cfg.export.min_cosine, "max_drop": cfg.export.max_metric_drop},
-        query_distilled=distilled, max_lengths=(cfg.finetune.max_product_len, cfg.finetune.max_query_len),
-    )
+    run = Run(cfg)
+    run.tokenizer()
+    encoder = run.pretrain(resume=resume)
+    model = run.finetune(encoder)
+    student = run.distill(model)
+    bundle = run.export(model, student, t0=t0)
     log.info("bundle %s in %.0f s", bundle, time.perf_counter() - t0)
     return bundle
 
 
-__all__ = ["embed_texts", "train_all"]
+def plot_losses(metrics_jsonl: Path, png: Path, title: str) -> None:
+    """Loss per step as a PNG next to metrics.jsonl (headless Agg backend)."""
+    if not metrics_jsonl.is_file():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in metrics_jsonl.read_text().splitlines() if x.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+__all__ = ["STAGES", "Run", "StageError", "embed_texts", "run_stage", "train_all"]

@@ -71,7 +71,7 @@ kafka_libs() {
     need mvn "apt-get install -y maven"
     log "resolving Kafka jars from Maven Central into $libs"
     rm -rf "$libs"; mkdir -p "$libs"
-    mvn -q -f "$HERE/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
+    mvn -q -B -Dstyle.color=never -f "$HERE/kafka/pom.xml" dependency:copy-dependencies -DincludeScope=runtime \
       -DoutputDirectory="$libs" >&2 || die "maven could not resolve the Kafka jars"
     touch "$libs/.complete"
   fi
@@ -81,7 +81,16 @@ kafka_ready() { "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT
 start_kafka() {
   need java "apt-get install -y openjdk-17-jre-headless"
   local d="$CACHE/kafka"; mkdir -p "$d/data"
-  if pid_alive "$d/kafka.pid" && kafka_ready; then log "kafka already up on :$KAFKA_PORT"; return; fi
+  # A broker answering on the port counts as up, whoever started it (another checkout, a CI clone).
+  if kafka_ready 2>/dev/null; then
+    "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --create-defaults
+    log "kafka already up on :$KAFKA_PORT"; return
+  fi
+  if pid_alive "$d/kafka.pid"; then  # ours, still booting: wait instead of starting a second broker
+    wait_for kafka 90 "$d/kafka.log" kafka_ready
+    "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --create-defaults
+    log "kafka already up on :$KAFKA_PORT"; return
+  fi
   local libs; libs=$(kafka_libs)
   cat > "$d/server.properties" <<PROPS
 process.roles=broker,controller
@@ -119,7 +128,7 @@ PROPS
   log "kafka up on :$KAFKA_PORT (KRaft combined, data in $d/data)"
 }
 stop_kafka() { stop_pid kafka "$CACHE/kafka/kafka.pid"; }
-status_kafka() { pid_alive "$CACHE/kafka/kafka.pid" && kafka_ready && echo "kafka       up    127.0.0.1:$KAFKA_PORT" || { echo "kafka       down"; return 1; }; }
+status_kafka() { kafka_ready 2>/dev/null && echo "kafka       up    127.0.0.1:$KAFKA_PORT" || { echo "kafka       down"; return 1; }; }
 
 # ---------------------------------------------------------------- Prometheus
 prom_ready() { curl -fsS "http://127.0.0.1:$PROM_PORT/-/ready"; }
@@ -130,9 +139,13 @@ start_prometheus() {
   sed -e "s#127.0.0.1:8000#127.0.0.1:$SERVICE_PORT#; s#127.0.0.1:9108#127.0.0.1:$INDEXER_METRICS_PORT#" \
       -e "s#rules/#$REPO/deploy/prometheus/rules/#" \
       "$REPO/deploy/prometheus/prometheus.yml" > "$d/prometheus.yml"
-  if pid_alive "$d/prometheus.pid" && prom_ready >/dev/null 2>&1; then
-    curl -fsS -X POST "http://127.0.0.1:$PROM_PORT/-/reload" >/dev/null  # pick up edited config and rules
+  if prom_ready >/dev/null 2>&1; then
+    curl -fsS -X POST "http://127.0.0.1:$PROM_PORT/-/reload" >/dev/null || true  # pick up edited config and rules
     log "prometheus already up on :$PROM_PORT (config reloaded)"; return
+  fi
+  if pid_alive "$d/prometheus.pid"; then  # ours, still booting
+    wait_for prometheus 30 "$d/prometheus.log" prom_ready
+    log "prometheus already up on :$PROM_PORT"; return
   fi
   nohup prometheus --config.file="$d/prometheus.yml" --storage.tsdb.path="$d/data" \
     --web.listen-address="127.0.0.1:$PROM_PORT" --web.enable-lifecycle >>"$d/prometheus.log" 2>&1 &

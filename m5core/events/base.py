@@ -24,6 +24,10 @@ class Message:
 TopicPartition = tuple[str, int]
 
 
+class CommitRejected(RuntimeError):
+    """The group moved the partitions away while the batch was processed: the new owner redoes it."""
+
+
 class EventSource(ABC):
     @abstractmethod
     def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:

@@ -7,9 +7,10 @@ from collections.abc import Callable, Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
-from m5core.events.base import EventSink, EventSource, Message
+from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.events.base import TopicPartition as TP
 
 
@@ -55,9 +56,12 @@ class KafkaSource(EventSource):
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         if offsets:
-            self.consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in offsets.items()}
-            )
+            try:
+                self.consumer.commit(
+                    {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in offsets.items()}
+                )
+            except CommitFailedError as exc:
+                raise CommitRejected(str(exc)) from exc
 
     def seek(self, offsets: Mapping[TP, int]) -> None:
         for (t, p), off in offsets.items():
@@ -97,7 +101,11 @@ class KafkaAssignedSource(KafkaSource):
 
 class KafkaSink(EventSink):
     def __init__(self, bootstrap: str, **opts):
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 2),
+        # kafka-python >= 3 enables idempotence by default (acks=all, bounded in-flight): retries cannot
+        # duplicate or reorder a partition. Large batches matter more than linger: a feed record is
+        # ~1.5 KB and kafka-python's sender is Python, so per-request cost dominates at 16 KB batches.
+        opts.setdefault("batch_size", 1 << 20)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 5),
                                       retries=5, **opts)
         self._futures = []
 

@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS vectors (
   loc TEXT, pl TEXT, ts REAL, doc BLOB, del INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (ns, asin)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLS = "vec, pv, bv, h, loc, pl, ts, del"
 
@@ -125,6 +126,42 @@ class LocalStore(EmbeddingStore):
     def count(self) -> int:
         with self._lock:
             return self.db.execute("SELECT COUNT(*) FROM vectors WHERE ns=? AND del=0", (self.namespace,)).fetchone()[0]
+
+    def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
+        """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
+        last = ""
+        while True:
+            with self._lock:
+                rows = self.db.execute(
+                    "SELECT asin, doc FROM vectors WHERE ns=? AND asin>? AND del=0 ORDER BY asin LIMIT ?",
+                    (self.namespace, last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            for asin, doc in rows:
+                if doc:
+                    yield asin, bytes(doc)
+            last = rows[-1][0]
+
+    def get_pointer(self, name: str) -> str | None:
+        with self._lock:
+            row = self.db.execute("SELECT value FROM pointers WHERE name=?", (name,)).fetchone()
+        return None if row is None else row[0]
+
+    def swap_pointer(self, name: str, value: str, prev_name: str) -> str | None:
+        """Set `name` to value and `prev_name` to its old value in one transaction; -> the old value."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self.db.execute("SELECT value FROM pointers WHERE name=?", (name,)).fetchone()
+                self.db.execute("INSERT OR REPLACE INTO pointers (name, value) VALUES (?, ?)", (name, value))
+                if row is not None:
+                    self.db.execute("INSERT OR REPLACE INTO pointers (name, value) VALUES (?, ?)", (prev_name, row[0]))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return None if row is None else row[0]
 
     def ping(self) -> bool:
         return True

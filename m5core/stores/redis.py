@@ -149,6 +149,39 @@ class RedisStore(EmbeddingStore):
     def count(self) -> int:
         return int(self.client.get(self._live) or 0)
 
+    def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
+        """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
+        prefix = f"{self.namespace}:v:"
+        for keys in _chunks(self.client.scan_iter(match=prefix + "*", count=batch), batch):
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hmget(k, ("doc", "del"))
+            for k, (doc, deleted) in zip(keys, pipe.execute()):
+                if doc and deleted != b"1":
+                    yield k.decode()[len(prefix):], doc
+
+    # The active-namespace pointer: `{base}:active` names the namespace the service reads; a
+    # re-embed fills a new namespace, then switches the pointer in one MULTI (prev kept for rollback).
+    def get_pointer(self, name: str) -> str | None:
+        v = self.client.get(name)
+        return None if v is None else v.decode()
+
+    def swap_pointer(self, name: str, value: str, prev_name: str) -> str | None:
+        """Set `name` to value and `prev_name` to its old value atomically; -> the old value."""
+        with self.client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    old = pipe.get(name)
+                    pipe.multi()
+                    pipe.set(name, value)
+                    if old is not None:
+                        pipe.set(prev_name, old)
+                    pipe.execute()
+                    return None if old is None else old.decode()
+                except redis.WatchError:
+                    continue
+
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())

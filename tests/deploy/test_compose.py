@@ -62,3 +62,52 @@ def test_ports_and_env_match_the_settings_defaults():
         field = key.removeprefix("M5_").lower()
         assert field in ServiceSettings.model_fields or field in IndexerSettings.model_fields, key
     assert env["M5_KAFKA_BOOTSTRAP"] == "kafka:9092" and env["M5_REDIS_URL"].startswith("redis://redis:6379")
+
+
+def _dockerfile_cmd(name: str) -> list[str]:
+    import json
+
+    (line,) = [ln for ln in (REPO / "deploy" / "docker" / name).read_text().splitlines() if ln.startswith("CMD ")]
+    return json.loads(line.removeprefix("CMD "))
+
+
+def test_dockerfile_cmds_are_real_m5_subcommands_and_copies_are_not_ignored():
+    parser = build_parser()
+    ignored = {ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    assert {".venv", ".cache", ".git"} <= ignored
+    for f in ("service.Dockerfile", "indexer.Dockerfile", "trainer.Dockerfile"):
+        cmd = _dockerfile_cmd(f)
+        assert cmd[0] == "m5", f
+        parser.parse_args(cmd[1:])  # exits non-zero on an unknown subcommand or flag
+        text = (REPO / "deploy" / "docker" / f).read_text()
+        for src in re.findall(r"^COPY (\S+)", text, flags=re.M):
+            assert src not in ignored and (REPO / src).exists(), (f, src)
+
+
+def test_prometheus_in_docker_scrapes_compose_services_and_loads_the_mounted_rules():
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["prometheus"]["volumes"]}
+    cfg = yaml.safe_load((REPO / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in cfg["scrape_configs"]}
+    assert targets == {"m5-service": ["service:8000"], "m5-indexer": ["indexer:9108"]}
+    assert cfg["rule_files"] == ["rules/*.yml"] and mounts["/etc/prometheus/rules"] == "./deploy/prometheus/rules"
+
+
+def test_grafana_provisioning_points_at_mounted_dashboards_and_the_prometheus_service():
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"]}
+    prov = REPO / mounts["/etc/grafana/provisioning"]
+    (provider,) = yaml.safe_load((prov / "dashboards" / "m5.yml").read_text())["providers"]
+    assert provider["options"]["path"] in mounts
+    (ds,) = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert ds["url"] == "http://prometheus:9090" and ds["isDefault"]
+
+
+def test_kafka_keeps_its_log_on_the_volume_and_topics_init_makes_the_three_topics():
+    kafka = SERVICES["kafka"]
+    data = kafka["environment"]["KAFKA_LOG_DIRS"]
+    assert any(v.endswith(":" + data) for v in kafka["volumes"])
+    assert "9092:9092" in kafka["ports"] and "6379:6379" in SERVICES["redis"]["ports"]
+    assert "9090:9090" in SERVICES["prometheus"]["ports"]
+    init = " ".join(SERVICES["topics-init"]["command"])
+    for topic, parts in (("catalog.changes", 3), ("catalog.embeddings", 3), ("catalog.changes.dlq", 1)):
+        assert re.search(rf"--topic {re.escape(topic)} --partitions {parts}\b", init), topic
+    assert re.search(r"--topic catalog\.embeddings --partitions 3 --config cleanup\.policy=compact", init)

@@ -57,7 +57,12 @@ def test_kafka_round_trip_and_default_topics(kafka_bootstrap, kafka_topics, uniq
 
 
 def test_prometheus_loaded_our_scrape_jobs_and_rules(prometheus_url):
-    targets = httpx.get(f"{prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
+    # a Prometheus that has just started lists its targets only after the first discovery sync
+    for _ in range(60):
+        targets = httpx.get(f"{prometheus_url}/api/v1/targets").json()["data"]["activeTargets"]
+        if {t["labels"]["job"] for t in targets} >= {"m5-service", "m5-indexer"}:
+            break
+        time.sleep(0.5)
     assert {t["labels"]["job"] for t in targets} >= {"m5-service", "m5-indexer"}
     groups = httpx.get(f"{prometheus_url}/api/v1/rules").json()["data"]["groups"]
     assert {g["name"] for g in groups} >= {"m5-alerts", "m5-recording"}

@@ -85,3 +85,18 @@ def test_get_many_versions_and_scan(store):
     assert store.versions_of(["B000000002", "B000000003", "ZZZZZZZZZZ"]) == [(2, "h2", False), (10, None, True), (None, None, False)]
     assert sorted(r.asin for r in store.scan(batch=2)) == ["B000000001", "B000000002", "B000000004", "B000000005"]
     assert store.count() == 4 and store.ping()
+
+
+def test_iter_docs_yields_live_product_documents(store):
+    store.put([rec(f"B00000000{i}", pv=1, seed=i, doc=b'{"i":%d}' % i) for i in range(1, 4)])
+    store.delete("B000000002", 2)
+    assert sorted(store.iter_docs(batch=1)) == [("B000000001", b'{"i":1}'), ("B000000003", b'{"i":3}')]
+
+
+def test_active_pointer_swaps_atomically_and_keeps_the_previous(store, unique_name):
+    name = unique_name("ptr")
+    assert store.get_pointer(name) is None
+    assert store.swap_pointer(name, "ns-a", name + ":prev") is None
+    assert store.get_pointer(name + ":prev") is None
+    assert store.swap_pointer(name, "ns-b", name + ":prev") == "ns-a"
+    assert (store.get_pointer(name), store.get_pointer(name + ":prev")) == ("ns-b", "ns-a")

@@ -1,0 +1,213 @@
+"""Indexer throughput and freshness against the real Kafka and Redis.
+
+    python benchmarks/indexer_throughput.py --bundle PATH --catalog DIR [--events 5000] [--batch 256]
+
+Measures, on the same products, batch size and sequence length:
+  encoder      products/s of the product tower alone (render + embed)
+  pipeline     upserts/s through Kafka -> parse -> plan -> encode -> Redis + feed -> commit
+  freshness    p50/p99 seconds event time -> vector in store + feed, at a fixed produce rate
+  backfill     products/s of `m5 index backfill`'s bulk path (into a scratch namespace)
+Without --bundle it uses HashEncoder(256) and says so. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+
+def _products(catalog: Path | None, n: int) -> list[dict]:
+    if catalog is not None:
+        from catalog.io import read_jsonl
+
+        out = []
+        for d in read_jsonl(catalog / "products.jsonl"):
+            out.append(d)
+            if len(out) == n:
+                break
+        return out
+    return [{"asin": f"B{i:09d}", "marketplace": "US", "locale": "en_US", "product_line": "softlines",
+             "product_type": "running_shoes", "brand": "Acme", "title": f"red running shoes model {i}",
+             "attributes": {"colour": "red"}, "version": 1, "updated_at": 1.0} for i in range(n)]
+
+
+def _events(products: list[dict], n: int, version: int) -> list[tuple[bytes, bytes]]:
+    """n upserts cycling over the products with fresh content (so every one is re-embedded)."""
+    out = []
+    for i in range(n):
+        p = dict(products[i % len(products)])
+        p["version"] = version + i // len(products)
+        p["title"] = f"{p['title']} rev {p['version']}"
+        p["updated_at"] = time.time()
+        out.append((p["asin"].encode(), orjson.dumps({"op": "upsert", "asin": p["asin"], "version": p["version"],
+                                                       "ts": p["updated_at"], "product": p})))
+    return out
+
+
+def _topics(bootstrap: str, partitions: int) -> tuple[str, str, str]:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    tag = uuid.uuid4().hex[:8]
+    names = (f"bench-changes-{tag}", f"bench-emb-{tag}", f"bench-dlq-{tag}")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(names[0], partitions, 1), NewTopic(names[1], partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+                         NewTopic(names[2], 1, 1)])
+    admin.close()
+    return names
+
+
+def _cleanup(bootstrap: str, topics, redis_url: str, namespaces) -> None:
+    import redis
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.delete_topics(list(topics))
+        admin.close()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    r = redis.Redis.from_url(redis_url)
+    for ns in namespaces:
+        for keys in _chunks(r.scan_iter(match=f"{ns}:*", count=5000), 5000):
+            r.delete(*keys)
+
+
+def _chunks(it, n):
+    buf = []
+    for x in it:
+        buf.append(x)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", type=Path, help="model bundle dir (default: HashEncoder(256))")
+    ap.add_argument("--catalog", type=Path, help="catalog dir whose products.jsonl gives realistic text")
+    ap.add_argument("--events", type=int, default=5000, help="upserts for the throughput run")
+    ap.add_argument("--batch", type=int, default=256, help="indexer max_batch = encoder batch")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=200.0, help="events/s for the freshness run")
+    ap.add_argument("--fresh-seconds", type=float, default=15.0, help="length of the freshness run")
+    ap.add_argument("--kafka", default="127.0.0.1:9092")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = ap.parse_args()
+
+    from indexer import metrics as M
+    from indexer.backfill import backfill
+    from indexer.pipeline import Indexer
+    from indexer.settings import IndexerSettings
+    from m5core.events.kafka import KafkaSink, KafkaSource
+    from m5core.schema import render_product
+    from m5core.stores.redis import RedisStore
+
+    if args.bundle:
+        from m5core.bundle import load_manifest
+        from m5core.encoder import OnnxEncoder
+
+        manifest = load_manifest(args.bundle)
+        enc, scheme = OnnxEncoder(args.bundle, "product", threads=args.threads, manifest=manifest), manifest.render_scheme
+        label = f"bundle {manifest.version} (dim {manifest.dim}, {manifest.towers['product'].layers}x{manifest.towers['product'].hidden}, max_len {manifest.towers['product'].max_length})"
+    else:
+        from m5core.encoder import HashEncoder
+
+        enc, scheme, label = HashEncoder(256), "fields", "HashEncoder(256) - no bundle given"
+    print(json.dumps({"encoder": label, "threads": args.threads, "batch": args.batch}))
+    products = _products(args.catalog, max(args.events, 2000))
+
+    # 1. the encoder alone, same texts and batch size
+    texts = [render_product(p, scheme) for p in products[: min(len(products), 4 * args.batch)]]
+    enc.embed(texts[: args.batch])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(texts), args.batch):
+        enc.embed(texts[i:i + args.batch])
+    enc_rate = len(texts) / (time.perf_counter() - t0)
+    print(json.dumps({"measure": "encoder", "products_per_s": round(enc_rate, 1), "n": len(texts)}))
+
+    changes, emb, dlq = _topics(args.kafka, args.partitions)
+    ns = f"bench-{uuid.uuid4().hex[:8]}"
+    s = IndexerSettings(store="redis", events="kafka", redis_url=args.redis, kafka_bootstrap=args.kafka, namespace=ns,
+                        changes_topic=changes, embeddings_topic=emb, dlq_topic=dlq, group_id=f"bench-{ns}",
+                        max_batch=args.batch, max_wait_ms=50, metrics_port=0, encode_threads=args.threads)
+    try:
+        # 2. sustained upserts/s: a backlog of events, drained by one indexer
+        sink = KafkaSink(args.kafka, linger_ms=20)
+        for key, value in _events(products, args.events, 1):
+            sink.send(changes, key, value)
+        sink.flush()
+        store = RedisStore(args.redis, ns)
+        idx = Indexer(s, KafkaSource(args.kafka, [changes], s.group_id), KafkaSink(args.kafka), store, enc, scheme)
+        idx.process_with_retries(idx.source.poll(1, 5.0))  # join the group and warm up before timing
+        t0 = time.perf_counter()
+        done = 1
+        while done < args.events:
+            msgs = idx.source.poll(args.batch, 1.0)
+            if not msgs:
+                continue
+            idx.process_with_retries(msgs)
+            done += len(msgs)
+        secs = time.perf_counter() - t0
+        up_rate = (args.events - 1) / secs
+        print(json.dumps({"measure": "pipeline", "upserts_per_s": round(up_rate, 1), "events": args.events,
+                          "seconds": round(secs, 2), "share_of_encoder": round(up_rate / enc_rate, 3)}))
+
+        # 3. freshness at a fixed rate: event ts is set at produce time
+        seen: list[float] = []
+        real_observe = M.FRESHNESS_SECONDS.observe
+        M.FRESHNESS_SECONDS.observe = lambda v: (seen.append(v), real_observe(v))  # type: ignore[method-assign]
+        idx.s = s.model_copy(update={"max_wait_ms": 20})
+        runner = threading.Thread(target=idx.run, kwargs={"max_idle_s": 3.0})
+        runner.start()
+        n_fresh = int(args.rate * args.fresh_seconds)
+        evs = _events(products, n_fresh, 1_000)
+        t_start = time.perf_counter()
+        for i, (key, _) in enumerate(evs):
+            due = t_start + i / args.rate
+            while time.perf_counter() < due:
+                time.sleep(max(0.0, min(0.002, due - time.perf_counter())))
+            d = orjson.loads(evs[i][1])
+            d["ts"] = d["product"]["updated_at"] = time.time()
+            sink.send(changes, key, orjson.dumps(d))
+            if i % 10 == 0:
+                sink.producer.flush()
+        sink.flush()
+        runner.join()
+        M.FRESHNESS_SECONDS.observe = real_observe  # type: ignore[method-assign]
+        q = np.percentile(seen, [50, 99]) if seen else [float("nan")] * 2
+        print(json.dumps({"measure": "freshness", "rate_per_s": args.rate, "events": n_fresh, "observed": len(seen),
+                          "p50_s": round(float(q[0]), 4), "p99_s": round(float(q[1]), 4)}))
+        idx.source.close()
+        idx.sink.close()
+
+        # 4. backfill into a scratch namespace (no snapshot build, which is measured by the index benchmarks)
+        import tempfile
+
+        from catalog.io import write_jsonl
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "products.jsonl"
+            write_jsonl(path, products[: args.events])
+            bstore = RedisStore(args.redis, ns + "-bf")
+            out = backfill(path, bstore, sink, enc, s, scheme, batch=max(args.batch, 512))
+            out["share_of_encoder"] = round(out["products_per_s"] / enc_rate, 3)
+            out["extrapolated_1m_minutes"] = round(1_000_000 / out["products_per_s"] / 60, 1)
+            print(json.dumps({"measure": "backfill", **out}))
+        sink.close()
+    finally:
+        _cleanup(args.kafka, (changes, emb, dlq), args.redis, (ns, ns + "-bf"))
+
+
+if __name__ == "__main__":
+    main()

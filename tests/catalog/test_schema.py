@@ -1,0 +1,35 @@
+"""The product schema rejects bad records naming the field, and docs/product.schema.json is current."""
+
+import pytest
+from pydantic import ValidationError
+
+from catalog.schema_doc import SCHEMA_PATH, product_json_schema
+from m5core.schema import Product
+
+GOOD = {"asin": "B000000001", "marketplace": "DE", "locale": "de_DE", "product_line": "softlines", "product_type": "socks",
+        "brand": "Kalo", "title": "Kalo Socken schwarz", "attributes": {"colour": "schwarz"}, "version": 1, "updated_at": 1.0}
+
+
+def test_committed_schema_file_is_up_to_date():
+    assert SCHEMA_PATH.read_bytes() == product_json_schema(), "run `python -m catalog.schema_doc` and commit docs/product.schema.json"
+
+
+def test_good_record_validates():
+    assert Product.model_validate(GOOD).asin == "B000000001"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("asin", "b0-lower"), ("asin", "B00000000"), ("locale", "fr_FR"), ("product_line", "toys"),
+    ("version", "one"), ("version", -1), ("attributes", ["colour"]), ("title", ""), ("updated_at", "yesterday"),
+])
+def test_bad_field_is_rejected_by_name(field, value):
+    with pytest.raises(ValidationError) as exc:
+        Product.model_validate({**GOOD, field: value})
+    assert field in str(exc.value)
+
+
+def test_unknown_field_and_marketplace_mismatch_are_rejected():
+    with pytest.raises(ValidationError, match="colour_code"):
+        Product.model_validate({**GOOD, "colour_code": "x"})
+    with pytest.raises(ValidationError, match="marketplace"):
+        Product.model_validate({**GOOD, "marketplace": "US"})

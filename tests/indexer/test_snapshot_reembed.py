@@ -1,0 +1,102 @@
+"""Backfill, feed snapshots and re-embed with a namespace switch, on the embedded store and local log."""
+
+import threading
+
+import numpy as np
+import orjson
+import pytest
+
+from catalog.io import write_jsonl
+from indexer.backfill import backfill
+from indexer.pipeline import Indexer
+from indexer.reembed import Gates, ReembedRefused, namespace_for, reembed, rollback
+from indexer.settings import IndexerSettings
+from indexer.snapshot import Snapshotter, list_snapshots, load_latest, offsets_from_meta
+from m5core.encoder import HashEncoder
+from m5core.events.local import LocalSink, LocalSource
+from m5core.stores import active_namespace, open_store
+from tests.indexer.conftest import delete, product, upsert
+
+TITLES = ["red running shoes", "blue denim jacket", "steel water bottle", "wireless earbuds", "yoga mat purple"]
+
+
+@pytest.fixture
+def local(tmp_path):
+    s = IndexerSettings(store="local", events="local", local_store_path=tmp_path / "store.sqlite",
+                        local_events_dir=tmp_path / "events", snapshot_dir=tmp_path / "snaps", metrics_port=0,
+                        max_wait_ms=20, snapshots_keep=2, index_kind="flat")
+    docs = [product(f"B0000{i:05d}", 1, title=f"{TITLES[i % 5]} model {i}") for i in range(60)]
+    write_jsonl(tmp_path / "products.jsonl", docs)
+    return s, tmp_path / "products.jsonl", docs
+
+
+def test_backfill_writes_store_feed_and_a_snapshot_in_one_pass(local):
+    s, path, docs = local
+    store, sink = open_store(s), LocalSink(s.local_events_dir)
+    feed = LocalSource(s.local_events_dir, [s.embeddings_topic], "snap")
+    out = backfill(path, store, sink, HashEncoder(32), s, batch=16, snapshot_root=s.snapshot_dir, feed_source=feed)
+    assert out["written"] == 60 and store.count() == 60
+    index, meta = load_latest(s.snapshot_dir)
+    assert len(index) == 60 and offsets_from_meta(meta["offsets"]) == {(s.embeddings_topic, 0): 60}
+    rec = store.get(docs[7]["asin"])
+    assert index.search(rec.vector[None, :], 1)[0][0][0] == docs[7]["asin"]
+
+
+def test_snapshotter_resumes_from_its_snapshot_and_applies_only_the_tail(local):
+    s, path, docs = local
+    store, sink = open_store(s), LocalSink(s.local_events_dir)
+    backfill(path, store, sink, HashEncoder(32), s, batch=32)
+    first = Snapshotter(LocalSource(s.local_events_dir, [s.embeddings_topic], "snap"), store, s.snapshot_dir, 32, "flat", 3600, 2)
+    first.run(threading.Event(), max_idle_s=0.3)
+    assert len(first.index) == 60 and len(list_snapshots(s.snapshot_dir)) == 1
+
+    # more changes through the event path: one delete, one new product
+    sink.send(s.changes_topic, b"B000000003", delete("B000000003", 2))
+    sink.send(s.changes_topic, b"B000009999", upsert("B000009999", 1, title="green tea"))
+    sink.flush()
+    idx = Indexer(s, LocalSource(s.local_events_dir, [s.changes_topic], "indexer"), sink, store, HashEncoder(32))
+    idx.run(max_idle_s=0.3)
+
+    second = Snapshotter(LocalSource(s.local_events_dir, [s.embeddings_topic], "snap"), store, s.snapshot_dir, 32, "flat", 3600, 2)
+    assert len(second.index) == 60  # loaded from the file, not the store
+    second.run(threading.Event(), max_idle_s=0.3)
+    assert second.follower.applied == 2  # only the tail: one new vector, one removal
+    assert second.index.contains("B000009999") and not second.index.contains("B000000003")
+    index, meta = load_latest(s.snapshot_dir)
+    assert len(index) == 60 and offsets_from_meta(meta["offsets"]) == {(s.embeddings_topic, 0): 62}
+    assert len(list_snapshots(s.snapshot_dir)) == 2  # snapshots_keep
+
+
+def test_reembed_switches_the_active_namespace_and_rollback_returns(local):
+    s, path, docs = local
+    store = open_store(s)
+    backfill(path, store, LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    store.delete(docs[0]["asin"], 5)
+    new_enc = HashEncoder(48, "new-v2")
+    out = reembed(s, new_enc, gates=Gates(min_coverage=1.0, sample=20, k=5))
+    assert out["to"] == namespace_for("m5", "new-v2") and out["new_count"] == 59 and out["switched"]
+    assert active_namespace(s) == out["to"]
+    new = open_store(s, out["to"])
+    rec = new.get(docs[1]["asin"])
+    assert rec.bundle_version == "new-v2" and rec.vector.shape == (48,)
+    assert new.get(docs[0]["asin"]) is None
+    assert orjson.loads(new.get_doc(docs[1]["asin"]))["title"] == docs[1]["title"]
+    # the same bundle again is refused: it is the active namespace already
+    with pytest.raises(ReembedRefused):
+        reembed(s, new_enc)
+    assert rollback(s) == (out["to"], "m5") and active_namespace(s) == "m5"
+
+
+def test_reembed_refuses_to_switch_when_a_gate_fails(local):
+    s, path, docs = local
+    backfill(path, open_store(s), LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    # an encoder that maps every product to one vector: neighbours no longer mean anything
+    class Collapsed(HashEncoder):
+        def embed(self, texts):
+            v = np.zeros((len(texts), self.dim), np.float32)
+            v[:, 0] = 1
+            return v
+
+    with pytest.raises(ReembedRefused, match="overlap"):
+        reembed(s, Collapsed(32, "broken-v3"), gates=Gates(min_overlap=0.5, sample=20, k=5))
+    assert active_namespace(s) == "m5"

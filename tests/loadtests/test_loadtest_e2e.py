@@ -1,0 +1,113 @@
+"""`m5 loadtest` end to end: a real service (subprocess, real bundle, embedded store) under locust,
+gated once with a lenient SLA (exit 0, outputs written) and once with an impossible one (exit 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from catalog.io import read_jsonl, write_jsonl
+from loadtests.routes import BATCH, EMBED_HEAD, EMBEDDING, SEARCH_QUERY, SEARCH_VECTOR
+from m5core.bundle import load_manifest
+from m5core.encoder import OnnxEncoder
+from m5core.schema import content_hash, render_product
+from m5core.stores.base import VectorRecord
+from m5core.stores.local import LocalStore
+
+REPO = Path(__file__).resolve().parents[2]
+N_PRODUCTS = 150
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(trained_bundle, test_catalog, tmp_path_factory):
+    """A tiny catalog (its products embedded into a local store) and `m5 serve` over it: (url, catalog dir)."""
+    root = tmp_path_factory.mktemp("loadtest")
+    catalog = root / "catalog"
+    catalog.mkdir()
+    products = [p for _, p in zip(range(N_PRODUCTS), read_jsonl(test_catalog / "products.jsonl"))]
+    write_jsonl(catalog / "products.jsonl", products)
+    write_jsonl(catalog / "queries.jsonl", [q for _, q in zip(range(200), read_jsonl(test_catalog / "queries.jsonl"))])
+
+    manifest = load_manifest(trained_bundle)
+    vectors = OnnxEncoder(trained_bundle, "product", manifest=manifest).embed([render_product(p, manifest.render_scheme) for p in products])
+    store = LocalStore(root / "store.sqlite", "lt")
+    store.put([VectorRecord(p["asin"], v, p["version"], manifest.version, content_hash(p), p["locale"], p["product_line"],
+                            p["updated_at"], json.dumps(p).encode()) for p, v in zip(products, vectors)])
+    store.close()
+
+    port = _free_port()
+    env = {**os.environ, "M5_STORE": "local", "M5_LOCAL_STORE_PATH": str(root / "store.sqlite"), "M5_NAMESPACE": "lt",
+           "M5_EVENTS": "local", "M5_LOCAL_EVENTS_DIR": str(root / "events"), "M5_BUNDLE": str(trained_bundle)}
+    proc = subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env=env, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            assert proc.poll() is None, "service exited during start-up"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("service not ready in 30 s")
+        yield url, catalog
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _loadtest(url: str, catalog: Path, sla: Path, out: Path, run_time: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loadtests", "--host", url, "--sla", str(sla), "--users", "4",
+                           "--spawn-rate", "4", "--run-time", run_time, "--out", str(out), "--catalog", str(catalog)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def _sla(path: Path, p99_ms: float, min_requests: int) -> Path:
+    routes = {r: {"p99_ms": p99_ms, "max_error_rate": 0.01, "min_requests": min_requests}
+              for r in (EMBEDDING, BATCH, EMBED_HEAD, SEARCH_QUERY, SEARCH_VECTOR)}
+    path.write_text(json.dumps({"routes": routes}))  # JSON is YAML
+    return path
+
+
+def test_lenient_sla_passes_and_writes_outputs(served, tmp_path):
+    url, catalog = served
+    r = _loadtest(url, catalog, _sla(tmp_path / "sla.yaml", 5000, 1), tmp_path / "out", "10s")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SLA: PASS" in r.stdout and EMBEDDING in r.stdout
+    out = tmp_path / "out"
+    for name in ("loadtest_stats.csv", "loadtest_stats_history.csv", "loadtest.html", "loadtest_latency.png", "loadtest_throughput.png"):
+        assert (out / name).stat().st_size > 0, name
+    rows = (out / "loadtest_stats.csv").read_text()
+    assert "/asin/{asin}/embedding" in rows and "/search [vector]" in rows
+
+
+def test_impossible_sla_fails_with_exit_1(served, tmp_path):
+    url, catalog = served
+    r = _loadtest(url, catalog, _sla(tmp_path / "sla.yaml", 0, 10**9), tmp_path / "out", "4s")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "SLA VIOLATION" in r.stdout and "SLA: FAIL" in r.stdout
+
+
+def test_bad_input_exits_2_naming_it(tmp_path, test_catalog):
+    r = _loadtest("http://127.0.0.1:9", test_catalog, tmp_path / "missing.yaml", tmp_path / "out", "1s")
+    assert r.returncode == 2 and "missing.yaml" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('routes: {"GET /nope": {p99_ms: 1}}')
+    r = _loadtest("http://127.0.0.1:9", test_catalog, bad, tmp_path / "out", "1s")
+    assert r.returncode == 2 and "unknown route" in r.stderr

@@ -1,0 +1,143 @@
+"""FeedFollower: applies the embeddings feed to an AnnIndex, tolerates bad records, resumes from snapshots."""
+
+import threading
+import time
+
+import numpy as np
+
+from m5core.encoder import HashEncoder
+from m5core.events.base import EventSource, Message
+from m5core.events.local import LocalSink, LocalSource
+from m5core.feed import FeedFollower, encode_feed_value, latest_snapshot
+from m5core.index import AnnIndex
+from m5core.stores.base import VectorRecord
+from m5core.stores.local import LocalStore
+
+ENC = HashEncoder(dim=16)
+TOPIC = "catalog.embeddings"
+
+
+class MemorySource(EventSource):
+    """One-partition in-memory topic: what the follower needs of a transport, nothing more."""
+
+    def __init__(self):
+        self.log: list[Message] = []
+        self.pos = 0
+
+    def append(self, key: str, value: bytes | None) -> None:
+        self.log.append(Message(TOPIC, 0, len(self.log), key.encode(), value, 0))
+
+    def poll(self, max_records=500, timeout_s=0.1):
+        out = self.log[self.pos: self.pos + max_records]
+        self.pos += len(out)
+        return out
+
+    def commit(self, offsets):
+        pass
+
+    def lag(self):
+        return {(TOPIC, 0): len(self.log) - self.pos}
+
+    def end_offsets(self):
+        return {(TOPIC, 0): len(self.log)}
+
+    def seek(self, offsets):
+        self.pos = offsets.get((TOPIC, 0), self.pos)
+
+
+def rec(asin, text, pv=1, locale="en_US", line="media", bundle=ENC.version):
+    return VectorRecord(asin, ENC.embed([text])[0], pv, bundle, "h", locale, line, 1.0)
+
+
+def top1(index, text):
+    return index.search(ENC.embed([text]), 1)[0][0][0]
+
+
+def test_applies_upserts_deletes_and_skips_older_versions():
+    src = MemorySource()
+    idx = AnnIndex(ENC.dim, "flat")
+    f = FeedFollower(src, idx)
+    src.append("B000000001", encode_feed_value(rec("B000000001", "red shoes", pv=2)))
+    src.append("B000000002", encode_feed_value(rec("B000000002", "green tea")))
+    src.append("B000000001", encode_feed_value(rec("B000000001", "old text", pv=1)))  # late and older: ignored
+    assert f.poll_once() == 3
+    assert len(idx) == 2 and idx.version_of("B000000001") == 2 and top1(idx, "red shoes") == "B000000001"
+    assert f.offsets == {(TOPIC, 0): 3} and f.lag() == 0
+    src.append("B000000002", None)  # tombstone
+    src.append("B000000001", encode_feed_value(rec("B000000001", "blue hat", pv=3)))
+    f.poll_once()
+    assert not idx.contains("B000000002") and idx.version_of("B000000001") == 3
+    assert top1(idx, "blue hat") == "B000000001" and f.offsets == {(TOPIC, 0): 5}
+
+
+def test_malformed_values_are_counted_and_skipped():
+    src = MemorySource()
+    idx = AnnIndex(ENC.dim, "flat")
+    f = FeedFollower(src, idx)
+    wrong_dim = VectorRecord("B000000003", HashEncoder(dim=8).embed(["x"])[0], 1, "v", "h", "en_US", "media", 1.0)
+    nan = VectorRecord("B000000004", np.full(ENC.dim, np.nan, np.float32), 1, "v", "h", "en_US", "media", 1.0)
+    src.append("B000000001", b"not json")
+    src.append("B000000002", b'{"asin": "B000000002"}')
+    src.append("B000000003", encode_feed_value(wrong_dim))
+    src.append("B000000004", encode_feed_value(nan))
+    src.append("B000000005", encode_feed_value(rec("B000000005", "good one")))
+    assert f.poll_once() == 5
+    assert f.malformed == 4 and len(idx) == 1 and idx.contains("B000000005")
+    assert f.offsets == {(TOPIC, 0): 5}  # skipped records are consumed, not retried forever
+
+
+def test_bootstrap_from_store_then_follow_local_transport(tmp_path):
+    store = LocalStore(tmp_path / "s.sqlite")
+    store.put([rec("B000000001", "red shoes"), rec("B000000002", "green tea")])
+    sink = LocalSink(tmp_path / "ev")
+    sink.send(TOPIC, b"B000000001", encode_feed_value(rec("B000000001", "red shoes")))  # already in the store
+    sink.flush()
+    src = LocalSource(tmp_path / "ev", [TOPIC], "svc")
+    f = FeedFollower(src, AnnIndex(ENC.dim, "flat"), store)
+    assert f.bootstrap() == 2 and f.offsets == {(TOPIC, 0): 1}
+    new = rec("B000000003", "purple umbrella")
+    store.put([new])
+    sink.send(TOPIC, b"B000000003", encode_feed_value(new))
+    store.delete("B000000002", 2)
+    sink.send(TOPIC, b"B000000002", None)
+    sink.flush()
+    stop = threading.Event()
+    t = threading.Thread(target=f.run, args=(stop,))
+    t.start()
+    try:
+        deadline = time.monotonic() + 5
+        while (f.index.contains("B000000002") or not f.index.contains("B000000003")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        t.join(timeout=5)
+    assert not t.is_alive()
+    assert f.index.contains("B000000003") and not f.index.contains("B000000002") and f.lag() == 0
+
+
+def test_bootstrap_from_latest_snapshot_replays_only_the_tail(tmp_path):
+    src = MemorySource()
+    for i, text in enumerate(["red shoes", "green tea", "steel bottle"]):
+        src.append(f"B00000000{i + 1}", encode_feed_value(rec(f"B00000000{i + 1}", text)))
+    snap_idx = AnnIndex(ENC.dim, "flat", ENC.version)
+    first = FeedFollower(src, snap_idx)
+    first.poll_once(max_records=2)  # the snapshot holds offsets 0..1
+    snap_idx.save(tmp_path / "snap-0000000000001", {"offsets": {f"{TOPIC}:0": 2}, "bundle_versions": [ENC.version]})
+    snap_idx.save(tmp_path / "snap-0000000000000", {"offsets": {f"{TOPIC}:0": 0}})  # older
+    (tmp_path / "snap-0000000000009.tmp").mkdir()  # half-written: ignored
+    assert latest_snapshot(tmp_path).name == "snap-0000000000001"
+
+    src.pos = 0
+    f = FeedFollower(src, AnnIndex(ENC.dim, "flat"), snapshot_dir=tmp_path)
+    assert f.bootstrap() == 2
+    assert f.snapshot_meta["offsets"] == {f"{TOPIC}:0": 2} and src.pos == 2 and f.bundle_versions == {ENC.version}
+    assert f.poll_once() == 1  # only the tail
+    assert len(f.index) == 3 and f.offsets == {(TOPIC, 0): 3}
+
+
+def test_snapshot_of_another_dim_falls_back_to_the_store(tmp_path):
+    AnnIndex(8, "flat").save(tmp_path / "snap-0000000000001", {"offsets": {f"{TOPIC}:0": 0}})
+    store = LocalStore(tmp_path / "s.sqlite")
+    store.put([rec("B000000001", "red shoes")])
+    f = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path)
+    assert f.bootstrap() == 1 and f.snapshot_meta is None and f.index.dim == ENC.dim
