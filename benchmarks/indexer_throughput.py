@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from m5core.batching import batched
+
 
 def _products(catalog: Path | None, n: int) -> list[dict]:
     if catalog is not None:
@@ -76,19 +78,8 @@ def _cleanup(bootstrap: str, topics, redis_url: str, namespaces) -> None:
         pass
     r = redis.Redis.from_url(redis_url)
     for ns in namespaces:
-        for keys in _chunks(r.scan_iter(match=f"{ns}:*", count=5000), 5000):
+        for keys in batched(r.scan_iter(match=f"{ns}:*", count=5000), 5000):
             r.delete(*keys)
-
-
-def _chunks(it, n):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
 
 
 def main() -> None:

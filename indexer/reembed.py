@@ -27,6 +27,7 @@ from m5core.schema import content_hash, render_product
 from m5core.settings import StoreConfig
 from m5core.stores import active_namespace, open_store, previous_namespace, switch_namespace
 from m5core.stores.base import EmbeddingStore, VectorRecord
+from m5core.batching import batched
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,6 @@ def namespace_for(base: str, bundle_version: str) -> str:
     return f"{base}.{re.sub(r'[^A-Za-z0-9_.-]', '-', bundle_version)}"
 
 
-def _batches(it: Iterator, n: int) -> Iterator[list]:
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
 def embed_docs(docs: list[dict], encoder, scheme: str) -> list[VectorRecord]:
     vectors = encoder.embed([render_product(d, scheme) for d in docs])  # (n, dim)
     return [VectorRecord(d["asin"], v, d["version"], encoder.version, content_hash(d), d["locale"], d["product_line"],
@@ -73,7 +63,7 @@ def copy_namespace(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: st
     """Pass 1: every live document of `old`, embedded with the new encoder into `new`. -> records written."""
     n = 0
     bar = tqdm(desc="reembed", unit="p", total=old.count(), mininterval=1.0)
-    for chunk in _batches(old.iter_docs(batch), batch):
+    for chunk in batched(old.iter_docs(batch), batch):
         n += sum(new.put(embed_docs([orjson.loads(d) for _, d in chunk], encoder, scheme)))
         bar.update(len(chunk))
     bar.close()
@@ -83,12 +73,12 @@ def copy_namespace(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: st
 def catch_up(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, batch: int = 512) -> dict:
     """Pass 2: apply what changed in `old` during pass 1 (newer versions, deletes) to `new`."""
     embedded = deleted = 0
-    for chunk in _batches(old.iter_docs(batch), batch):
+    for chunk in batched(old.iter_docs(batch), batch):
         held = new.versions_of([a for a, _ in chunk])
         stale = [orjson.loads(d) for (a, d), (pv, _, _) in zip(chunk, held) if pv is None or pv < orjson.loads(d)["version"]]
         if stale:
             embedded += sum(new.put(embed_docs(stale, encoder, scheme)))
-    for chunk in _batches((a for a, _ in new.iter_docs(batch)), batch):
+    for chunk in batched((a for a, _ in new.iter_docs(batch)), batch):
         for asin, (pv, _, tomb) in zip(chunk, old.versions_of(chunk)):
             if tomb and pv is not None:
                 deleted += new.delete(asin, pv)

@@ -14,6 +14,7 @@ import numpy as np
 import redis
 
 from m5core.stores.base import EmbeddingStore, VectorRecord, dequantize_int8, quantize_int8
+from m5core.batching import batched
 
 _PUT = """
 local out = {}
@@ -137,7 +138,7 @@ class RedisStore(EmbeddingStore):
 
     def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
         prefix = f"{self.namespace}:v:"
-        for keys in _chunks(self.client.scan_iter(match=prefix + "*", count=batch), batch):
+        for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
                 pipe.hmget(k, _FIELDS)
@@ -152,7 +153,7 @@ class RedisStore(EmbeddingStore):
     def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
         """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
         prefix = f"{self.namespace}:v:"
-        for keys in _chunks(self.client.scan_iter(match=prefix + "*", count=batch), batch):
+        for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
                 pipe.hmget(k, ("doc", "del"))
@@ -190,14 +191,3 @@ class RedisStore(EmbeddingStore):
 
     def close(self) -> None:
         self.client.close()
-
-
-def _chunks(it, n):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
