@@ -16,25 +16,16 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from m5core.events.base import EventSource, Message, TopicPartition
-from m5core.feed import FeedFollower
+from m5core.feed import SNAPSHOT_PREFIX as PREFIX
+from m5core.feed import FeedFollower, offsets_from_meta
 from m5core.index import AnnIndex
 from m5core.stores.base import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
-PREFIX = "snap-"
-
 
 def offsets_to_meta(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
     return {f"{t}:{p}": int(o) for (t, p), o in sorted(offsets.items())}
-
-
-def offsets_from_meta(meta: Mapping[str, int]) -> dict[TopicPartition, int]:
-    out = {}
-    for key, off in meta.items():
-        topic, _, part = key.rpartition(":")
-        out[(topic, int(part))] = int(off)
-    return out
 
 
 def list_snapshots(root: Path) -> list[Path]:
