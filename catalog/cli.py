@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     g.add_argument("--locales", type=_locales, default=["us", "de", "ae"], help="comma list of us,de,ae")
     g.add_argument("--out", type=Path, required=True, help="output directory")
+    g.add_argument("--train-queries-per-product", type=_non_negative, default=None, metavar="R",
+                   help="extra training-only queries per product (default 0.2; 0: only the judged evaluation queries)")
     g.set_defaults(func=_generate)
     e = csub.add_parser("events", help="emit change events (upserts, patches, deletes) for a catalog")
     e.add_argument("--catalog", type=Path, required=True, help="catalog directory")
@@ -56,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _generate(args) -> int:
     from catalog.generate import generate_catalog
 
-    m = generate_catalog(args.out, args.products, args.seed, args.locales)
+    extra = {} if args.train_queries_per_product is None else {"train_queries_per_product": args.train_queries_per_product}
+    m = generate_catalog(args.out, args.products, args.seed, args.locales, **extra)
     print(f"wrote {m['products']} products, {m['counts'].get('queries', 0)} queries, {m['counts'].get('duplicate_pairs', 0)} "
           f"duplicate pairs to {args.out} in {m['seconds']} s (lexical-gap share {m['lexical_gap_share']:.1%})")
     return 0

@@ -37,12 +37,15 @@ from catalog.vocab import (
     word,
 )
 
-GENERATOR_VERSION = "m5-catalog/1"
+GENERATOR_VERSION = "m5-catalog/2"
 POOL_CAP = 200_000
 P_DUPLICATE = 0.2
 P_HARD_NEGATIVE = 0.15
 P_COPURCHASE = 0.3
 QUERIES_PER_PRODUCT = 1 / 20
+P_SPECIFIC_QUERY = 0.5  # queries that state every attribute of their seed item; the rest state one or two
+TRAIN_QUERIES_PER_PRODUCT = 0.2  # extra training-only queries (not judged for C/I, never evaluated)
+EXACT_CAP = 1000  # Exact judgements per query: every true Exact up to this, so recall is not a pooled lower bound
 BASE_TS = 1_760_000_000.0
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = {"a", "an", "the", "for", "and", "of", "in", "with", "by", "is", "to", "you", "this", "our", "will", "it",
@@ -226,15 +229,17 @@ def _query_text(item: Item, qattrs: dict[str, str], form: str, lang: str, rng: r
 
 
 def _judge(query_attrs: dict[str, str], qtype: str, locale: str, by_type: dict, by_colour: dict,
-           rng: random.Random) -> tuple[list[tuple[str, str]], list[Compact]]:
+           rng: random.Random, complements: bool = True) -> tuple[list[tuple[str, str]], list[Compact]]:
     out = []
     exact = [c for c in by_colour.get((locale, qtype, query_attrs.get("colour")), by_type.get((locale, qtype), ()))
              if all(c.item.attrs.get(k) == v for k, v in query_attrs.items())]
     bucket = by_type.get((locale, qtype), [])
     exact_asins = {c.asin for c in exact}
     subst = [c for c in (rng.choice(bucket) for _ in range(min(60, len(bucket)))) if c.asin not in exact_asins]
-    out += [(c.asin, "E") for c in exact[:60]]
+    out += [(c.asin, "E") for c in exact[:EXACT_CAP]]
     out += [(c.asin, "S") for c in list({c.asin: c for c in subst}.values())[:20]]
+    if not complements:
+        return out, exact
     comp = by_type.get((locale, COMPLEMENTS[qtype]), [])
     out += [(c.asin, "C") for c in rng.sample(comp, min(5, len(comp)))]
     others = [(locale, t) for t in TYPES if t not in (qtype, COMPLEMENTS[qtype]) and (locale, t) in by_type]
@@ -246,8 +251,36 @@ def _judge(query_attrs: dict[str, str], qtype: str, locale: str, by_type: dict, 
     return out, exact
 
 
+_FORMS = ["plain", "plain", "misspelled", "synonym", "synonym", "synonym", "synonym", "synonym", "cross", "cross", "cross"]
+
+
+def _make_query(qid: str, pool: list[Compact], head_pool: list[Compact], by_type: dict, by_colour: dict,
+                rng: random.Random, complements: bool = True) -> tuple[dict, list[tuple[str, str]]]:
+    """One shopping query seeded from a listing's item, and its graded judgements."""
+    head = rng.random() < 0.3
+    seed_p = rng.choice(head_pool if head else pool)
+    item, locale = seed_p.item, seed_p.locale
+    lang = LANG_OF_LOCALE[locale]
+    form = rng.choice(_FORMS)
+    if rng.random() < P_SPECIFIC_QUERY:
+        qattrs = dict(item.attrs)
+    else:
+        qattrs = {k: v for k, v in item.attrs.items() if k == "colour"}
+        key = next((a for a in KEY_ATTRIBUTES if a in item.attrs and a != "colour"), None)
+        if key and (rng.random() < 0.6 or not qattrs):
+            qattrs[key] = item.attrs[key]
+    if form == "synonym":  # keep only what the synonym vocabulary can say, so the text states every attribute
+        qattrs = {k: v for k, v in qattrs.items() if k in ("colour", "clothing_size", "pack_count") or v in WORDS}
+    text = _query_text(item, qattrs, form, lang, rng)
+    judged, exact = _judge(qattrs, item.type, locale, by_type, by_colour, rng, complements)
+    qwords = content_words(text)
+    gap = bool(exact) and all(not (qwords & c.words) for c in exact)
+    return ({"query_id": qid, "text": text, "locale": locale, "lexical_gap": gap, "head": head, "form": form,
+             "attributes": qattrs, "product_type": item.type}, judged)
+
+
 def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales: Sequence[str] = ("us", "de", "ae"),
-                     show_progress: bool = True) -> dict:
+                     show_progress: bool = True, train_queries_per_product: float = TRAIN_QUERIES_PER_PRODUCT) -> dict:
     """Write a catalog directory (products, queries, judgements, pairs, clusters, co-purchases).
 
     Raises:
@@ -328,31 +361,29 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
     bar.close()
 
     n_queries = max(20, int(products * QUERIES_PER_PRODUCT))
-    forms = ["plain", "plain", "misspelled", "synonym", "synonym", "synonym", "synonym", "synonym", "cross", "cross", "cross"]
     head_pool = pool[: max(1, len(pool) // 20)]
-    gap_count = 0
+    gap_count, eval_texts = 0, set()
     for qi in range(n_queries):
-        head = rng.random() < 0.3
-        seed_p = rng.choice(head_pool if head else pool)
-        item, locale = seed_p.item, seed_p.locale
-        lang = LANG_OF_LOCALE[locale]
-        form = rng.choice(forms)
-        qattrs = {k: v for k, v in item.attrs.items() if k == "colour"}
-        key = next((a for a in KEY_ATTRIBUTES if a in item.attrs and a != "colour"), None)
-        if key and (rng.random() < 0.6 or not qattrs):
-            qattrs[key] = item.attrs[key]
-        if form == "synonym":  # keep only what the synonym vocabulary can say, so the text states every attribute
-            qattrs = {k: v for k, v in qattrs.items() if k in ("colour", "clothing_size", "pack_count") or v in WORDS}
-        text = _query_text(item, qattrs, form, lang, rng)
-        judged, exact = _judge(qattrs, item.type, locale, by_type, by_colour, rng)
-        qwords = content_words(text)
-        gap = bool(exact) and all(not (qwords & c.words) for c in exact)
-        gap_count += gap
-        qid = f"q{qi:07d}"
-        write("queries", {"query_id": qid, "text": text, "locale": locale, "split": split_of(qid, seed), "lexical_gap": gap,
-                          "head": head, "form": form, "attributes": qattrs, "product_type": item.type})
+        q, judged = _make_query(f"q{qi:07d}", pool, head_pool, by_type, by_colour, rng)
+        q["split"] = split_of(q["query_id"], seed)
+        gap_count += q["lexical_gap"]
+        if q["split"] != "train":
+            eval_texts.add(q["text"])
+        write("queries", q)
         for asin, label in judged:
-            write("judgements", {"query_id": qid, "asin": asin, "label": label})
+            write("judgements", {"query_id": q["query_id"], "asin": asin, "label": label})
+    # Training-only queries (a query log is plentiful next to the judged evaluation set). Their Exacts and
+    # Substitutes are judged in full, so hard-negative mining never takes a true match for a negative;
+    # a text that is also a valid/test query is dropped, so no evaluation query is seen in training.
+    for qi in range(int(products * train_queries_per_product)):
+        q, judged = _make_query(f"t{qi:07d}", pool, head_pool, by_type, by_colour, rng, complements=False)
+        if q["text"] in eval_texts:
+            continue
+        q["split"] = "train"
+        write("queries", q)
+        counts["train_only_queries"] += 1
+        for asin, label in judged:
+            write("judgements", {"query_id": q["query_id"], "asin": asin, "label": label})
     for f in files.values():
         f.close()
     manifest = {
@@ -361,7 +392,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         "products": counts["products"],
         "locales": list(locales),
         "counts": dict(counts),
-        "lexical_gap_share": gap_count / n_queries,
+        "lexical_gap_share": gap_count / n_queries,  # of the judged queries (train-only extras excluded)
         "seconds": round(time.perf_counter() - t0, 2),
     }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

@@ -41,16 +41,19 @@ def recall_at_precision(scores: Sequence[float], labels: Sequence[int], precisio
 
 
 def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
-    return len(set(ranked[:k]) & relevant) / len(relevant) if relevant else 0.0
+    """Capped recall (BEIR's R_cap@k): found / min(|relevant|, k), so a query with more relevant
+    products than k can still reach 1.0 and every query weighs the same."""
+    return len(set(ranked[:k]) & relevant) / min(len(relevant), k) if relevant else 0.0
 
 
 def average_precision(ranked: Sequence[str], relevant: set[str], k: int | None = None) -> float:
+    """AP (AP@k when k is given, normalised by min(|relevant|, k) like the usual MAP@k)."""
     hits, total = 0, 0.0
     for i, a in enumerate(ranked[:k] if k else ranked):
         if a in relevant:
             hits += 1
             total += hits / (i + 1)
-    return total / len(relevant) if relevant else 0.0
+    return total / (min(len(relevant), k) if k else len(relevant)) if relevant else 0.0
 
 
 def ndcg_at_k(ranked: Sequence[str], labels: dict[str, str], k: int = 10) -> float:

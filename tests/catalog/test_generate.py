@@ -58,6 +58,26 @@ def test_exact_judgements_match_every_query_attribute(cat):
     assert n_exact > 100
 
 
+def test_exact_judgements_are_complete(cat):
+    """Every product that matches a query is judged Exact: recall is measured against all of them, not a pool."""
+    by_key = {}
+    for p in cat.products():
+        by_key.setdefault((p["locale"], p["product_type"]), []).append((p["asin"], _canon(p)))
+    judg = cat.judgements()
+    for q in cat.queries():
+        truth = {a for a, canon in by_key.get((q["locale"], q["product_type"]), [])
+                 if all(canon.get(k) == v for k, v in q["attributes"].items())}
+        assert {a for a, lbl in judg[q["query_id"]].items() if lbl == "E"} == truth, q["text"]
+
+
+def test_training_only_queries_never_repeat_an_evaluation_query(cat):
+    qs = cat.queries()
+    extra = [q for q in qs if q["query_id"].startswith("t")]
+    assert len(extra) > len(qs) / 2 and all(q["split"] == "train" for q in extra)
+    held_out = {q["text"] for q in qs if q["split"] != "train"}
+    assert held_out and not held_out & {q["text"] for q in extra}
+
+
 def test_duplicate_clusters_share_type_brand_and_key_attributes(cat):
     products = {p["asin"]: p for p in cat.products()}
     multi = [c for c in cat.clusters() if len(c["asins"]) > 1]

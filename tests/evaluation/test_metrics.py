@@ -36,10 +36,12 @@ def test_recall_at_precision():
 
 def test_recall_average_precision_and_exact_share():
     ranked = ["a", "b", "c", "d"]
-    assert recall_at_k(ranked, {"b", "d", "z"}, 2) == pytest.approx(1 / 3)
+    assert recall_at_k(ranked, {"b", "d", "z"}, 2) == pytest.approx(1 / 2)  # capped: min(|rel|, k) = 2
     assert recall_at_k(ranked, {"b", "d", "z"}, 4) == pytest.approx(2 / 3)
+    assert recall_at_k(ranked, {"a", "b"}, 2) == pytest.approx(1.0)
     assert average_precision(ranked, {"b", "d"}) == pytest.approx((1 / 2 + 2 / 4) / 2)
     assert average_precision(ranked, {"b", "d"}, k=2) == pytest.approx((1 / 2) / 2)
+    assert average_precision(ranked, {"a", "b", "z"}, k=2) == pytest.approx(1.0)  # normalised by min(|rel|, k)
     assert exact_share_at_k(ranked, {"a": "E", "b": "S", "c": "E"}, 2) == pytest.approx(0.5)
 
 

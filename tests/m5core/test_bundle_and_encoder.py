@@ -40,3 +40,17 @@ def test_hash_encoder_is_deterministic_and_batch_equals_single():
     for i, t in enumerate(texts):
         np.testing.assert_array_equal(enc.embed([t])[0], batch[i])
     assert enc.embed([]).shape == (0, 32)
+
+
+def test_onnx_encoder_length_sorted_batches_keep_row_order(trained_bundle):
+    """A large batch runs as length-sorted sub-batches; each row must still be its own text's vector."""
+    from m5core.encoder import SUB_BATCH, OnnxEncoder
+
+    enc = OnnxEncoder(trained_bundle, "product")
+    texts = [("red running shoes " * (1 + i % 7)) + f"item {i}" for i in range(3 * SUB_BATCH + 5)]
+    batch = enc.embed(texts)  # (n, dim)
+    single = np.concatenate([enc.embed([t]) for t in texts])
+    assert batch.shape == (len(texts), enc.dim)
+    cos = np.einsum("nd,nd->n", batch, single)
+    assert cos.min() > 0.99
+    assert np.argmax(batch @ single.T, axis=1).tolist() == list(range(len(texts)))
