@@ -12,7 +12,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
 
@@ -45,6 +45,7 @@ P_COPURCHASE = 0.3
 QUERIES_PER_PRODUCT = 1 / 20
 P_SPECIFIC_QUERY = 0.5  # queries that state every attribute of their seed item; the rest state one or two
 TRAIN_QUERIES_PER_PRODUCT = 0.2  # extra training-only queries (not judged for C/I, never evaluated)
+MAX_QUERIES, MAX_TRAIN_QUERIES = 10_000, 10_000  # enough to measure and to train; bounds the judgements at 1M products
 EXACT_CAP = 1000  # Exact judgements per query: every true Exact up to this, so recall is not a pooled lower bound
 BASE_TS = 1_760_000_000.0
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
@@ -228,11 +229,33 @@ def _query_text(item: Item, qattrs: dict[str, str], form: str, lang: str, rng: r
     return text
 
 
-def _judge(query_attrs: dict[str, str], qtype: str, locale: str, by_type: dict, by_colour: dict,
-           rng: random.Random, complements: bool = True) -> tuple[list[tuple[str, str]], list[Compact]]:
+@dataclass
+class _Pool:
+    """Compact records of the judged products, with postings to find a query's Exacts by set intersection."""
+
+    items: list[Compact] = field(default_factory=list)
+    by_type: dict[tuple[str, str], list[Compact]] = field(default_factory=lambda: defaultdict(list))
+    postings: dict[tuple[str, str, str, str], set[int]] = field(default_factory=lambda: defaultdict(set))
+
+    def add(self, c: Compact) -> None:
+        self.by_type[(c.locale, c.item.type)].append(c)
+        for name, value in c.item.attrs.items():
+            self.postings[(c.locale, c.item.type, name, value)].add(len(self.items))
+        self.items.append(c)
+
+    def exact(self, query_attrs: dict[str, str], qtype: str, locale: str) -> list[Compact]:
+        """Products of this locale and type matching every query attribute, in catalog order."""
+        if not query_attrs:
+            return list(self.by_type.get((locale, qtype), ()))
+        sets = sorted((self.postings.get((locale, qtype, k, v), set()) for k, v in query_attrs.items()), key=len)
+        return [self.items[i] for i in sorted(sets[0].intersection(*sets[1:]))]
+
+
+def _judge(query_attrs: dict[str, str], qtype: str, locale: str, pool: _Pool, rng: random.Random,
+           complements: bool = True) -> tuple[list[tuple[str, str]], list[Compact]]:
     out = []
-    exact = [c for c in by_colour.get((locale, qtype, query_attrs.get("colour")), by_type.get((locale, qtype), ()))
-             if all(c.item.attrs.get(k) == v for k, v in query_attrs.items())]
+    by_type = pool.by_type
+    exact = pool.exact(query_attrs, qtype, locale)
     bucket = by_type.get((locale, qtype), [])
     exact_asins = {c.asin for c in exact}
     subst = [c for c in (rng.choice(bucket) for _ in range(min(60, len(bucket)))) if c.asin not in exact_asins]
@@ -254,11 +277,10 @@ def _judge(query_attrs: dict[str, str], qtype: str, locale: str, by_type: dict, 
 _FORMS = ["plain", "plain", "misspelled", "synonym", "synonym", "synonym", "synonym", "synonym", "cross", "cross", "cross"]
 
 
-def _make_query(qid: str, pool: list[Compact], head_pool: list[Compact], by_type: dict, by_colour: dict,
-                rng: random.Random, complements: bool = True) -> tuple[dict, list[tuple[str, str]]]:
+def _make_query(qid: str, pool: _Pool, head_pool: list[Compact], rng: random.Random, complements: bool = True) -> tuple[dict, list[tuple[str, str]]]:
     """One shopping query seeded from a listing's item, and its graded judgements."""
     head = rng.random() < 0.3
-    seed_p = rng.choice(head_pool if head else pool)
+    seed_p = rng.choice(head_pool if head else pool.items)
     item, locale = seed_p.item, seed_p.locale
     lang = LANG_OF_LOCALE[locale]
     form = rng.choice(_FORMS)
@@ -272,7 +294,7 @@ def _make_query(qid: str, pool: list[Compact], head_pool: list[Compact], by_type
     if form == "synonym":  # keep only what the synonym vocabulary can say, so the text states every attribute
         qattrs = {k: v for k, v in qattrs.items() if k in ("colour", "clothing_size", "pack_count") or v in WORDS}
     text = _query_text(item, qattrs, form, lang, rng)
-    judged, exact = _judge(qattrs, item.type, locale, by_type, by_colour, rng, complements)
+    judged, exact = _judge(qattrs, item.type, locale, pool, rng, complements)
     qwords = content_words(text)
     gap = bool(exact) and all(not (qwords & c.words) for c in exact)
     return ({"query_id": qid, "text": text, "locale": locale, "lexical_gap": gap, "head": head, "form": form,
@@ -296,9 +318,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
     rng = random.Random(seed)
     world = _World(rng, [LOCALE_OF[loc] for loc in locales])
     files = {n: open(out / f"{n}.jsonl", "wb") for n in ("products", "clusters", "duplicate_pairs", "copurchase", "queries", "judgements")}
-    by_type: dict[tuple[str, str], list[Compact]] = defaultdict(list)
-    by_colour: dict[tuple[str, str, str | None], list[Compact]] = defaultdict(list)
-    pool: list[Compact] = []
+    pool = _Pool()
     counts = defaultdict(int)
     t0 = time.perf_counter()
 
@@ -310,11 +330,8 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         asin = make_asin(counts["products"], seed)
         listing = render_listing(item, locale, variant, rng)
         write("products", _product(asin, item, locale, listing, rng.randint(1, 5), rng))
-        if len(pool) < POOL_CAP:
-            c = Compact(asin, item, locale, content_words(" ".join([listing["title"], listing["description"], *listing["bullet_points"]])))
-            pool.append(c)
-            by_type[(locale, item.type)].append(c)
-            by_colour[(locale, item.type, item.attrs.get("colour"))].append(c)
+        if len(pool.items) < POOL_CAP:
+            pool.add(Compact(asin, item, locale, content_words(" ".join([listing["title"], listing["description"], *listing["bullet_points"]]))))
         return asin
 
     bar = tqdm(total=products, desc="products", unit="p", disable=not show_progress, mininterval=1.0)
@@ -354,17 +371,19 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         if len(recent) > 200:
             del recent[:100]
         if rng.random() < P_COPURCHASE:
-            comp = by_type.get((item.locale, COMPLEMENTS[item.type]))
+            comp = pool.by_type.get((item.locale, COMPLEMENTS[item.type]))
             if comp:
                 write("copurchase", {"asin_a": asins[0], "asin_b": rng.choice(comp).asin})
         bar.update(counts["products"] - before)
     bar.close()
 
-    n_queries = max(20, int(products * QUERIES_PER_PRODUCT))
-    head_pool = pool[: max(1, len(pool) // 20)]
+    n_queries = max(20, min(MAX_QUERIES, int(products * QUERIES_PER_PRODUCT)))
+    n_train = min(MAX_TRAIN_QUERIES, int(products * train_queries_per_product))
+    qbar = tqdm(total=n_queries + n_train, desc="queries", unit="q", disable=not show_progress, mininterval=1.0)
+    head_pool = pool.items[: max(1, len(pool.items) // 20)]
     gap_count, eval_texts = 0, set()
     for qi in range(n_queries):
-        q, judged = _make_query(f"q{qi:07d}", pool, head_pool, by_type, by_colour, rng)
+        q, judged = _make_query(f"q{qi:07d}", pool, head_pool, rng)
         q["split"] = split_of(q["query_id"], seed)
         gap_count += q["lexical_gap"]
         if q["split"] != "train":
@@ -372,18 +391,22 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         write("queries", q)
         for asin, label in judged:
             write("judgements", {"query_id": q["query_id"], "asin": asin, "label": label})
+        qbar.update()
     # Training-only queries (a query log is plentiful next to the judged evaluation set). Their Exacts and
     # Substitutes are judged in full, so hard-negative mining never takes a true match for a negative;
     # a text that is also a valid/test query is dropped, so no evaluation query is seen in training.
-    for qi in range(int(products * train_queries_per_product)):
-        q, judged = _make_query(f"t{qi:07d}", pool, head_pool, by_type, by_colour, rng, complements=False)
+    for qi in range(n_train):
+        q, judged = _make_query(f"t{qi:07d}", pool, head_pool, rng, complements=False)
         if q["text"] in eval_texts:
+            qbar.update()
             continue
         q["split"] = "train"
+        qbar.update()
         write("queries", q)
         counts["train_only_queries"] += 1
         for asin, label in judged:
             write("judgements", {"query_id": q["query_id"], "asin": asin, "label": label})
+    qbar.close()
     for f in files.values():
         f.close()
     manifest = {

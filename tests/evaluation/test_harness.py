@@ -93,3 +93,22 @@ def test_minilm_weights_ship_in_the_wheel():
 
     d = minilm_model_dir()
     assert (d / "config.json").is_file() and (d / "tokenizer.json").is_file()
+
+
+def test_minilm_onnx_baseline_gives_sentence_transformers_vectors(tmp_path, monkeypatch):
+    """The baseline runs the packaged weights through ONNX Runtime; its vectors must be MiniLM's own."""
+    from sentence_transformers import SentenceTransformer
+
+    from evaluation.baselines import MiniLMEncoder, minilm_model_dir
+
+    monkeypatch.setenv("M5_CACHE_DIR", str(tmp_path))
+    texts = ["red running shoes size 42", "Kaffeebohnen dunkel 500 g", "سماعات بلوتوث سوداء",
+             "A long listing " + "with many words " * 40]
+    enc = MiniLMEncoder(threads=1)
+    got = enc.embed(texts)  # (4, 384)
+    ref = SentenceTransformer(str(minilm_model_dir()), device="cpu")
+    ref.max_seq_length = 128
+    want = ref.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    assert got.shape == (4, 384)
+    assert np.einsum("nd,nd->n", got, want).min() > 0.9999
+    assert (tmp_path / "minilm" / "all-MiniLM-L6-v2.fp32.onnx").is_file()  # exported once, then reused
