@@ -94,7 +94,9 @@ class FeedFollower:
     """
 
     def __init__(self, source: EventSource, index: AnnIndex, store: EmbeddingStore | None = None, log=None, *,
-                 snapshot_dir: Path | str | None = None):
+                 snapshot_dir: Path | str | None = None, bundle_version: str | None = None):
+        """`bundle_version`: apply only that bundle's feed records and snapshots. During a model switch the
+        feed carries two bundles' vectors; each index keeps to its own, so neither becomes a mix."""
         import logging
 
         self.source, self.index, self.store = source, index, store
@@ -106,6 +108,8 @@ class FeedFollower:
         self.last_lag = 0
         self.offsets: dict[TopicPartition, int] = {}
         self.snapshot_meta: dict | None = None  # meta of the snapshot bootstrapped from, if any
+        self.bundle_version = bundle_version
+        self.other_bundle = 0  # feed records of another bundle, skipped
 
     def bootstrap(self, batch: int = 2000) -> int:
         """-> vectors loaded. May replace `self.index` with the snapshot's index (read it back after)."""
@@ -140,6 +144,11 @@ class FeedFollower:
             return False
         if index.dim != self.index.dim:
             self.log.warning("snapshot %s has dim %d, expected %d; bootstrapping from the store", snap, index.dim, self.index.dim)
+            return False
+        held = set(meta.get("bundle_versions") or ([index.version] if index.version else []))
+        if self.bundle_version and held - {self.bundle_version}:
+            self.log.info("snapshot %s holds bundle(s) %s, not %s; bootstrapping from the store", snap.name, sorted(held),
+                          self.bundle_version)
             return False
         offsets = offsets_from_meta(meta.get("offsets", {}))
         if offsets:
@@ -182,6 +191,9 @@ class FeedFollower:
             except ValueError as exc:
                 self.malformed += 1
                 self.log.warning("skipping malformed feed record at %s:%d:%d: %s", m.topic, m.partition, m.offset, exc)
+                continue
+            if self.bundle_version and rec.bundle_version != self.bundle_version:
+                self.other_bundle += 1
                 continue
             if rec.asin in dels:
                 dels.remove(rec.asin)

@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path as FsPath
 from typing import Literal
 
 import numpy as np
@@ -54,32 +55,25 @@ class ApiError(Exception):
 
 
 @dataclass
-class State:
-    settings: ServiceSettings
+class Serving:
+    """What one bundle serves: its query tower, its namespace's store, the index of its vectors and the
+    feed follower that keeps that index current. A model switch builds a new one beside it and swaps
+    one reference, so a request sees either the old set or the new one, never a mix."""
+
+    namespace: str
     encoder: Encoder
     store: EmbeddingStore
     index: AnnIndex
     follower: FeedFollower | None = None
+    source: object = None
+    owns_store: bool = True
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     cache: OrderedDict = field(default_factory=OrderedDict)
-    started: float = field(default_factory=time.time)
     lookup: object = None  # asin -> record, set from the store in __post_init__
 
     def __post_init__(self) -> None:
         self.lookup = _point_lookup(self.store)
-
-    def swap_encoder(self, encoder: Encoder) -> None:
-        """New query tower (bundle swap): one reference assignment, so in-flight requests keep the old one."""
-        self.cache = OrderedDict()
-        self.encoder = encoder
-        M.BUNDLE_INFO.labels(encoder.version).set(1)
-
-    def swap_index(self, index: AnnIndex) -> None:
-        """New index (rebuild, new snapshot): the follower applies the feed to it from now on."""
-        if self.follower is not None:
-            self.follower.index = index
-        self.index = index
 
     def mismatch(self, encoder: Encoder | None = None) -> str | None:
         """A query tower from another bundle than the indexed vectors gives meaningless neighbours."""
@@ -91,6 +85,120 @@ class State:
         if other:
             return f"indexed vectors come from bundle(s) {other}, the query tower is {enc.version}"
         return None
+
+    def start(self) -> None:
+        if self.source is not None and self.follower is not None:
+            self.thread = threading.Thread(target=self.follower.run, args=(self.stop,), name="feed-follower", daemon=True)
+            self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=5)
+        if self.source is not None:
+            self.source.close()
+        if self.owns_store:
+            self.store.close()
+
+
+def build_serving(s: ServiceSettings, namespace: str, encoder: Encoder, *, store: EmbeddingStore | None = None,
+                  index: AnnIndex | None = None, feed_source=None, follow_feed: bool = True) -> Serving:
+    """Load a serving set: the index starts from the newest snapshot of this bundle, else a store scan,
+    and then follows the feed (records of other bundles on the feed are skipped)."""
+    st = store or open_store(s, namespace)
+    idx = index if index is not None else AnnIndex(encoder.dim, s.index_kind, encoder.version)
+    source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
+    follower = FeedFollower(source if source is not None else _NoFeed(), idx, st, log, snapshot_dir=s.snapshot_dir,
+                            bundle_version=encoder.version)
+    if index is None:
+        follower.bootstrap()
+        idx = follower.index  # the snapshot's index when one was loaded
+    return Serving(namespace, encoder, st, idx, follower, source, owns_store=store is None)
+
+
+def bundle_dir_for(bundles_dir: FsPath, version: str) -> FsPath:
+    """The bundle directory holding `version` (bundles are `<bundles_dir>/<version>/`, as export writes them)."""
+    for cand in [bundles_dir / version, *sorted(p for p in bundles_dir.iterdir() if p.is_dir())]:
+        try:
+            if orjson.loads((cand / "manifest.json").read_bytes()).get("version") == version:
+                return cand
+        except (OSError, ValueError):
+            continue
+    raise FileNotFoundError(f"no bundle {version} under {bundles_dir}")
+
+
+def namespace_bundle(store: EmbeddingStore) -> str | None:
+    """The bundle version of a namespace's vectors: a re-embed fills one namespace per bundle."""
+    return next((rec.bundle_version for rec in store.scan(1)), None)
+
+
+@dataclass
+class State:
+    settings: ServiceSettings
+    serving: Serving
+    started: float = field(default_factory=time.time)
+    load_tower: object = None  # bundle version -> query tower, for model switches
+
+    # The current serving set's parts; a request that uses several reads `state.serving` once instead.
+    encoder = property(lambda self: self.serving.encoder)
+    store = property(lambda self: self.serving.store)
+    index = property(lambda self: self.serving.index)
+    follower = property(lambda self: self.serving.follower)
+    lookup = property(lambda self: self.serving.lookup)
+
+    def swap_encoder(self, encoder: Encoder) -> None:
+        """New query tower of the same namespace: one reference assignment, so in-flight requests keep the old one."""
+        self.serving.cache = OrderedDict()
+        self.serving.encoder = encoder
+        M.BUNDLE_INFO.labels(encoder.version).set(1)
+
+    def swap_index(self, index: AnnIndex) -> None:
+        """New index (rebuild, new snapshot): the follower applies the feed to it from now on."""
+        if self.serving.follower is not None:
+            self.serving.follower.index = index
+        self.serving.index = index
+
+    def mismatch(self, encoder: Encoder | None = None) -> str | None:
+        return self.serving.mismatch(encoder)
+
+    def follow_model(self, namespace: str) -> bool:
+        """Switch to `namespace` if the active-namespace pointer moved there (`m5 index reembed` / `rollback`).
+
+        The new set (its bundle's query tower, store, index from a scan, feed follower) is built while
+        the old one serves; then one reference swap, and the old one is closed. -> switched.
+        """
+        if namespace == self.serving.namespace:
+            return False
+        s = self.settings
+        probe = open_store(s, namespace)
+        try:
+            version = namespace_bundle(probe)
+        finally:
+            probe.close()
+        if version is None:
+            log.warning("active namespace %s holds no vectors yet; still serving %s", namespace, self.serving.namespace)
+            return False
+        encoder = self.load_tower(version)
+        new = build_serving(s, namespace, encoder)
+        if (msg := new.mismatch()) is not None:
+            new.close()
+            raise RuntimeError(f"namespace {namespace}: {msg}")
+        new.start()
+        old, self.serving = self.serving, new
+        M.BUNDLE_INFO.labels(old.encoder.version).set(0)
+        M.BUNDLE_INFO.labels(encoder.version).set(1)
+        log.info("model switch: %s (%s) -> %s (%s), %d vectors", old.namespace, old.encoder.version, namespace,
+                 encoder.version, len(new.index))
+        old.close()
+        return True
+
+    def watch_model(self, stop: threading.Event) -> None:
+        """Thread body: poll the active-namespace pointer (one store read) every `model_poll_s`."""
+        while not stop.wait(self.settings.model_poll_s):
+            try:
+                self.follow_model(active_namespace(self.settings))
+            except Exception:  # noqa: BLE001 - keep serving the current model; retry on the next tick
+                log.exception("model switch failed; still serving %s", self.serving.namespace)
 
 
 def _from_store(fn, *args):
@@ -115,11 +223,13 @@ def _json(doc, status: int = 200, headers: dict | None = None) -> Response:
 
 
 def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | None = None, store: EmbeddingStore | None = None,
-               index: AnnIndex | None = None, feed_source=None, follow_feed: bool = True) -> FastAPI:
+               index: AnnIndex | None = None, feed_source=None, follow_feed: bool = True, load_tower=None) -> FastAPI:
     """Build the app; injected parts (encoder, store, index, feed source) make tests fast and hermetic.
 
     An injected index is used as is (no store scan); otherwise the index starts from the newest
-    snapshot in `settings.snapshot_dir`, else from a store scan, and then follows the feed.
+    snapshot in `settings.snapshot_dir`, else from a store scan, and then follows the feed. Unless a
+    store is injected (or `load_tower` is, for tests), a watcher follows the active-namespace pointer
+    and switches model without a restart.
     """
     s = settings or ServiceSettings()
 
@@ -129,29 +239,25 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
 
         faiss.omp_set_num_threads(s.search_threads)
         enc = encoder or OnnxEncoder(s.bundle, "query", threads=1, manifest=load_manifest(s.bundle))
-        st = store or open_store(s, active_namespace(s))  # follows a re-embed's namespace switch
-        idx = index if index is not None else AnnIndex(enc.dim, s.index_kind, enc.version)
-        source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
-        state = State(s, enc, st, idx)
-        follower = FeedFollower(source if source is not None else _NoFeed(), idx, st, log, snapshot_dir=s.snapshot_dir)
-        if index is None:
-            follower.bootstrap()
-            state.index = follower.index  # the snapshot's index when one was loaded
-        state.follower = follower  # with no feed: still knows the bundles it loaded (lag 0)
-        if source is not None:
-            state.thread = threading.Thread(target=follower.run, args=(state.stop,), name="feed-follower", daemon=True)
-            state.thread.start()
-        log.info("service up: %d vectors (%s index), query tower %s", len(state.index), state.index.kind, enc.version)
+        namespace = active_namespace(s) if store is None else s.namespace  # follows a re-embed's namespace switch
+        serving = build_serving(s, namespace, enc, store=store, index=index, feed_source=feed_source, follow_feed=follow_feed)
+        bundles_dir = s.bundles_dir or FsPath(s.bundle).parent
+        state = State(s, serving, load_tower=load_tower or (
+            lambda version: OnnxEncoder(bundle_dir_for(bundles_dir, version), "query", threads=1)))
+        serving.start()
+        watch_stop, watcher = threading.Event(), None
+        if s.model_poll_s > 0 and (store is None or load_tower is not None):
+            watcher = threading.Thread(target=state.watch_model, args=(watch_stop,), name="model-watch", daemon=True)
+            watcher.start()
+        log.info("service up: %d vectors (%s index), query tower %s, namespace %s", len(serving.index), serving.index.kind,
+                 enc.version, namespace)
         M.BUNDLE_INFO.labels(enc.version).set(1)
         app.state.m5 = state
         yield
-        state.stop.set()
-        if state.thread:
-            state.thread.join(timeout=5)
-        if source is not None:
-            source.close()
-        if store is None:
-            st.close()
+        watch_stop.set()
+        if watcher:
+            watcher.join(timeout=5)
+        state.serving.close()
 
     app = FastAPI(title="M5", version="0.1.0", lifespan=lifespan,
                   description="Product and query embeddings and kNN search. Errors are `{\"detail\": message}`.")
@@ -223,17 +329,17 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         return _json({"embeddings": found, "missing": [a for a, r in zip(body.asins, recs) if r is None]})
 
     # ------------------------------------------------------------------ queries
-    def embed_queries(state: State, texts: list[str]) -> tuple[np.ndarray, Encoder]:
+    def embed_queries(g: Serving, texts: list[str]) -> tuple[np.ndarray, Encoder]:
         """-> ((n, dim) float32, the encoder used). Cache keys carry the bundle version, so a swap cannot mix towers."""
-        enc = state.encoder
-        if (msg := state.mismatch(enc)) is not None:
+        enc = g.encoder
+        if (msg := g.mismatch(enc)) is not None:
             raise ApiError(409, f"bundle mismatch: {msg}; deploy the matching bundle or re-embed the catalog")
         for i, t in enumerate(texts):
             if not t.strip():
                 raise ApiError(422, f"queries.{i}: empty query")
             if len(t) > s.max_query_chars:
                 raise ApiError(422, f"queries.{i}: longer than {s.max_query_chars} characters")
-        cache = state.cache
+        cache = g.cache
         out = np.empty((len(texts), enc.dim), dtype=np.float32)  # (n, dim)
         todo = []
         for i, t in enumerate(texts):
@@ -263,21 +369,21 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         state: State = request.app.state.m5
         if len(body.queries) > s.max_queries:
             raise ApiError(422, f"queries: at most {s.max_queries}")
-        vecs, enc = embed_queries(state, body.queries)
+        vecs, enc = embed_queries(state.serving, body.queries)
         return _json({"dim": enc.dim, "bundle_version": enc.version, "vectors": vecs})
 
     # ------------------------------------------------------------------ search
     @app.post("/search", response_model=SearchResponse, responses={**errors, 409: {"model": Problem}},
               summary="k nearest products by query text, vector or ASIN")
     async def search(request: Request, body: SearchRequest) -> Response:
-        state: State = request.app.state.m5
-        index = state.index  # one reference for the whole request: a concurrent swap cannot split it
+        g: Serving = request.app.state.m5.serving  # one reference for the whole request: a model switch cannot split it
+        index = g.index
         t0 = time.perf_counter()
         if body.k > s.max_k:
             raise ApiError(422, f"k: at most {s.max_k}")
         exclude = None
         if body.query is not None:
-            q, _ = embed_queries(state, [body.query])
+            q, _ = embed_queries(g, [body.query])
         elif body.vector is not None:
             if len(body.vector) != index.dim:
                 raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {index.dim}")
@@ -287,7 +393,7 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
                 raise ApiError(422, "vector: must not be all zeros")
             q = (q64 / max(1.0, float(np.abs(q64).max())) / norm).astype(np.float32)
         else:
-            rec = _from_store(state.store.get, body.asin)
+            rec = _from_store(g.store.get, body.asin)
             if rec is None:
                 raise ApiError(404, f"asin {body.asin} is not in the catalog")
             if rec.vector.shape[0] != index.dim:
@@ -303,7 +409,7 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         return _json({
             "hits": [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits],
             "k": body.k, "index_size": len(index), "index_kind": index.kind,
-            "bundle_version": state.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3),
+            "bundle_version": g.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3),
         })
 
     # ------------------------------------------------------------------ operations
@@ -316,25 +422,27 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         state: State | None = getattr(request.app.state, "m5", None)
         if state is None:
             return _json({"ready": False, "reasons": ["starting"]}, 503)
+        g: Serving = state.serving
         reasons = []
-        if not state.store.ping():
+        if not g.store.ping():
             reasons.append(f"store ({s.store}) unreachable")
-        lag = state.follower.lag() if state.follower else 0
+        lag = g.follower.lag() if g.follower else 0
         if lag > s.feed_lag_ready_bound:
             reasons.append(f"index is {lag} feed messages behind (bound {s.feed_lag_ready_bound})")
-        if (msg := state.mismatch()) is not None:
+        if (msg := g.mismatch()) is not None:
             reasons.append(f"bundle mismatch: {msg}")
-        doc = {"ready": not reasons, "reasons": reasons, "index_size": len(state.index), "index_kind": state.index.kind,
-               "feed_lag": lag, "bundle_version": state.encoder.version}
+        doc = {"ready": not reasons, "reasons": reasons, "index_size": len(g.index), "index_kind": g.index.kind,
+               "feed_lag": lag, "bundle_version": g.encoder.version, "namespace": g.namespace}
         return _json(doc, 200 if not reasons else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
         state: State | None = getattr(request.app.state, "m5", None)
         if state is not None:
-            M.INDEX_SIZE.set(len(state.index))
-            M.FEED_LAG.set(state.follower.last_lag if state.follower else 0)
-            M.INDEX_INFO.labels(state.index.version, state.index.kind).set(1)
+            g: Serving = state.serving
+            M.INDEX_SIZE.set(len(g.index))
+            M.FEED_LAG.set(g.follower.last_lag if g.follower else 0)
+            M.INDEX_INFO.labels(g.index.version, g.index.kind).set(1)
         return Response(M.render_metrics(), media_type="text/plain; version=0.0.4")
 
     return app

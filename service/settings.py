@@ -43,3 +43,8 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig):
     search_threads: int = 1
     """FAISS (OpenMP) threads per worker. One query does not get faster with more, and idle OpenMP threads
     spinning next to uvicorn workers cost 10x latency on a busy box: keep 1 and scale with workers."""
+    model_poll_s: float = 2.0
+    """Seconds between checks of the active-namespace pointer; when `m5 index reembed` or `rollback` moves it,
+    the service loads that namespace's bundle and index beside the old ones and swaps without a restart (0: off)."""
+    bundles_dir: Path | None = None
+    """Where to find the bundle of a newly active namespace (`<bundles_dir>/<version>/`); default: the parent of `bundle`."""

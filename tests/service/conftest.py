@@ -39,10 +39,11 @@ class Harness:
 
 @pytest.fixture
 async def api(tmp_path):
-    async def make(**overrides):
+    async def make(extra_records=(), **overrides):
         s = ServiceSettings(store="local", events="local", local_store_path=tmp_path / "s.sqlite", local_events_dir=tmp_path / "ev", **overrides)
         store = LocalStore(s.local_store_path)
         seed_records(store)
+        store.put(list(extra_records))
         source = LocalSource(s.local_events_dir, [s.embeddings_topic], "svc")
         app = create_app(s, encoder=ENC, store=store, feed_source=source)
         ctx = app.router.lifespan_context(app)

@@ -130,17 +130,30 @@ async def test_feed_updates_are_searchable_without_restart(api):
 
 
 async def test_bundle_mismatch_is_refused_and_not_ready(api):
-    h = await api()
+    """Vectors of another bundle in the store the index is built from: queries would get meaningless neighbours."""
     v = ENC.embed(["anything"])[0]
-    h.publish(VectorRecord("B000000008", v, 1, "another-bundle", "h", "en_US", "media", 2.0))
-    for _ in range(50):
-        r = await h.client.post("/query/embed", json={"queries": ["shoes"]})
-        if r.status_code == 409:
-            break
-        await asyncio.sleep(0.05)
+    h = await api(extra_records=[VectorRecord("B000000008", v, 1, "another-bundle", "h", "en_US", "media", 2.0)])
+    r = await h.client.post("/query/embed", json={"queries": ["shoes"]})
     assert r.status_code == 409 and "another-bundle" in r.json()["detail"]
     ready = await h.client.get("/readyz")
     assert ready.status_code == 503 and "mismatch" in ready.json()["reasons"][0]
+
+
+async def test_feed_records_of_another_bundle_are_skipped(api):
+    """During a model switch the feed carries both bundles: the serving index keeps to its own."""
+    h = await api()
+    v = ENC.embed(["anything"])[0]
+    h.publish(VectorRecord("B000000008", v, 1, "another-bundle", "h", "en_US", "media", 2.0))
+    h.publish(VectorRecord("B000000009", v, 1, ENC.version, "h", "en_US", "media", 2.0))  # behind it on the feed
+    for _ in range(50):
+        r = await h.client.post("/search", json={"vector": v.tolist(), "k": 1})
+        if r.json()["hits"][0]["asin"] == "B000000009":
+            break
+        await asyncio.sleep(0.05)
+    assert r.json()["hits"][0]["asin"] == "B000000009"
+    assert (await h.client.post("/query/embed", json={"queries": ["shoes"]})).status_code == 200
+    assert (await h.client.get("/readyz")).status_code == 200
+    assert h.app.state.m5.follower.other_bundle == 1
 
 
 async def test_ready_and_metrics_names(api):
