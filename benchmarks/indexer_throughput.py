@@ -5,7 +5,8 @@
 Measures, on the same products, batch size and sequence length:
   encoder      products/s of the product tower alone (render + embed)
   pipeline     upserts/s through Kafka -> parse -> plan -> encode -> Redis + feed -> commit
-  freshness    p50/p99 seconds event time -> vector in store + feed, at a fixed produce rate
+  freshness    p50/p99 seconds event time -> vector in store + feed, at a fixed produce rate, and
+               event time -> in the index /search answers from (the service's FeedFollower on the feed)
   backfill     products/s of `m5 index backfill`'s bulk path (into a scratch namespace)
 Without --bundle it uses HashEncoder(256) and says so. Prints one JSON line per measurement.
 """
@@ -100,7 +101,9 @@ def main() -> None:
     from indexer.backfill import backfill
     from indexer.pipeline import Indexer
     from indexer.settings import IndexerSettings
-    from m5core.events.kafka import KafkaSink, KafkaSource
+    from m5core.events.kafka import KafkaAssignedSource, KafkaSink, KafkaSource
+    from m5core.feed import FeedFollower
+    from m5core.index import AnnIndex
     from m5core.schema import render_product
     from m5core.stores.redis import RedisStore
 
@@ -154,11 +157,28 @@ def main() -> None:
         print(json.dumps({"measure": "pipeline", "upserts_per_s": round(up_rate, 1), "events": args.events,
                           "seconds": round(secs, 2), "share_of_encoder": round(up_rate / enc_rate, 3)}))
 
-        # 3. freshness at a fixed rate: event ts is set at produce time
+        # 3. freshness at a fixed rate: event ts is set at produce time. Two clocks: the indexer's own
+        # (event -> store + feed flushed) and the service's (event -> in the index /search answers from:
+        # the same FeedFollower the service runs, following the feed in its own thread).
         seen: list[float] = []
         real_observe = M.FRESHNESS_SECONDS.observe
         M.FRESHNESS_SECONDS.observe = lambda v: (seen.append(v), real_observe(v))  # type: ignore[method-assign]
         idx.s = s.model_copy(update={"max_wait_ms": 20})
+        searchable, pending, lock, stop = [], {}, threading.Lock(), threading.Event()
+        follower = FeedFollower(KafkaAssignedSource(args.kafka, [emb]), AnnIndex(enc.dim, "flat", enc.version), store,
+                                bundle_version=enc.version)
+        follower.bootstrap()  # the backlog run's vectors from the store, then the feed from its end
+
+        def follow() -> None:
+            while not stop.is_set():
+                follower.poll_once(1000, 0.02)
+                now = time.time()
+                with lock:
+                    done = [a for a, (v, _) in pending.items() if (follower.index.version_of(a) or -1) >= v]
+                    searchable.extend(now - pending.pop(a)[1] for a in done)
+
+        watcher = threading.Thread(target=follow, daemon=True)
+        watcher.start()
         runner = threading.Thread(target=idx.run, kwargs={"max_idle_s": 3.0})
         runner.start()
         n_fresh = int(args.rate * args.fresh_seconds)
@@ -170,15 +190,25 @@ def main() -> None:
                 time.sleep(max(0.0, min(0.002, due - time.perf_counter())))
             d = orjson.loads(evs[i][1])
             d["ts"] = d["product"]["updated_at"] = time.time()
+            with lock:
+                pending[d["asin"]] = (d["version"], d["ts"])
             sink.send(changes, key, orjson.dumps(d))
             if i % 10 == 0:
                 sink.producer.flush()
         sink.flush()
         runner.join()
+        time.sleep(1.0)
+        stop.set()
+        watcher.join()
+        follower.source.close()
         M.FRESHNESS_SECONDS.observe = real_observe  # type: ignore[method-assign]
         q = np.percentile(seen, [50, 99]) if seen else [float("nan")] * 2
         print(json.dumps({"measure": "freshness", "rate_per_s": args.rate, "events": n_fresh, "observed": len(seen),
                           "p50_s": round(float(q[0]), 4), "p99_s": round(float(q[1]), 4)}))
+        q = np.percentile(searchable, [50, 99, 100]) if searchable else [float("nan")] * 3
+        print(json.dumps({"measure": "freshness_searchable", "rate_per_s": args.rate, "asins": len(searchable),
+                          "never_seen": len(pending), "p50_s": round(float(q[0]), 4), "p99_s": round(float(q[1]), 4),
+                          "max_s": round(float(q[2]), 4)}))
         idx.source.close()
         idx.sink.close()
 
