@@ -1,7 +1,9 @@
 """`m5 demo`: catalog -> tiny model -> int8 bundle -> index -> serve, on embedded defaults.
 
 No Docker, Kafka or Redis: the embedded sqlite store and the local event log stand in for them
-behind the same interfaces. Steps whose output exists are reused (delete .m5/demo to start over).
+behind the same interfaces. `--store redis --events kafka` runs the same steps on the servers of
+`deploy/local/services.sh start` (the full stack the load test gates). Steps whose output exists
+are reused (delete .m5/demo to start over).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 from m5core.settings import M5Settings, add_settings_arguments, settings_from_args
 
@@ -31,6 +34,12 @@ class DemoSettings(M5Settings):
     """Interface the demo server listens on."""
     port: int = 8000
     """Port of the demo server."""
+    store: Literal["local", "redis"] = "local"
+    """local: embedded sqlite; redis: the Redis of `deploy/local/services.sh start` (M5_REDIS_URL)."""
+    events: Literal["local", "kafka"] = "local"
+    """local: the JSON-lines event log; kafka: the broker of `deploy/local/services.sh start` (M5_KAFKA_BOOTSTRAP)."""
+    workers: int = 1
+    """uvicorn workers of the demo server."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,8 +56,9 @@ def run(args) -> int:
     d = settings_from_args(DemoSettings, args, args.parser)
     work = d.workdir.resolve()
     catalog, bundles = work / "catalog", work / "bundles"
-    env = {**os.environ, "M5_STORE": "local", "M5_EVENTS": "local", "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"),
+    env = {**os.environ, "M5_STORE": d.store, "M5_EVENTS": d.events, "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"),
            "M5_LOCAL_EVENTS_DIR": str(work / "events"), "M5_BUNDLE": str(bundles / "current"), "M5_METRICS_PORT": "0"}
+    indexed = work / f"indexed-{d.store}-{d.events}"  # backfill done for this backend pair
     t0 = time.perf_counter()
     if not (catalog / "manifest.json").exists():
         step(f"generating a {d.products}-product catalog in {catalog}")
@@ -61,13 +71,18 @@ def run(args) -> int:
         from trainer.pipeline import train_all
 
         train_all(load_config(None, d.preset, {"catalog": str(catalog), "out": str(bundles), "run_dir": str(work / "run")}), resume=False)
+        for marker in work.glob("indexed-*"):
+            marker.unlink()
         (work / "store.sqlite").unlink(missing_ok=True)
-    if not (work / "store.sqlite").exists():
-        step("indexing the catalog (backfill into the embedded store and the local feed)")
+    if not indexed.exists():
+        step(f"indexing the catalog (backfill into the {d.store} store and the {d.events} feed)")
         subprocess.run([sys.executable, "-m", "m5cli", "index", "backfill", str(catalog)], env=env, check=True)
+        indexed.touch()
     step("starting the indexer on the local event log (m5 index run)")
     indexer = subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env)
     first = next(iter(_products(catalog)))
+    target = (f"--kafka {os.environ.get('M5_KAFKA_BOOTSTRAP', '127.0.0.1:9092')}" if d.events == "kafka"
+              else f"--local-events-dir {work / 'events'}")
     base = f"http://{d.host}:{d.port}"
     print(f"""
 Ready in {time.perf_counter() - t0:.0f} s. Try, in another shell:
@@ -78,11 +93,12 @@ Ready in {time.perf_counter() - t0:.0f} s. Try, in another shell:
   curl -s -X POST {base}/search -H 'content-type: application/json' -d '{{"asin": "{first['asin']}", "k": 5, "filters": {{"locale": "{first['locale']}"}}}}'; echo
   curl -s {base}/readyz; echo
   # change the catalog and watch it follow within a second:
-  {sys.executable} -m m5cli catalog events --catalog {catalog} --count 200 --local-events-dir {work / 'events'}
+  {sys.executable} -m m5cli catalog events --catalog {catalog} --count 200 {target}
 """, flush=True)
     step(f"serving on {base} (Ctrl-C stops the server and the indexer)")
     try:
-        return subprocess.run([sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port)], env=env).returncode
+        return subprocess.run([sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port),
+                               "--workers", str(d.workers)], env=env).returncode
     except KeyboardInterrupt:
         return 0
     finally:
