@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-EXTRAS ?= serve,train,eval,dev
+EXTRAS ?= serve,train,eval,dev,bench
 comma := ,
 # Reinstall only when the dependency list changes; pip's cache makes a reinstall cheap.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))

@@ -40,7 +40,7 @@ class ChromaPeer:
         return chromadb.PersistentClient(path=str(self.path), settings=Settings(anonymized_telemetry=False))
 
     def build(self, ids: np.ndarray, vectors: np.ndarray, batch: int = 5000) -> None:
-        """Add (n,) int ids with (n, dim) float32 vectors; the last add returns once its batch is indexed."""
+        """Add (n,) int ids with (n, dim) float32 vectors; build time is until the last add returns."""
         batch = min(batch, self.client.get_max_batch_size())
         for i in range(0, len(ids), batch):
             self.col.add(ids=[str(int(k)) for k in ids[i:i + batch]], embeddings=vectors[i:i + batch])

@@ -71,15 +71,18 @@ class MilvusLitePeer:
                 time.sleep(0.1)
         raise RuntimeError(f"milvus_lite server not listening on {self.port} after {timeout_s:.0f} s")
 
-    def build(self, ids: np.ndarray, vectors: np.ndarray, batch: int = 5000) -> None:
+    def build(self, ids: np.ndarray, vectors: np.ndarray, batch: int = 5000, index_timeout_s: float = 3600.0) -> None:
         """Insert (n,) int64 ids with (n, dim) float32 vectors, flush, and wait until every row is indexed."""
         for i in range(0, len(ids), batch):
             self.client.insert(COLLECTION, [{"id": int(k), "v": v} for k, v in zip(ids[i:i + batch], vectors[i:i + batch])])
         self.client.flush(COLLECTION)
+        t = time.time()
         while True:  # segment indexes are built by a background worker after the flush
             info = self.client.describe_index(COLLECTION, "v")
             if info.get("indexed_rows", 0) >= len(ids) and not info.get("pending_index_rows", 0):
                 break
+            if time.time() - t > index_timeout_s:
+                raise TimeoutError(f"milvus_lite indexed {info.get('indexed_rows')} of {len(ids)} rows in {index_timeout_s:.0f} s")
             time.sleep(0.05)
         # milvus-lite 3.2.2 keeps searching the flushed segments by brute force until the collection is
         # reloaded (the background-built HNSW is not attached to the live segments): reload, as a user would.
