@@ -39,13 +39,15 @@ log = logging.getLogger("service_latency")
 def bench_app():
     """uvicorn --factory entry: the real app, with a HashEncoder query tower of the synthetic data's dim.
 
-    The synthetic vectors are 256-d and no 256-d bundle ships with the repo; the query tower is measured
-    separately (in process) so that the HTTP numbers here are store + index + framework only.
+    With M5_BENCH_BUNDLE (a bundle whose dim is the synthetic data's), the bundle's int8 query tower
+    serves /query/embed and /search by text; the synthetic vectors then carry that bundle's version.
     """
-    from m5core.encoder import HashEncoder
+    from m5core.encoder import HashEncoder, OnnxEncoder
     from service.app import create_app
     from service.settings import ServiceSettings
 
+    if os.environ.get("M5_BENCH_BUNDLE"):  # a bundle of the synthetic data's dim: the real query tower
+        return create_app(ServiceSettings(), encoder=OnnxEncoder(os.environ["M5_BENCH_BUNDLE"], "query", threads=1))
     return create_app(ServiceSettings(), encoder=HashEncoder(int(os.environ["M5_BENCH_DIM"]), version="bench-v1"))
 
 
@@ -62,14 +64,14 @@ def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
     return out
 
 
-def load_redis(url: str, ns: str, asins: list[str], x: np.ndarray) -> None:
+def load_redis(url: str, ns: str, asins: list[str], x: np.ndarray, version: str) -> None:
     from m5core.stores.base import VectorRecord
     from m5core.stores.redis import RedisStore
 
     store = RedisStore(url, ns)
     t0, n = time.time(), len(asins)
     for s in range(0, n, 2000):
-        recs = [VectorRecord(a, x[i], 1, "bench-v1", "h", LOCALES[i % 3], LINES[i % 4], 1.0)
+        recs = [VectorRecord(a, x[i], 1, version, "h", LOCALES[i % 3], LINES[i % 4], 1.0)
                 for i, a in zip(range(s, min(n, s + 2000)), asins[s: s + 2000])]
         store.put(recs)
         if (s // 2000) % 20 == 0:
@@ -154,6 +156,17 @@ def lua_search(queries: np.ndarray, path: Path) -> Path:
     return path
 
 
+def lua_text(path: Path, body: str) -> Path:
+    """POST bodies with a fresh query each time (words + a random number): every call is a cache miss."""
+    words = ["red", "running", "shoes", "steel", "bottle", "coffee", "beans", "laufschuhe", "rot", "usb", "kids", "jacket"]
+    path.write_text("local w = {" + ",".join(f'"{x}"' for x in words) + "}\nmath.randomseed(os.time())\n"
+                    "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+                    "request = function()\n"
+                    "  local q = w[math.random(#w)] .. ' ' .. w[math.random(#w)] .. ' ' .. w[math.random(#w)] .. ' ' .. math.random(1, 1000000000)\n"
+                    f"  return wrk.format(nil, nil, nil, string.format('{body}', q))\nend\n")
+    return path
+
+
 _BUCKET = re.compile(r'^m5_http_request_duration_seconds_bucket\{(.*)\} ([\d.e+-]+)$', re.M)
 
 
@@ -228,7 +241,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--redis-url", default=os.environ.get("M5_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--bundle", type=Path, default=None, help="bundle for the query-tower timing (default: newest test bundle)")
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="bundle for the query-tower timing (default: newest test bundle); served over HTTP when its dim is --dim")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "service_latency.png")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -242,12 +256,23 @@ def main() -> int:
     results: dict = {"n": args.n, "dim": args.dim, "workers": args.workers, "machine": "2-core x86-64, 24 GiB"}
     procs: list[subprocess.Popen] = []
     try:
+        bundle = args.bundle or max((REPO / ".cache" / "m5" / "test-bundle").glob("bundles-*/current/manifest.json"),
+                                    key=lambda p: p.stat().st_mtime, default=None)
+        bundle = bundle if bundle is None or bundle.is_dir() else bundle.parent
+        serve_bundle = None
+        if bundle is not None:
+            from m5core.bundle import load_manifest
+
+            m = load_manifest(bundle)
+            serve_bundle = bundle if m.dim == args.dim else None
+        version = load_manifest(serve_bundle).version if serve_bundle else "bench-v1"
+        results["served_query_tower"] = version
         x = clustered(args.n, args.dim, clusters=max(64, args.n // 200), seed=0)
         asins = [id_to_asin(36**9 + i) for i in range(args.n)]
-        load_redis(args.redis_url, ns, asins, x)
+        load_redis(args.redis_url, ns, asins, x, version)
         t0 = time.time()
         idx = AnnIndex.build(args.dim, asins, x, [LOCALES[i % 3] for i in range(args.n)], [LINES[i % 4] for i in range(args.n)],
-                             [1] * args.n, kind="auto", version="bench-v1")
+                             [1] * args.n, kind="auto", version=version)
         results["index_build_s"] = round(time.time() - t0, 1)
         faiss.omp_set_num_threads(1)  # as the service does (ServiceSettings.search_threads): one query, one thread
         rng = np.random.default_rng(1)
@@ -258,15 +283,13 @@ def main() -> int:
         idx.save(work / "snaps" / "snap-0000000000001", {"offsets": {}})
         del idx
 
-        bundle = args.bundle or max((REPO / ".cache" / "m5" / "test-bundle").glob("bundles-*/current/manifest.json"),
-                                    key=lambda p: p.stat().st_mtime, default=None)
         if bundle is not None:
-            results["query_tower"] = query_tower_latency(bundle if bundle.is_dir() else bundle.parent)
+            results["query_tower"] = query_tower_latency(bundle)
             log.info("query tower: %s", results["query_tower"])
 
         env = {**os.environ, "M5_STORE": "redis", "M5_REDIS_URL": args.redis_url, "M5_NAMESPACE": ns, "M5_EVENTS": "local",
                "M5_LOCAL_EVENTS_DIR": str(work / "ev"), "M5_SNAPSHOT_DIR": str(work / "snaps"), "M5_BENCH_DIM": str(args.dim),
-               "M5_MAX_IN_FLIGHT": "10000", "PYTHONPATH": str(REPO)}
+               "M5_MAX_IN_FLIGHT": "10000", "PYTHONPATH": str(REPO), "M5_BENCH_BUNDLE": str(serve_bundle or "")}
         if args.workers > 1:
             (work / "prom").mkdir()
             env["PROMETHEUS_MULTIPROC_DIR"] = str(work / "prom")
@@ -279,6 +302,9 @@ def main() -> int:
         search_lua = lua_search(q[:50], work / "search.lua")
         scenarios = [("get_embedding", get_lua, "/asin/{asin}/embedding", "/asin/B000000000/embedding"),
                      ("search_vector_top10", search_lua, "/search", "/search")]
+        if serve_bundle is not None:
+            scenarios += [("query_embed_miss", lua_text(work / "embed.lua", '{"queries": ["%s"]}'), "/query/embed", "/query/embed"),
+                          ("search_text_top10", lua_text(work / "text.lua", '{"query": "%s", "k": 10}'), "/search", "/search")]
         for name, script, route, path in scenarios:
             for clients in (1, 32):
                 before = route_buckets(base, route)
@@ -318,13 +344,14 @@ def plot(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k in ("get_embedding_c1", "bare_get_embedding_c1", "search_vector_top10_c1",
-                         "get_embedding_c32", "bare_get_embedding_c32", "search_vector_top10_c32") if k in results]
+    names = [k for k in ("get_embedding_c1", "bare_get_embedding_c1", "search_vector_top10_c1", "query_embed_miss_c1",
+                         "search_text_top10_c1", "get_embedding_c32", "bare_get_embedding_c32", "search_vector_top10_c32",
+                         "query_embed_miss_c32", "search_text_top10_c32") if k in results]
     p50 = [results[k]["p50_ms"] for k in names]
     p99 = [results[k]["p99_ms"] for k in names]
     srv = [results[k].get("server_p99_ms") or 0 for k in names]
     pos = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     ax.bar(pos - 0.27, p50, 0.27, label="e2e p50")
     ax.bar(pos, p99, 0.27, label="e2e p99")
     ax.bar(pos + 0.27, srv, 0.27, label="server p99 (histogram)")

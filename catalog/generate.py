@@ -45,6 +45,7 @@ P_COPURCHASE = 0.3
 QUERIES_PER_PRODUCT = 1 / 20
 P_SPECIFIC_QUERY = 0.5  # queries that state every attribute of their seed item; the rest state one or two
 TRAIN_QUERIES_PER_PRODUCT = 0.2  # extra training-only queries (not judged for C/I, never evaluated)
+MIN_QUERIES = 1000  # judged queries at least: ~100 test queries, so a 1% difference is not noise from 25 queries
 MAX_QUERIES, MAX_TRAIN_QUERIES = 10_000, 10_000  # enough to measure and to train; bounds the judgements at 1M products
 EXACT_CAP = 1000  # Exact judgements per query: every true Exact up to this, so recall is not a pooled lower bound
 BASE_TS = 1_760_000_000.0
@@ -377,13 +378,19 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         bar.update(counts["products"] - before)
     bar.close()
 
-    n_queries = max(20, min(MAX_QUERIES, int(products * QUERIES_PER_PRODUCT)))
+    n_queries = min(MAX_QUERIES, max(MIN_QUERIES, int(products * QUERIES_PER_PRODUCT)))
     n_train = min(MAX_TRAIN_QUERIES, int(products * train_queries_per_product))
     qbar = tqdm(total=n_queries + n_train, desc="queries", unit="q", disable=not show_progress, mininterval=1.0)
     head_pool = pool.items[: max(1, len(pool.items) // 20)]
-    gap_count, eval_texts = 0, set()
-    for qi in range(n_queries):
+    gap_count, eval_texts, texts = 0, set(), set()
+    qi = attempts = 0
+    while qi < n_queries and attempts < 5 * n_queries:  # distinct texts: the same query never sits in two splits
+        attempts += 1
         q, judged = _make_query(f"q{qi:07d}", pool, head_pool, rng)
+        if q["text"] in texts:
+            continue
+        texts.add(q["text"])
+        qi += 1
         q["split"] = split_of(q["query_id"], seed)
         gap_count += q["lexical_gap"]
         if q["split"] != "train":
@@ -415,7 +422,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         "products": counts["products"],
         "locales": list(locales),
         "counts": dict(counts),
-        "lexical_gap_share": gap_count / n_queries,  # of the judged queries (train-only extras excluded)
+        "lexical_gap_share": gap_count / max(1, qi),  # of the judged queries (train-only extras excluded)
         "seconds": round(time.perf_counter() - t0, 2),
     }
     (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

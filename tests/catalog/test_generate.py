@@ -107,6 +107,8 @@ def test_splits_share_no_cluster_or_query(cat):
     qs = cat.queries()
     assert len({q["query_id"] for q in qs}) == len(qs)
     assert {q["split"] for q in qs} == {"train", "valid", "test"}
+    judged = [q for q in qs if q["query_id"].startswith("q")]
+    assert len({q["text"] for q in judged}) == len(judged)  # a text in train and test would leak
 
 
 def test_lexical_gap_slice_is_large_and_honest(cat):
