@@ -73,7 +73,7 @@ def test_exact_judgements_are_complete(cat):
 def test_training_only_queries_never_repeat_an_evaluation_query(cat):
     qs = cat.queries()
     extra = [q for q in qs if q["query_id"].startswith("t")]
-    assert len(extra) > len(qs) / 2 and all(q["split"] == "train" for q in extra)
+    assert len(extra) > 100 and all(q["split"] == "train" for q in extra)  # 0.2 per product, minus repeats
     held_out = {q["text"] for q in qs if q["split"] != "train"}
     assert held_out and not held_out & {q["text"] for q in extra}
 
