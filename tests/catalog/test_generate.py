@@ -107,14 +107,15 @@ def test_splits_share_no_cluster_or_query(cat):
     qs = cat.queries()
     assert len({q["query_id"] for q in qs}) == len(qs)
     assert {q["split"] for q in qs} == {"train", "valid", "test"}
-    judged = [q for q in qs if q["query_id"].startswith("q")]
-    assert len({q["text"] for q in judged}) == len(judged)  # a text in train and test would leak
+    split_of_text = {}
+    for q in qs:  # a repeated query text stays in one split (train-only extras are train)
+        assert split_of_text.setdefault(q["text"], q["split"]) == q["split"], q["text"]
 
 
 def test_lexical_gap_slice_is_large_and_honest(cat):
     products = {p["asin"]: p for p in cat.products()}
     judg = cat.judgements()
-    qs = cat.queries()
+    qs = [q for q in cat.queries() if q["query_id"].startswith("q")]  # the judged set (train-only extras aside)
     gap = [q for q in qs if q["lexical_gap"]]
     assert len(gap) / len(qs) >= 0.25
     for q in gap:
