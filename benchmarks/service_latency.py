@@ -96,17 +96,24 @@ def drop_namespace(url: str, ns: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def recall_and_search_latency(idx, x: np.ndarray, asins: list[str], queries: np.ndarray) -> dict:
-    truth = np.argsort(-(queries @ x.T), axis=1)[:, :10]  # brute force, (q, 10)
-    lat, hits = [], 0
-    for q, t in zip(queries, truth):
+def recall_and_search_latency(idx, x: np.ndarray, asins: list[str], queries: np.ndarray, effort: int | None = None) -> dict:
+    """recall@10 against brute force, by id and tie-aware (ann-benchmarks' rule: a hit whose exact score is
+    within 1e-4 of the 10th true score counts; catalogs hold many near-identical listings), and latency."""
+    scores = queries @ x.T  # (q, n) exact cosine
+    truth = np.argsort(-scores, axis=1)[:, :10]
+    row = {a: i for i, a in enumerate(asins)}
+    lat, hits, tie_hits = [], 0, 0
+    for qi, (q, t) in enumerate(zip(queries, truth)):
         t0 = time.perf_counter()
-        got = idx.search(q[None], 10)[0]
+        got = idx.search(q[None], 10, effort=effort)[0]
         lat.append(time.perf_counter() - t0)
         hits += len({asins[j] for j in t} & {a for a, _ in got})
+        kth = scores[qi, t[-1]]
+        tie_hits += sum(scores[qi, row[a]] >= kth - 1e-4 for a, _ in got)
     lat_ms = np.array(lat) * 1000
-    return {"recall_at_10": hits / (10 * len(queries)), "p50_ms": float(np.percentile(lat_ms, 50)),
-            "p99_ms": float(np.percentile(lat_ms, 99)), "kind": idx.kind}
+    return {"recall_at_10": hits / (10 * len(queries)), "recall_at_10_ties": tie_hits / (10 * len(queries)),
+            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)), "kind": idx.kind,
+            "effort": effort}
 
 
 def query_tower_latency(bundle: Path, n: int = 400) -> dict:
@@ -244,6 +251,11 @@ def main() -> int:
     ap.add_argument("--bundle", type=Path, default=None,
                     help="bundle for the query-tower timing (default: newest test bundle); served over HTTP when its dim is --dim")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "service_latency.png")
+    ap.add_argument("--namespace", help="measure real vectors already in Redis under this namespace (e.g. from `m5 index "
+                    "backfill --snapshot`) instead of synthetic ones; needs --snapshot-dir and --bundle")
+    ap.add_argument("--snapshot-dir", type=Path, help="the namespace's index snapshots (with --namespace)")
+    ap.add_argument("--catalog", type=Path, help="catalog whose queries.jsonl gives the search queries (with --namespace)")
+    ap.add_argument("--efforts", default="", help="comma list of extra efforts (nprobe/efSearch) for the in-process sweep")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import faiss
@@ -267,20 +279,42 @@ def main() -> int:
             serve_bundle = bundle if m.dim == args.dim else None
         version = load_manifest(serve_bundle).version if serve_bundle else "bench-v1"
         results["served_query_tower"] = version
-        x = clustered(args.n, args.dim, clusters=max(64, args.n // 200), seed=0)
-        asins = [id_to_asin(36**9 + i) for i in range(args.n)]
-        load_redis(args.redis_url, ns, asins, x, version)
-        t0 = time.time()
-        idx = AnnIndex.build(args.dim, asins, x, [LOCALES[i % 3] for i in range(args.n)], [LINES[i % 4] for i in range(args.n)],
-                             [1] * args.n, kind="auto", version=version)
-        results["index_build_s"] = round(time.time() - t0, 1)
         faiss.omp_set_num_threads(1)  # as the service does (ServiceSettings.search_threads): one query, one thread
-        rng = np.random.default_rng(1)
-        q = x[rng.integers(0, args.n, 200)] + 0.2 * rng.standard_normal((200, args.dim)).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        if args.namespace:  # real vectors: the namespace and snapshot a backfill wrote, queries from the catalog
+            from m5core.encoder import OnnxEncoder
+            from m5core.feed import latest_snapshot
+            from m5core.stores.redis import RedisStore
+
+            ns, snaps = args.namespace, args.snapshot_dir
+            store = RedisStore(args.redis_url, ns)
+            recs = list(store.scan(5000))
+            store.close()
+            asins, x = [r.asin for r in recs], np.stack([r.vector for r in recs]).astype(np.float32)  # (n, dim)
+            del recs
+            args.n, args.dim, version = len(asins), x.shape[1], load_manifest(serve_bundle).version
+            texts = [json.loads(line)["text"] for line in (args.catalog / "queries.jsonl").open()][:200]
+            q = OnnxEncoder(serve_bundle, "query", threads=1).embed(texts)  # (200, dim)
+            idx, _ = AnnIndex.load(latest_snapshot(snaps))
+            results.update({"n": args.n, "dim": args.dim, "data": f"namespace {ns} ({args.n:,} real product vectors)"})
+        else:
+            x = clustered(args.n, args.dim, clusters=max(64, args.n // 200), seed=0)
+            asins = [id_to_asin(36**9 + i) for i in range(args.n)]
+            load_redis(args.redis_url, ns, asins, x, version)
+            t0 = time.time()
+            idx = AnnIndex.build(args.dim, asins, x, [LOCALES[i % 3] for i in range(args.n)], [LINES[i % 4] for i in range(args.n)],
+                                 [1] * args.n, kind="auto", version=version)
+            results["index_build_s"] = round(time.time() - t0, 1)
+            rng = np.random.default_rng(1)
+            q = x[rng.integers(0, args.n, 200)] + 0.2 * rng.standard_normal((200, args.dim)).astype(np.float32)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            snaps = work / "snaps"
+            idx.save(snaps / "snap-0000000000001", {"offsets": {}})
+            results["data"] = f"{args.n:,} synthetic clustered vectors"
         results["index_in_process"] = recall_and_search_latency(idx, x, asins, q)
         log.info("index: %s", results["index_in_process"])
-        idx.save(work / "snaps" / "snap-0000000000001", {"offsets": {}})
+        for e in [int(v) for v in args.efforts.split(",") if v]:
+            results[f"index_in_process_effort_{e}"] = recall_and_search_latency(idx, x, asins, q, effort=e)
+            log.info("index effort %d: %s", e, results[f"index_in_process_effort_{e}"])
         del idx
 
         if bundle is not None:
@@ -288,7 +322,7 @@ def main() -> int:
             log.info("query tower: %s", results["query_tower"])
 
         env = {**os.environ, "M5_STORE": "redis", "M5_REDIS_URL": args.redis_url, "M5_NAMESPACE": ns, "M5_EVENTS": "local",
-               "M5_LOCAL_EVENTS_DIR": str(work / "ev"), "M5_SNAPSHOT_DIR": str(work / "snaps"), "M5_BENCH_DIM": str(args.dim),
+               "M5_LOCAL_EVENTS_DIR": str(work / "ev"), "M5_SNAPSHOT_DIR": str(snaps), "M5_BENCH_DIM": str(args.dim),
                "M5_MAX_IN_FLIGHT": "10000", "PYTHONPATH": str(REPO), "M5_BENCH_BUNDLE": str(serve_bundle or "")}
         if args.workers > 1:
             (work / "prom").mkdir()
@@ -326,7 +360,8 @@ def main() -> int:
         for p in procs:
             stop_server(p)
         try:
-            drop_namespace(args.redis_url, ns)
+            if not args.namespace:  # never delete data this run did not write
+                drop_namespace(args.redis_url, ns)
         except Exception as exc:  # noqa: BLE001 - never mask the real error
             log.warning("could not drop namespace %s: %s", ns, exc)
         shutil.rmtree(work, ignore_errors=True)
