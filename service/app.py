@@ -8,6 +8,7 @@ thread-pool hop); the ANN index lives in process and follows the indexer's feed.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -218,6 +219,63 @@ def _point_lookup(store: EmbeddingStore):
     return lambda asin: decode(asin, raw(asin))
 
 
+def embedding_reply(state: State, asin: str, dtype: str, octet: bool) -> tuple[int, bytes, dict, str]:
+    """GET /asin/{asin}/embedding -> (status, body, headers, media type): one implementation for the routed
+    handler and the hot path, so both answer byte for byte the same."""
+    try:
+        rec = state.lookup(asin)
+    except Exception as exc:  # noqa: BLE001 - redis/sqlite errors alike: an outage is a 503, not a 500
+        return 503, orjson.dumps({"detail": f"store unavailable: {type(exc).__name__}"}), {"retry-after": "1"}, JSON
+    if rec is None:
+        return 404, orjson.dumps({"detail": f"asin {asin} is not in the catalog"}), {}, JSON
+    headers = {"x-m5-bundle-version": rec.bundle_version, "x-m5-product-version": str(rec.product_version)}
+    q, scale = quantize_int8(rec.vector) if dtype == "int8" else (None, None)
+    if scale is not None:
+        headers["x-m5-scale"] = repr(scale)
+    if octet:
+        return 200, (q.tobytes() if q is not None else np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()), headers, OCTET
+    doc = {"asin": asin, "dim": int(rec.vector.shape[0]), "dtype": dtype, "vector": q if q is not None else rec.vector,
+           "scale": scale, "bundle_version": rec.bundle_version, "product_version": rec.product_version}
+    return 200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), headers, JSON
+
+
+class HotPath:
+    """`GET /asin/{asin}/embedding` straight from ASGI, skipping FastAPI's routing and parameter validation.
+
+    It is most of the traffic and its handler is one store read: the framework's per-request work was the
+    larger part of its cost. Anything it does not recognise exactly (other routes, a malformed ASIN,
+    an unknown query parameter) goes on to FastAPI, which validates and answers as before; metrics,
+    limits and auth stay in ServiceMiddleware around both.
+    """
+
+    route = type("Route", (), {"path": "/asin/{asin}/embedding"})()  # the label ServiceMiddleware reads
+    _PATH = re.compile(r"/asin/(" + ASIN_PATTERN.strip("^$") + r")/embedding")
+    _DTYPE = {b"": "float32", b"dtype=float32": "float32", b"dtype=int8": "int8"}
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        hit = self._match(scope)
+        if hit is None:
+            return await self.app(scope, receive, send)
+        state, asin, dtype = hit
+        octet = any(k == b"accept" and OCTET.encode() in v for k, v in scope["headers"])
+        status, body, headers, media = embedding_reply(state, asin, dtype, octet)
+        scope["route"] = self.route
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", media.encode()), (b"content-length", str(len(body)).encode()),
+            *((k.encode(), v.encode()) for k, v in headers.items())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _match(self, scope) -> tuple[State, str, str] | None:
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return None
+        m, dtype = self._PATH.fullmatch(scope["path"]), self._DTYPE.get(scope["query_string"])
+        state = getattr(scope["app"].state, "m5", None) if m and dtype else None
+        return (state, m.group(1), dtype) if state is not None else None
+
+
 def _json(doc, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), status, headers, media_type=JSON)
 
@@ -261,6 +319,7 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
 
     app = FastAPI(title="M5", version="0.1.0", lifespan=lifespan,
                   description="Product and query embeddings and kNN search. Errors are `{\"detail\": message}`.")
+    app.add_middleware(HotPath)  # inside ServiceMiddleware: metrics, limits and auth cover it too
     app.add_middleware(M.ServiceMiddleware, max_in_flight=s.max_in_flight, max_body_bytes=s.max_body_bytes,
                        api_key=s.api_key.get_secret_value() if s.api_key else None)
 
@@ -303,20 +362,8 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
              summary="The stored embedding of a product")
     async def asin_embedding(request: Request, asin: str = Path(pattern=ASIN_PATTERN, examples=["B0000009IX"]),
                              dtype: Literal["float32", "int8"] = Query("float32", description="int8: vector ~= values * scale")) -> Response:
-        state: State = request.app.state.m5
-        rec = _from_store(state.lookup, asin)
-        if rec is None:
-            raise ApiError(404, f"asin {asin} is not in the catalog")
-        headers = {"x-m5-bundle-version": rec.bundle_version, "x-m5-product-version": str(rec.product_version)}
-        if dtype == "int8":
-            q, scale = quantize_int8(rec.vector)
-            headers["x-m5-scale"] = repr(scale)
-        if OCTET in request.headers.get("accept", ""):
-            body = q.tobytes() if dtype == "int8" else np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()
-            return Response(body, 200, headers, media_type=OCTET)
-        doc = {"asin": asin, "dim": int(rec.vector.shape[0]), "dtype": dtype, "vector": q if dtype == "int8" else rec.vector,
-               "scale": scale if dtype == "int8" else None, "bundle_version": rec.bundle_version, "product_version": rec.product_version}
-        return _json(doc, headers=headers)
+        status, body, headers, media = embedding_reply(request.app.state.m5, asin, dtype, OCTET in request.headers.get("accept", ""))
+        return Response(body, status, headers, media_type=media)
 
     @app.post("/asin/embeddings", response_model=AsinBatchResponse, responses=errors, summary="Embeddings of up to 1,000 products")
     async def asin_embeddings(request: Request, body: AsinBatchRequest) -> Response:

@@ -166,3 +166,23 @@ async def test_ready_and_metrics_names(api):
                  "m5_index_size", "m5_feed_lag_messages", "m5_bundle_info", "m5_index_info"):
         assert name in m
     assert 'route="/asin/{asin}/embedding"' in m
+
+
+async def test_hot_path_answers_like_the_routed_handler(api):
+    """GET embedding is served before FastAPI's router; a request it does not take (an extra query parameter)
+    reaches the routed handler. Both must give the same bytes and the same metrics label."""
+    h = await api()
+    for asin, q in [("B000000001", ""), ("B000000001", "dtype=int8"), ("B00000000Z", "")]:
+        hot = await h.client.get(f"/asin/{asin}/embedding?{q}")
+        routed = await h.client.get(f"/asin/{asin}/embedding?{q}&via=router")
+        assert hot.status_code == routed.status_code and hot.content == routed.content
+        assert {k: v for k, v in hot.headers.items() if k.startswith("x-m5")} == \
+               {k: v for k, v in routed.headers.items() if k.startswith("x-m5")}
+    for accept in ("application/octet-stream", "application/json"):
+        hot = await h.client.get("/asin/B000000002/embedding", headers={"accept": accept})
+        routed = await h.client.get("/asin/B000000002/embedding?via=router", headers={"accept": accept})
+        assert hot.content == routed.content and hot.headers["content-type"] == routed.headers["content-type"]
+    text = (await h.client.get("/metrics")).text
+    count = next(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("m5_http_request_duration_seconds_count") and 'route="/asin/{asin}/embedding"' in line)
+    assert count >= 10
