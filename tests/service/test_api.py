@@ -186,3 +186,19 @@ async def test_hot_path_answers_like_the_routed_handler(api):
     count = next(float(line.split()[-1]) for line in text.splitlines()
                  if line.startswith("m5_http_request_duration_seconds_count") and 'route="/asin/{asin}/embedding"' in line)
     assert count >= 10
+
+
+async def test_search_hot_path_validates_like_fastapi(api):
+    """POST /search skips FastAPI's dependency solving; a body pydantic rejects still gets FastAPI's 422."""
+    h = await api()
+    v = ENC.embed(["red running shoes size 42"])[0].tolist()
+    ok = await h.client.post("/search", json={"vector": v, "k": 2})
+    assert ok.status_code == 200 and ok.json()["hits"][0]["asin"] == "B000000001"
+    for body, word in [({"vector": v, "k": 0}, "k"), ({"k": 2}, "query"), ({"vector": v[:3], "k": 2}, "vector")]:
+        r = await h.client.post("/search", json=body)
+        assert r.status_code == 422 and word in r.json()["detail"], r.text
+    r = await h.client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"] == "body: not valid JSON"
+    text = (await h.client.get("/metrics")).text
+    assert any(line.startswith("m5_http_request_duration_seconds_count") and 'route="/search"' in line and float(line.split()[-1]) >= 5
+               for line in text.splitlines())
