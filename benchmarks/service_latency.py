@@ -330,7 +330,8 @@ def main() -> int:
         base = f"http://127.0.0.1:{args.port}"
         proc = start_server(["benchmarks.service_latency:bench_app", "--factory", "--workers", str(args.workers)], env, args.port, "/readyz")
         procs.append(proc)
-        time.sleep(2 if args.workers > 1 else 0)  # every worker loaded its snapshot
+        # /readyz answered from one worker; the others may still be loading their snapshot: wait, then warm up
+        time.sleep((2 + args.n / 200_000) if args.workers > 1 else 0)
         results["rss_mib_per_worker"] = worker_rss_mib(proc)
         get_lua = lua_get(asins[:: max(1, args.n // 2000)], work / "get.lua")
         search_lua = lua_search(q[:50], work / "search.lua")
@@ -339,6 +340,7 @@ def main() -> int:
         if serve_bundle is not None:
             scenarios += [("query_embed_miss", lua_text(work / "embed.lua", '{"queries": ["%s"]}'), "/query/embed", "/query/embed"),
                           ("search_text_top10", lua_text(work / "text.lua", '{"query": "%s", "k": 10}'), "/search", "/search")]
+        wrk(base + scenarios[0][3], scenarios[0][1], 32, 3)  # warm-up, discarded
         for name, script, route, path in scenarios:
             for clients in (1, 32):
                 before = route_buckets(base, route)

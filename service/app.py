@@ -7,6 +7,7 @@ thread-pool hop); the ANN index lives in process and follows the indexer's feed.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import threading
@@ -191,6 +192,9 @@ class State:
         log.info("model switch: %s (%s) -> %s (%s), %d vectors", old.namespace, old.encoder.version, namespace,
                  encoder.version, len(new.index))
         old.close()
+        gc.unfreeze()  # the startup freeze (lifespan) holds the old set too: let the collector free it, then freeze again
+        gc.collect()
+        gc.freeze()
         return True
 
     def watch_model(self, stop: threading.Event) -> None:
@@ -348,6 +352,10 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
                  enc.version, namespace)
         M.BUNDLE_INFO.labels(enc.version).set(1)
         app.state.m5 = state
+        # The index's million ASIN strings and dicts live as long as the worker: move them out of the
+        # collector's generations, or each full collection walks them all inside some request.
+        gc.collect()
+        gc.freeze()
         yield
         watch_stop.set()
         if watcher:
