@@ -154,18 +154,23 @@ def bench_usearch(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, fresh: 
     effort, recall = tune(lambda qs, e: peer.search(qs, K, e), [16, 32, 64, 128, 256, 512, 1024], queries, truth)
     lat = timed(lambda q: peer.search(q[None], K, effort), queries)
 
+    fresh_ms = peer_freshness_ms(peer, fresh, effort)
+    return {"system": peer.name, "role": "library", "build_s": round(build_s, 2), "knob": "expansion_search", "effort": effort,
+            "recall_at_10": round(recall, 3), **lat, "freshness_ms": fresh_ms}
+
+
+def peer_freshness_ms(peer, fresh: np.ndarray, effort) -> float | str:
+    """Median ms from a peer's upsert to the vector's first appearance as its own top hit."""
     def fresh_one(i_v):
         i, v = i_v
         key = 90_000_000 + i
         peer.upsert(key, v)
         visible(lambda: peer.search(v[None], 1, effort)[0][0] == key)
     try:
-        fresh_ms = timed(fresh_one, list(enumerate(fresh)))["p50_ms"]
+        return timed(fresh_one, list(enumerate(fresh)))["p50_ms"]
     except TimeoutError as exc:
-        log(f"  usearch freshness: {exc}")
-        fresh_ms = "not visible in 5 s"
-    return {"system": peer.name, "role": "library", "build_s": round(build_s, 2), "knob": "expansion_search", "effort": effort,
-            "recall_at_10": round(recall, 3), **lat, "freshness_ms": fresh_ms}
+        log(f"  {peer.name} freshness: {exc}")
+        return "not visible in 5 s"
 
 
 def bench_db_peer(make_peer, x: np.ndarray, queries: np.ndarray, truth: np.ndarray, fresh: np.ndarray) -> dict:
@@ -180,16 +185,7 @@ def bench_db_peer(make_peer, x: np.ndarray, queries: np.ndarray, truth: np.ndarr
         effort, recall = tune(lambda qs, e: peer.search(qs, K, e), peer.efforts, queries, truth)
         lat = timed(lambda q: peer.search(q[None], K, effort), queries)
 
-        def fresh_one(i_v):
-            i, v = i_v
-            key = 90_000_000 + i
-            peer.upsert(key, v)
-            visible(lambda: peer.search(v[None], 1, effort)[0][0] == key)
-        try:
-            fresh_ms = timed(fresh_one, list(enumerate(fresh)))["p50_ms"]
-        except TimeoutError as exc:
-            log(f"  freshness: {exc}")
-            fresh_ms = "not visible in 5 s"
+        fresh_ms = peer_freshness_ms(peer, fresh, effort)
         return {"system": peer.name, "role": "db", "build_s": round(build_s, 2), "effort": effort, "knob": peer.knob,
                 "recall_at_10": round(recall, 3), **lat, "freshness_ms": fresh_ms}
     finally:
