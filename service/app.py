@@ -130,8 +130,9 @@ def bundle_dir_for(bundles_dir: FsPath, version: str) -> FsPath:
 
 
 def namespace_bundle(store: EmbeddingStore) -> str | None:
-    """The bundle version of a namespace's vectors: a re-embed fills one namespace per bundle."""
-    return next((rec.bundle_version for rec in store.scan(1)), None)
+    """The bundle version of a namespace's vectors: a re-embed fills one namespace per bundle.
+    (Batches of 1,000: a Redis SCAN with COUNT 1 would walk a large keyspace one bucket per round trip.)"""
+    return next((rec.bundle_version for rec in store.scan(1000)), None)
 
 
 @dataclass
