@@ -31,7 +31,7 @@ from m5core.events import open_source
 from m5core.feed import FeedFollower
 from m5core.index import AnnIndex
 from m5core.schema import ASIN_PATTERN
-from m5core.stores import active_namespace, open_store
+from m5core.stores import active_namespace, active_pointer, open_store
 from m5core.stores.base import EmbeddingStore, quantize_int8
 from service import metrics as M
 from service.schemas import (
@@ -200,9 +200,10 @@ class State:
 
     def watch_model(self, stop: threading.Event) -> None:
         """Thread body: poll the active-namespace pointer (one store read) every `model_poll_s`."""
+        pointer = active_pointer(self.settings)[0]
         while not stop.wait(self.settings.model_poll_s):
-            try:
-                self.follow_model(active_namespace(self.settings))
+            try:  # the pointer lives outside any namespace: read it over the current store's connection
+                self.follow_model(self.serving.store.get_pointer(pointer) or self.settings.namespace)
             except Exception:  # noqa: BLE001 - keep serving the current model; retry on the next tick
                 log.exception("model switch failed; still serving %s", self.serving.namespace)
 
