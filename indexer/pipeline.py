@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import orjson
@@ -18,7 +19,7 @@ from indexer import metrics as M
 from indexer.parse import DeadLetter, parse_event
 from indexer.plan import plan_batch
 from indexer.settings import IndexerSettings
-from m5core.encoder import Encoder
+from m5core.encoder import SUB_BATCH, Encoder
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.feed import encode_feed_value
 from m5core.schema import ChangeEvent, content_hash, render_product
@@ -34,6 +35,7 @@ class Indexer:
         self.source, self.sink, self.store, self.encoder = source, sink, store, encoder
         self.scheme = render_scheme
         self.stop = threading.Event()
+        self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         M.BUNDLE_INFO.labels(encoder.version).set(1)
 
     # ------------------------------------------------------------------ loop
@@ -131,24 +133,35 @@ class Indexer:
             self.store.touch(doc["asin"], doc["version"], orjson.dumps(doc), doc["updated_at"])
         M.SKIPPED_UNCHANGED.inc(len(plan.touch))
         if plan.embed:
-            vectors = self._encode([render_product(d, self.scheme) for d in plan.embed], plan, by_asin_msg, msgs)
-            if vectors is not None:
-                records = [
-                    VectorRecord(d["asin"], v, d["version"], self.encoder.version, content_hash(d), d["locale"], d["product_line"],
-                                 d["updated_at"], orjson.dumps(d))
-                    for d, v in zip(plan.embed, vectors)
-                ]
-                written = self.store.put(records)
-                for r, ok in zip(records, written):
-                    if ok:
-                        self.sink.send(self.s.embeddings_topic, r.asin.encode(), encode_feed_value(r))
-                M.WRITES.inc(sum(written))
+            # Chunks, each encoded on the worker thread while this one writes the chunk before (ONNX Runtime
+            # releases the GIL): store and feed writes no longer leave the encoder idle. All are written
+            # before the batch's offsets are committed, as before.
+            size = max(2 * SUB_BATCH, -(-len(plan.embed) // 4))
+            chunks = [plan.embed[i:i + size] for i in range(0, len(plan.embed), size)]
+            job = self._encoding.submit(self._encode, chunks[0], by_asin_msg, msgs)
+            for k, docs in enumerate(chunks):
+                vectors = job.result()
+                if k + 1 < len(chunks):
+                    job = self._encoding.submit(self._encode, chunks[k + 1], by_asin_msg, msgs)
+                if vectors is not None:
+                    self._write(docs, vectors)
         now = time.time()
         for ts in plan.ts.values():
             M.FRESHNESS_SECONDS.observe(max(0.0, now - ts))
         M.STORE_SIZE.set(self.store.count())
 
-    def _encode(self, texts: list[str], plan, by_asin_msg, msgs):
+    def _write(self, docs: list[dict], vectors: np.ndarray) -> None:
+        records = [VectorRecord(d["asin"], v, d["version"], self.encoder.version, content_hash(d), d["locale"], d["product_line"],
+                                d["updated_at"], orjson.dumps(d)) for d, v in zip(docs, vectors)]
+        written = self.store.put(records)
+        for r, ok in zip(records, written):
+            if ok:
+                self.sink.send(self.s.embeddings_topic, r.asin.encode(), encode_feed_value(r))
+        M.WRITES.inc(sum(written))
+
+    def _encode(self, docs: list[dict], by_asin_msg, msgs) -> np.ndarray | None:
+        """(len(docs), dim) vectors, retried with back-off; None after the last try (the docs are dead-lettered)."""
+        texts = [render_product(d, self.scheme) for d in docs]
         delay = 0.1
         for attempt in range(1, self.s.encode_retries + 1):
             try:
@@ -161,7 +174,7 @@ class Indexer:
             except Exception as exc:  # noqa: BLE001 - the encoder is a black box; retry, then dead-letter
                 log.warning("encode attempt %d/%d failed: %s", attempt, self.s.encode_retries, exc)
                 if attempt == self.s.encode_retries:
-                    for d in plan.embed:
+                    for d in docs:
                         self._dead(DeadLetter("encode_failed", str(exc), by_asin_msg.get(d["asin"], msgs[0])))
                     return None
                 time.sleep(delay)
