@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", type=Path, default=Path(".m5/bundles/current"), help="bundle directory for --encoder bundle")
     p.add_argument("--split", choices=["train", "valid", "test"], default="test", help="query and pair split (default test)")
     p.add_argument("--threads", type=_positive, default=2, help="encoder threads (default 2)")
+    p.add_argument("--scope", choices=["marketplace", "all"], default="marketplace",
+                   help="rank the query's marketplace (default, as judged) or the whole catalog")
     p.add_argument("--out", type=Path, help="write report.json, report.md and PNG curves here")
     p.set_defaults(func=_run)
 
@@ -34,7 +36,7 @@ def _run(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        report = run_eval(args.catalog, args.encoder, args.bundle, args.split, args.out, threads=args.threads)
+        report = run_eval(args.catalog, args.encoder, args.bundle, args.split, args.out, threads=args.threads, scope=args.scope)
     except (CatalogError, RuntimeError, ValueError) as exc:
         print(f"m5 eval: error: {exc}", file=sys.stderr)
         return 2

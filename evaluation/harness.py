@@ -1,7 +1,8 @@
 """`m5 eval`: search and duplicate-detection metrics for any encoder or baseline on one catalog split.
 
-Search: each judged query of the split retrieves the top k (100) of the WHOLE catalog by cosine
-(faiss IndexFlatIP) or by a sparse scorer (BM25); Recall@100 and MAP count Exact products as
+Search: each judged query of the split retrieves the top k (100) of its marketplace (the products of
+its locale, the only ones judged for it, as in ESCI; `scope="all"` searches the whole catalog) by
+cosine (faiss IndexFlatIP) or by a sparse scorer (BM25, one index per marketplace); Recall@100 and MAP count Exact products as
 relevant, nDCG@10 uses graded gains (E=1, S=0.1, C=0.01), Exact@10 is the Exact share of the top
 10. Slices: lexical gap (Exact products share no content word with the query), head, tail.
 Duplicates: ROC-AUC per product line and overall, recall at 90% precision, pair score = cosine.
@@ -67,10 +68,12 @@ def _embed_all(encoder: Encoder, texts: list[str], batch: int) -> tuple[np.ndarr
 
 def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "test", *, product_encoder: Encoder | None = None,
              query_encoder: Encoder | None = None, scorer_factory=None, scheme: str = "plain", k: int = 100,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 256, scope: str = "marketplace") -> dict:
     """Report dict (metrics plus `curves` for the plots) for an encoder, a tower pair, or a sparse scorer.
 
     scorer_factory(texts) -> Scorer builds a sparse retriever over the rendered products (BM25).
+    scope: "marketplace" ranks only the query's locale (judgements never cross it: a product of another
+    marketplace would count as irrelevant however well it matches); "all" ranks the whole catalog.
 
     Raises:
         CatalogError: the catalog has no judgements, or no judged query in `split` (never report zeros).
@@ -88,24 +91,40 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
     products = list(cat.products())
     asins = [p["asin"] for p in products]
     texts = [render_product(p, scheme) for p in products]
-    report: dict = {"split": split, "scheme": scheme, "products": len(products), "queries": len(queries), "k": k}
+    if scope not in ("marketplace", "all"):
+        raise ValueError(f"scope: {scope!r} is not one of marketplace, all")
+    report: dict = {"split": split, "scheme": scheme, "scope": scope, "products": len(products), "queries": len(queries), "k": k}
+    # Candidate groups: one per marketplace (locale), or the whole catalog under one key.
+    group_of = (lambda locale: locale) if scope == "marketplace" else (lambda locale: "all")
+    members: dict[str, np.ndarray] = {
+        g: np.array([i for i, p in enumerate(products) if group_of(p["locale"]) == g])
+        for g in sorted({group_of(p["locale"]) for p in products})}
     t0 = time.perf_counter()
     scorer = None
+    ranked: list[list[str]] = [[] for _ in queries]
     if scorer_factory is not None:
-        scorer = scorer_factory(texts)
+        scorers = {g: scorer_factory([texts[i] for i in idx]) for g, idx in members.items()}
+        scorer = next(iter(scorers.values()))  # pair scores do not depend on the index
         report["index_seconds"] = round(time.perf_counter() - t0, 2)
         t1 = time.perf_counter()
-        ranked = [[asins[i] for i in scorer.top(q["text"], k)] for q in queries]
+        for qi, q in enumerate(queries):
+            g = group_of(q["locale"])
+            ranked[qi] = [asins[members[g][i]] for i in scorers[g].top(q["text"], k)] if g in members else []
         report["queries_per_s"] = round(len(queries) / (time.perf_counter() - t1), 1)
     else:
         import faiss
 
         pvec, report["encode_products_per_s"] = _embed_all(product_encoder, texts, batch_size)  # (n_products, dim)
         qvec, report["encode_queries_per_s"] = _embed_all(query_encoder, [q["text"] for q in queries], batch_size)
-        index = faiss.IndexFlatIP(pvec.shape[1])
-        index.add(pvec)
-        _, top = index.search(qvec, min(k, len(asins)))  # (n_queries, k)
-        ranked = [[asins[i] for i in row if i >= 0] for row in top]
+        for g, idx in members.items():
+            qrows = [qi for qi, q in enumerate(queries) if group_of(q["locale"]) == g]
+            if not qrows:
+                continue
+            index = faiss.IndexFlatIP(pvec.shape[1])
+            index.add(pvec[idx])
+            _, top = index.search(qvec[qrows], min(k, len(idx)))  # (n_queries_in_group, k)
+            for qi, row in zip(qrows, top):
+                ranked[qi] = [asins[idx[i]] for i in row if i >= 0]
         report["encode_products_per_s"] = round(report["encode_products_per_s"], 1)
         report["encode_queries_per_s"] = round(report["encode_queries_per_s"], 1)
 
@@ -171,7 +190,7 @@ def markdown_row(name: str, r: dict) -> str:
 def to_markdown(name: str, r: dict) -> str:
     lines = [f"# Evaluation: {name} on split {r['split']}", "",
              f"{r['products']} products, {r['queries']} judged queries ({r['search_lexical_gap']['queries']} lexical-gap), "
-             f"render scheme `{r['scheme']}`.", "", HEADER, markdown_row(name, r), ""]
+             f"render scheme `{r['scheme']}`, {r['scope']} scope.", "", HEADER, markdown_row(name, r), ""]
     if "duplicates" in r:
         d = r["duplicates"]
         lines += [f"Duplicates: {d['pairs']} pairs ({d['positives']} positive), score {d['score']}; AUC by product line: "
@@ -237,12 +256,13 @@ def build_encoders(kind: str, bundle: Path | None = None, threads: int = 2):
     raise ValueError(f"encoder: unknown {kind!r} (choose bm25, random, minilm, bundle)")
 
 
-def run_eval(catalog_dir: Path, encoder: str, bundle: Path | None, split: str, out: Path | None, threads: int = 2) -> dict:
+def run_eval(catalog_dir: Path, encoder: str, bundle: Path | None, split: str, out: Path | None, threads: int = 2,
+             scope: str = "marketplace") -> dict:
     """Evaluate one encoder kind; write report.json, report.md and PNGs to `out` when given."""
     cat = load_catalog(catalog_dir)
     cat.judgements()  # fail on a catalog without judgements before loading a model
     name, kwargs, scheme = build_encoders(encoder, bundle, threads)
-    r = evaluate(catalog_dir=catalog_dir, split=split, scheme=scheme, **kwargs)
+    r = evaluate(catalog_dir=catalog_dir, split=split, scheme=scheme, scope=scope, **kwargs)
     r["encoder"] = name
     r["markdown"] = to_markdown(name, r)
     if out:

@@ -34,7 +34,7 @@ def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encode
     feed_source: an EventSource on the embeddings topic, used only for its end offsets (snapshot meta).
     """
     t0 = time.perf_counter()
-    kept: list[tuple[str, np.ndarray, str, str, int]] = []  # (asin, vector, locale, product_line, version), docs dropped
+    kept: list[tuple[list, np.ndarray, list, list, list]] = []  # per batch: (asins, vectors, locales, lines, versions)
     n_written = n_bad = 0
     bar = tqdm(desc="backfill", unit="p", mininterval=1.0)
 
@@ -42,12 +42,13 @@ def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encode
         nonlocal n_written
         recs = [VectorRecord(d["asin"], v, d["version"], encoder.version, content_hash(d), d["locale"], d["product_line"],
                              d["updated_at"], orjson.dumps(d)) for d, v in zip(docs, vecs)]
-        for r, ok in zip(recs, store.put(recs)):
-            if ok:
-                sink.send(settings.embeddings_topic, r.asin.encode(), encode_feed_value(r))
-                n_written += 1
-                if snapshot_root is not None:
-                    kept.append((r.asin, r.vector, r.locale, r.product_line, r.product_version))
+        written = [i for i, ok in enumerate(store.put(recs)) if ok]
+        for i in written:
+            sink.send(settings.embeddings_topic, recs[i].asin.encode(), encode_feed_value(recs[i]))
+        n_written += len(written)
+        if snapshot_root is not None and written:  # a few arrays per batch, not objects per product
+            kept.append(([recs[i].asin for i in written], vecs[written], [recs[i].locale for i in written],
+                         [recs[i].product_line for i in written], [recs[i].product_version for i in written]))
         bar.update(len(docs))
 
     def batches():
@@ -90,8 +91,8 @@ def _snapshot(kept: list[tuple], encoder, settings: IndexerSettings, root: Path,
     from indexer.snapshot import save_snapshot
     from m5core.index import AnnIndex
 
-    asins, vecs, locales, lines, versions = (list(c) for c in zip(*kept)) if kept else ([], [], [], [], [])
-    vectors = np.stack(vecs) if vecs else np.zeros((0, encoder.dim), np.float32)  # (n, dim)
+    asins, locales, lines, versions = ([x for part in kept for x in part[i]] for i in (0, 2, 3, 4))
+    vectors = np.concatenate([part[1] for part in kept]) if kept else np.zeros((0, encoder.dim), np.float32)  # (n, dim)
     index = AnnIndex.build(encoder.dim, asins, vectors, locales, lines, versions, kind=settings.index_kind, version=encoder.version)
     offsets = feed_source.end_offsets() if feed_source is not None else {}
     path = save_snapshot(index, root, offsets, settings.snapshots_keep, {"bundle_versions": [encoder.version]})

@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--catalog", type=Path, help="also evaluate search/duplicates on this catalog's test split")
     r.add_argument("--baselines", action="store_true", help="include BM25 (and MiniLM when installed) rows")
     r.add_argument("--latency-iters", type=int, default=300, help="batch-1 calls per tower for p50/p99 (0: skip)")
+    r.add_argument("--scope", choices=["marketplace", "all"], default="marketplace",
+                   help="search the query's marketplace (default, as judged) or the whole catalog")
     r.add_argument("--out", type=Path, help="write the markdown here as well as to stdout")
     r.set_defaults(func=_report)
 
@@ -109,7 +111,7 @@ def _run(args) -> int:
 def _report(args) -> int:
     from trainer.report import build_report
 
-    text = build_report(args.bundles, catalog=args.catalog, baselines=args.baselines, latency_iters=args.latency_iters)
+    text = build_report(args.bundles, catalog=args.catalog, baselines=args.baselines, latency_iters=args.latency_iters, scope=args.scope)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,14 +33,14 @@ def export_onnx(model: EmbeddingModel, path: Path, opset: int = 17) -> None:
     )
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
+def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.WARNING)  # the quantizer logs every tensor at INFO on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
     finally:
         root.setLevel(level)
 
@@ -98,7 +98,8 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
         shutil.copy(tokenizer_path, staging / "tokenizer.json")
         for tower, model in (("product", product), ("query", query)):
             export_onnx(model, staging / f"{tower}.fp32.onnx")
-            quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx")
+            quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx",
+                          per_channel=training_config.get("export", {}).get("per_channel", True))
         pc, qc = product.config, query.config
         manifest = Manifest(
             name=name, version=version, created_at=time.time(), dim=pc.dim, pooling=pc.pooling, render_scheme=scheme,

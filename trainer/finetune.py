@@ -104,6 +104,25 @@ def mine_hard_negatives(model, tok, pairs: PairSet, asins: list[str], product_ve
     return n
 
 
+def task_schedule(names: list[str], weights: dict[str, float], seed: int, steps: int) -> list[int]:
+    """Which task each step trains, drawn by weight: a pure function of the seed, so a rerun repeats it."""
+    w = np.array([weights.get(n, 1.0) for n in names], dtype=np.float64)
+    if w.sum() <= 0:
+        raise ValueError(f"finetune.task_weights: every task of {names} weighs 0")
+    return np.random.default_rng([seed, 7]).choice(len(names), size=steps, p=w / w.sum()).tolist()
+
+
+def false_negative_mask(s: PairSet, keep: list[int], hard: list[str]) -> np.ndarray:
+    """(batch, batch + hard) True where a column's product is another known positive of the row's anchor."""
+    cols = [s.positives[i] for i in keep] + hard
+    mask = np.zeros((len(keep), len(cols)), dtype=bool)
+    for r, i in enumerate(keep):
+        known = s.known.get(s.anchor_keys[i], ())
+        for c, asin in enumerate(cols):
+            mask[r, c] = c != r and asin in known
+    return mask
+
+
 def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[str, dict], device,
              sets: list[PairSet] | None = None, product_texts: dict[str, str] | None = None,
              model: EmbeddingModel | None = None) -> tuple[EmbeddingModel, dict]:
@@ -125,6 +144,7 @@ def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[
     rng = np.random.default_rng(f.seed)
     run = Path(cfg.run_dir)
     metrics_f = open(run / "finetune_metrics.jsonl", "a")
+    plan = task_schedule([x.name for x in sets], f.task_weights, f.seed, f.steps)
     bar = tqdm(range(f.steps), desc="finetune", unit="step", mininterval=2.0)
     t0 = time.perf_counter()
     for step in bar:
@@ -132,7 +152,7 @@ def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[
             pvecs = embed_texts(model, tok, [ptext[a] for a in asins], f.max_product_len, device)
             for s in sets:
                 mine_hard_negatives(model, tok, s, asins, pvecs, device)
-        s = sets[step % len(sets)]
+        s = sets[plan[step]]
         idx = rng.choice(len(s.anchors), size=min(f.batch, len(s.anchors)), replace=False)
         # One positive per anchor text in a batch, or in-batch "negatives" would be true positives.
         seen, keep = set(), []
@@ -149,7 +169,10 @@ def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[
         if hard and (f.loss == "infonce" or len(hard) == len(keep)):
             n = encode_batch(tok, [ptext[h] for h in hard], f.max_product_len, specials, pad)
             en = model(torch.from_numpy(n.ids).to(device), torch.from_numpy(n.attn).to(device))
-        loss = loss_fn(ea, ep, en)
+        fn = None
+        if f.mask_false_negatives:
+            fn = torch.from_numpy(false_negative_mask(s, keep, hard if en is not None else [])).to(device)
+        loss = loss_fn(ea, ep, en, fn)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

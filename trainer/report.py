@@ -102,7 +102,7 @@ def parity_table(manifests: list[Manifest]) -> str:
     return "\n".join(head + rows)
 
 
-def eval_rows(bundle: Path, catalog: Path, baselines: bool, split: str = "test") -> list[str]:
+def eval_rows(bundle: Path, catalog: Path, baselines: bool, split: str = "test", scope: str = "marketplace") -> list[str]:
     """Search and duplicate metrics (evaluation.harness) for the bundle's variants and the baselines."""
     from evaluation.harness import HEADER, evaluate, markdown_row
 
@@ -113,28 +113,29 @@ def eval_rows(bundle: Path, catalog: Path, baselines: bool, split: str = "test")
     variants = [("int8, distilled query tower", OnnxEncoder(bundle, "query", threads=1, manifest=m)),
                 ("int8, full query tower", OnnxEncoder(bundle, "product", threads=1, manifest=m))]
     for name, query in variants:
-        r = evaluate(None, catalog, split, product_encoder=product, query_encoder=query, scheme=m.render_scheme)
+        r = evaluate(None, catalog, split, product_encoder=product, query_encoder=query, scheme=m.render_scheme, scope=scope)
         rows.append(markdown_row(f"{m.name} {name}", r))
     fp32 = tower_variant(bundle, m, "product", "fp32")
     q32 = tower_variant(bundle, m, "query", "fp32")
     if fp32 is not None and q32 is not None:
         r = evaluate(None, catalog, split, product_encoder=OnnxEncoder(bundle, "product", threads=2, manifest=fp32),
-                     query_encoder=OnnxEncoder(bundle, "query", threads=1, manifest=q32), scheme=m.render_scheme)
+                     query_encoder=OnnxEncoder(bundle, "query", threads=1, manifest=q32), scheme=m.render_scheme, scope=scope)
         rows.append(markdown_row(f"{m.name} fp32, distilled query tower", r))
     if baselines:
         from evaluation.baselines import BM25Retriever
 
-        rows.append(markdown_row("BM25", evaluate(None, catalog, split, scorer_factory=BM25Retriever, scheme="plain")))
+        rows.append(markdown_row("BM25", evaluate(None, catalog, split, scorer_factory=BM25Retriever, scheme="plain", scope=scope)))
         try:
             from evaluation.baselines import MiniLMEncoder
 
-            rows.append(markdown_row("MiniLM-L6 (off the shelf)", evaluate(MiniLMEncoder(threads=2), catalog, split, scheme="plain")))
+            rows.append(markdown_row("MiniLM-L6 (off the shelf)", evaluate(MiniLMEncoder(threads=2), catalog, split, scheme="plain", scope=scope)))
         except (ImportError, FileNotFoundError, OSError) as exc:  # the eval extra is optional
             rows.append(f"| MiniLM-L6: not available ({type(exc).__name__}) |" + " |" * 10)
     return rows
 
 
-def build_report(bundles: list[Path], catalog: Path | None = None, baselines: bool = False, latency_iters: int = 300) -> str:
+def build_report(bundles: list[Path], catalog: Path | None = None, baselines: bool = False, latency_iters: int = 300,
+                 scope: str = "marketplace") -> str:
     manifests = [load_manifest(b) for b in bundles]
     out = ["# Trainer report", "", "## MLM accuracy per language", "", mlm_table(manifests), "",
            "## Parity gate (fp32 vs int8)", "", parity_table(manifests), ""]
@@ -144,8 +145,8 @@ def build_report(bundles: list[Path], catalog: Path | None = None, baselines: bo
             out += [f"## Size and latency, batch 1, 1 thread: {load_manifest(b).version}", "", table, ""]
     if catalog is not None:
         for b in bundles:
-            out += [f"## Search and duplicates on the test split: {load_manifest(b).version}", "",
-                    *eval_rows(b, catalog, baselines), ""]
+            out += [f"## Search and duplicates on the test split ({scope} scope): {load_manifest(b).version}", "",
+                    *eval_rows(b, catalog, baselines, scope=scope), ""]
     return "\n".join(out)
 
 

@@ -107,16 +107,18 @@ class KafkaSink(EventSink):
         opts.setdefault("batch_size", 1 << 20)
         self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 5),
                                       retries=5, **opts)
-        self._futures = []
+        # Failures are collected by callback rather than by keeping every future until flush(): a
+        # 1M-record backfill would otherwise hold a million futures and slow every GC pass.
+        self._errors: list[Exception] = []
 
     def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        self._futures.append(self.producer.send(topic, key=key, value=value))
+        self.producer.send(topic, key=key, value=value).add_errback(self._errors.append)
 
     def flush(self, timeout_s: float = 30.0) -> None:
-        self.producer.flush(timeout=timeout_s)
-        futures, self._futures = self._futures, []
-        for f in futures:
-            f.get(timeout=timeout_s)  # raises if the broker did not take it
+        self.producer.flush(timeout=timeout_s)  # every send is then acked or failed
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise errors[0]  # the broker did not take a record: the caller must not commit past it
 
     def close(self) -> None:
         self.producer.close()

@@ -43,6 +43,20 @@ def test_bm25_scorer_path_beats_random(cat_dir):
     assert bm["duplicates"]["score"] == "title token Jaccard"
 
 
+def test_marketplace_scope_only_ranks_the_querys_marketplace(cat_dir):
+    """Judgements never cross a locale, so a product of another marketplace can only push judged ones down:
+    ranking within the marketplace is at least as good on every query, and better for an encoder that
+    cannot tell locales apart (random)."""
+    mine = evaluate(RandomEncoder(), cat_dir, "test")
+    every = evaluate(RandomEncoder(), cat_dir, "test", scope="all")
+    assert mine["scope"] == "marketplace" and every["scope"] == "all"
+    for m in ("recall_at_100", "ndcg_at_10", "exact_share_at_10"):
+        assert mine["search"][m] >= every["search"][m]
+    assert mine["search"]["recall_at_100"] > every["search"]["recall_at_100"]
+    with pytest.raises(ValueError, match="scope"):
+        evaluate(RandomEncoder(), cat_dir, "test", scope="region")
+
+
 def test_separate_towers_are_used(cat_dir):
     r = evaluate(None, cat_dir, "valid", product_encoder=HashEncoder(32, "p"), query_encoder=HashEncoder(32, "q"))
     assert r["split"] == "valid" and r["queries"] > 0

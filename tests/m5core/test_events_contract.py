@@ -46,3 +46,24 @@ def test_resume_after_commit_and_redeliver_uncommitted(transport, unique_name):
     assert src.lag() == {(topic, 0): 0}
     src.close()
     sink.close()
+
+
+def test_kafka_sink_flush_raises_when_the_broker_refuses_a_record(kafka_bootstrap, kafka_topics):
+    """Delivery failures surface at flush(), so a caller never commits input whose output was lost."""
+    from kafka.errors import KafkaError
+
+    topic = kafka_topics("small", configs={"max.message.bytes": "2000"})
+    sink = KafkaSink(kafka_bootstrap)
+    try:
+        sink.send(topic, b"ok", b"x" * 10)
+        sink.flush()  # a record the broker takes: no error
+        sink.send(topic, b"big", b"x" * 20_000)  # under the client's limit, over the topic's
+        with pytest.raises(KafkaError):
+            sink.flush()
+        # The idempotent producer treats the refusal as fatal: later records fail too, and loudly, never
+        # reported as delivered (the indexer exits without committing and a restart replays them).
+        sink.send(topic, b"ok2", b"y")
+        with pytest.raises(KafkaError):
+            sink.flush()
+    finally:
+        sink.close()

@@ -6,6 +6,7 @@ import torch
 
 from trainer.config import ConfigError, load_config
 from trainer.data import PretrainCorpus, language_probs, mask_tokens, seq_len_for_step
+from trainer.finetune import PairSet, false_negative_mask, task_schedule
 from trainer.losses import make_loss
 
 
@@ -16,6 +17,8 @@ from trainer.losses import make_loss
     ({"model": {"hidden": 100, "heads": 3}}, "heads"),
     ({"finetune": {"loss": "hinge"}}, "finetune.loss"),
     ({"pretrain": {"seq_schedule": [[128, 0.5]]}}, "seq_schedule"),
+    ({"finetune": {"task_weights": {"serch": 1.0}}}, "task_weights"),
+    ({"finetune": {"task_weights": {"search": -1.0}}}, "task_weights.search"),
 ])
 def test_bad_config_fails_before_training_naming_the_key(over, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -91,3 +94,47 @@ def test_losses_score_true_pairs_better_than_shuffled(name):
     shuffled = aligned[torch.randperm(32)]
     loss = make_loss(name, 0.05, 0.2)
     assert loss(a, aligned) < loss(a, shuffled)
+
+
+def test_infonce_ignores_masked_false_negatives():
+    """A masked column (another Exact of the same query) neither helps nor hurts: the loss equals the loss
+    computed without that column, and the unmasked loss is higher because the column scores well."""
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    p = a.clone()
+    p[1] = a[0]  # row 0's anchor matches column 1 as well as its own positive
+    loss = make_loss("infonce", 0.05, 0.2)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 1] = True
+    masked = loss(a, p, None, mask)
+    unmasked = loss(a, p)
+    logits = a @ p.T / 0.05
+    by_hand = torch.stack([
+        torch.nn.functional.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([0])),
+        *(torch.nn.functional.cross_entropy(logits[i][None], torch.tensor([i])) for i in range(1, 4))]).mean()
+    assert torch.isclose(masked, by_hand) and unmasked > masked
+
+
+@pytest.mark.parametrize("name", ["bce", "triplet"])
+def test_pair_losses_skip_a_shuffled_negative_that_is_a_known_positive(name):
+    a = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    loss = make_loss(name, 0.05, 0.2)
+    everything_known = ~torch.eye(3, dtype=torch.bool)
+    assert float(loss(a, a, None, everything_known)) == 0.0
+    assert torch.isfinite(loss(a, a, None, torch.zeros(3, 3, dtype=torch.bool)))
+
+
+def test_false_negative_mask_marks_other_known_positives_only():
+    s = PairSet("search", ["red shoes", "red shoes", "blue hat"], ["A", "B", "C"], ["q1", "q1", "q2"],
+                {"q1": {"A", "B"}, "q2": {"C"}})
+    m = false_negative_mask(s, [0, 1, 2], ["B"])  # columns: A, B, C, hard B
+    assert m.tolist() == [[False, True, False, True], [True, False, False, True], [False, False, False, False]]
+
+
+def test_task_schedule_follows_weights_and_repeats():
+    plan = task_schedule(["search", "duplicates"], {"search": 3.0}, seed=0, steps=4000)
+    assert plan == task_schedule(["search", "duplicates"], {"search": 3.0}, seed=0, steps=4000)
+    assert abs(plan.count(0) / 4000 - 0.75) < 0.03
+    assert set(task_schedule(["search", "duplicates"], {"duplicates": 0.0}, 0, 100)) == {0}
+    with pytest.raises(ValueError, match="task_weights"):
+        task_schedule(["search"], {"search": 0.0}, 0, 10)
