@@ -102,7 +102,7 @@ class DistillConfig(_Strict):
     hidden: int = Field(128, ge=32)
     heads: int = Field(2, ge=1)
     intermediate: int = Field(512, ge=32)
-    steps: int = Field(400, ge=1)
+    steps: int = Field(1200, ge=1)  # 400 lost 2.8% nDCG@10 to the full tower, 1200 lost 0.8% (+105 s)
     batch: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
 
