@@ -28,7 +28,7 @@ def main() -> int:
 
     table, figures = latency_table(args.bundle, args.iters)
     print(table)
-    for tower in ("query", "product"):
+    for tower in ("query", "query_full", "product"):
         if f"{tower}_speedup_p50" in figures:
             print(f"{tower}: int8 is {figures[f'{tower}_speedup_p50']:.2f}x faster than fp32 at p50")
     if args.json:

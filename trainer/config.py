@@ -105,6 +105,9 @@ class DistillConfig(_Strict):
     steps: int = Field(1200, ge=1)  # 400 lost 2.8% nDCG@10 to the full tower, 1200 lost 0.8% (+105 s)
     batch: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
+    rank_weight: float = Field(1.0, ge=0, description="weight of the ranking (KL over a product bank) term; 0: cosine only")
+    rank_bank: int = Field(2048, ge=0, description="products the teacher embeds for the ranking term")
+    rank_temperature: float = Field(0.05, gt=0)
 
 
 class ExportConfig(_Strict):

@@ -140,7 +140,8 @@ class Run:
             return None
         q_texts = query_like_texts([q["text"] for q in self.catalog.queries("train")], [p["title"] for p in self.products.values()],
                                    20_000, self.cfg.pretrain.seed)
-        student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"))
+        student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"),
+                             product_texts=[render_product(p, self.scheme) for p in self.products.values()])
         torch.save({"config": student.config.model_dump(), "state": student.state_dict()}, self.dir / "student.pt")
         self._save_metrics("distill", m)
         return student

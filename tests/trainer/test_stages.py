@@ -52,3 +52,4 @@ def test_report_tables(trained_bundle):
 
     text = build_report([trained_bundle], latency_iters=20)
     assert "## MLM accuracy per language" in text and "| query | int8 |" in text and "| product | fp32 |" in text
+    assert "| query, full tower | int8 |" in text  # a short query through the fine-tuned tower
