@@ -80,4 +80,4 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
         bar.set_postfix(loss=f"{float(loss):.4f}")
     student.eval()
     return student, {"distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1),
-                     "student": {"layers": d.layers, "hidden": d.hidden}}
+                     "student": {"layers": d.layers, "hidden": d.hidden}, "rank_bank": 0 if bank is None else len(bank)}

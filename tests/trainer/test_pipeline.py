@@ -66,6 +66,7 @@ def test_bundle_loads_and_int8_tracks_fp32(trained_bundle, test_catalog):
 
     m = load_manifest(trained_bundle)
     assert m.towers["query"].distilled_from and m.metrics["parity"]["product_cosine_mean"] >= 0.99
+    assert m.metrics["distill"]["rank_bank"] > 0  # the student was taught the teacher's ranking of real products
     texts = [render_product(p, m.render_scheme) for _, p in zip(range(40), load_catalog(test_catalog).products())]
     int8 = OnnxEncoder(trained_bundle, "product")
     fp32 = OnnxEncoder(trained_bundle, "product", manifest=m.model_copy(update={"towers": {
