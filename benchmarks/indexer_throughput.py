@@ -12,9 +12,10 @@ Without --bundle it uses HashEncoder(256) and says so. Prints one JSON line per 
 
     python benchmarks/indexer_throughput.py --bundle PATH --catalog DIR --only backfill --backfill-file BIG.jsonl
 
-runs the encoder and the backfill only, over any products file (e.g. the first 200k lines of a 1M
-catalog), and measures the encoder again afterwards: this VM's speed drifts, so the share is given
-against the mean of the two encoder runs, with both printed.
+runs the encoder and the backfill only, over any products file (e.g. a 1M catalog). This VM's speed
+drifts by up to 2x within minutes (the same ONNX work takes twice the CPU time), so `--chunk N`
+backfills the file N products at a time and measures the encoder alone (on a sample of the same
+file) before and after each chunk: each chunk's share is against the mean of its two encoder runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,53 @@ def _products(catalog: Path | None, n: int) -> list[dict]:
     return [{"asin": f"B{i:09d}", "marketplace": "US", "locale": "en_US", "product_line": "softlines",
              "product_type": "running_shoes", "brand": "Acme", "title": f"red running shoes model {i}",
              "attributes": {"colour": "red"}, "version": 1, "updated_at": 1.0} for i in range(n)]
+
+
+def _cpu_split(fn, in_thread: bool = False):
+    """Run fn() (on a thread of its own that exits when in_thread: the encoder alone); -> (its result, wall seconds, share of all cores the encoder's threads used).
+
+    The encoder's threads are the ones that are not a live Python thread afterwards: ONNX Runtime's
+    pool and the backfill's encode worker (which has exited). CPU time per product of the same ONNX
+    work drifts up to 2x on this VM, so the share of the machine the encoder gets is the comparison
+    that drift cannot move: alone it uses ~all of it, and every point lost is the pipeline's cost.
+    """
+    import os
+    import threading
+
+    def proc_cpu() -> float:
+        f = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def thread_cpu() -> dict[int, float]:
+        out = {}
+        for t in threading.enumerate():
+            try:
+                f = open(f"/proc/self/task/{t.native_id}/stat").read().rsplit(")", 1)[1].split()
+                out[t.native_id] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, TypeError):
+                pass
+        return out
+
+    p0, th0, t0 = proc_cpu(), thread_cpu(), time.perf_counter()
+    if in_thread:
+        box = []
+        worker = threading.Thread(target=lambda: box.append(fn()))
+        worker.start()
+        worker.join()
+        result = box[0]
+    else:
+        result = fn()
+    wall, p1, th1 = time.perf_counter() - t0, proc_cpu(), thread_cpu()
+    python_threads = sum(c - th0.get(tid, 0.0) for tid, c in th1.items())
+    return result, wall, (p1 - p0 - python_threads) / (wall * os.cpu_count())
+
+
+def _products_of(path: Path, n: int) -> list[dict]:
+    """n products spread evenly over a products.jsonl file."""
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    step = max(1, len(lines) // n)
+    return [orjson.loads(x) for x in lines[::step][:n]]
 
 
 def _events(products: list[dict], n: int, version: int) -> list[tuple[bytes, bytes]]:
@@ -101,6 +149,8 @@ def main() -> None:
     ap.add_argument("--fresh-seconds", type=float, default=15.0, help="length of the freshness run")
     ap.add_argument("--only", choices=["all", "backfill"], default="all", help="backfill: skip the pipeline and freshness runs")
     ap.add_argument("--backfill-file", type=Path, help="products.jsonl for the backfill run (default: --events products of --catalog)")
+    ap.add_argument("--chunk", type=int, default=0, help="with --backfill-file: backfill this many products at a time, "
+                    "measuring the encoder between chunks (0: one piece)")
     ap.add_argument("--kafka", default="127.0.0.1:9092")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
@@ -128,6 +178,8 @@ def main() -> None:
         enc, scheme, label = HashEncoder(256), "fields", "HashEncoder(256) - no bundle given"
     print(json.dumps({"encoder": label, "threads": args.threads, "batch": args.batch}))
     products = _products(args.catalog, max(args.events, 2000))
+    if args.only == "backfill" and args.backfill_file:  # time the encoder on the texts the backfill will encode
+        products = _products_of(args.backfill_file, 4096)
 
     # 1. the encoder alone, same texts and batch sizes as the pipeline and the backfill
     texts = [render_product(p, scheme) for p in products[: min(len(products), 4096)]]
@@ -236,25 +288,47 @@ def main() -> None:
 
 
 def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_before, encoder_rate) -> None:
-    """`m5 index backfill`'s bulk path into a scratch namespace, then the encoder again (drift check)."""
+    """`m5 index backfill`'s bulk path into a scratch namespace, in chunks, the encoder alone between them."""
+    import itertools
     import tempfile
 
     from catalog.io import write_jsonl
     from indexer.backfill import backfill
     from m5core.stores.redis import RedisStore
 
+    store = RedisStore(args.redis, ns + "-bf")
+    total = {"written": 0, "invalid": 0, "seconds": 0.0}
+    shares = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.backfill_file
-        if path is None:
+        if args.backfill_file is None:
+            pieces = [products[: args.events]]
+        else:
+            src = open(args.backfill_file, "rb")
+            size = args.chunk or 10**12
+            pieces = iter(lambda: [orjson.loads(x) for x in itertools.islice(src, size)], [])
+        for k, piece in enumerate(pieces):
             path = Path(tmp) / "products.jsonl"
-            write_jsonl(path, products[: args.events])
-        out = backfill(path, RedisStore(args.redis, ns + "-bf"), sink, enc, s, scheme, batch=bf_batch)
-    rate_after = encoder_rate(bf_batch)
-    mean = (rate_before + rate_after) / 2
-    out.update({"encoder_before": round(rate_before, 1), "encoder_after": round(rate_after, 1),
-                "share_of_encoder": round(out["products_per_s"] / mean, 3),
-                "extrapolated_1m_minutes": round(1_000_000 / out["products_per_s"] / 60, 1)})
-    print(json.dumps({"measure": "backfill", **out}))
+            write_jsonl(path, piece)
+            out, _, out["encoder_cpu_share"] = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))
+            rate_after, _, alone_share = _cpu_split(lambda: encoder_rate(bf_batch), in_thread=True)
+            out["encoder_cpu_share_alone"] = round(alone_share, 3)
+            out["encoder_cpu_share"] = round(out["encoder_cpu_share"], 3)
+            out["cpu_share_of_encoder"] = round(out["encoder_cpu_share"] / alone_share, 3)
+            mean = (rate_before + rate_after) / 2
+            out.update({"chunk": k, "encoder_before": round(rate_before, 1), "encoder_after": round(rate_after, 1),
+                        "share_of_encoder": round(out["products_per_s"] / mean, 3)})
+            print(json.dumps({"measure": "backfill_chunk" if args.chunk else "backfill", **out}), flush=True)
+            shares.append((out["written"], out["share_of_encoder"], out["cpu_share_of_encoder"]))
+            for key in total:
+                total[key] += out[key]
+            rate_before = rate_after
+    if args.chunk:
+        n = max(1, total["written"])
+        print(json.dumps({"measure": "backfill", **total, "seconds": round(total["seconds"], 1),
+                          "products_per_s": round(n / max(total["seconds"], 1e-9), 1),
+                          "share_of_encoder": round(sum(w * sh for w, sh, _ in shares) / n, 3),
+                          "share_min": min(sh for _, sh, _ in shares),
+                          "cpu_share_of_encoder": round(sum(w * c for w, _, c in shares) / n, 3), "chunks": len(shares)}))
     sink.close()
 
 
