@@ -2,6 +2,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer.losses.pairs import one_negative_each
+
 
 class PairBCELoss(nn.Module):
     """Binary cross-entropy on scaled cosine: true pairs -> 1, negatives (shuffled or mined) -> 0."""
@@ -13,13 +15,10 @@ class PairBCELoss(nn.Module):
 
     def forward(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None,
                 false_negatives: torch.Tensor | None = None) -> torch.Tensor:
-        if negatives is None or len(negatives) != len(anchors):
-            negatives = positives.roll(1, dims=0)  # another anchor's positive
-            if false_negatives is not None:  # ...unless it is a known positive of this anchor: then skip the row
-                keep = ~false_negatives[torch.arange(len(anchors)), (torch.arange(len(anchors)) - 1) % len(anchors)]
-                if not bool(keep.any()):
-                    return anchors.sum() * 0.0  # every pair was a known positive: nothing to learn from
-                anchors, positives, negatives = anchors[keep], positives[keep], negatives[keep]
+        picked = one_negative_each(anchors, positives, negatives, false_negatives)
+        if picked is None:
+            return anchors.sum() * 0.0  # every pair was a known positive: nothing to learn from
+        anchors, positives, negatives = picked
         pos = (anchors * positives).sum(-1) / self.temperature + self.bias
         neg = (anchors * negatives).sum(-1) / self.temperature + self.bias
         logits = torch.cat([pos, neg])
