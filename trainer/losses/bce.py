@@ -2,10 +2,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.losses.pairs import one_negative_each
+from trainer.losses.pairs import PairLoss
 
 
-class PairBCELoss(nn.Module):
+class PairBCELoss(PairLoss):
     """Binary cross-entropy on scaled cosine: true pairs -> 1, negatives (shuffled or mined) -> 0."""
 
     def __init__(self, temperature: float = 0.05):
@@ -13,12 +13,7 @@ class PairBCELoss(nn.Module):
         self.temperature = temperature
         self.bias = nn.Parameter(torch.tensor(-0.5 / temperature))
 
-    def forward(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None,
-                false_negatives: torch.Tensor | None = None) -> torch.Tensor:
-        picked = one_negative_each(anchors, positives, negatives, false_negatives)
-        if picked is None:
-            return anchors.sum() * 0.0  # every pair was a known positive: nothing to learn from
-        anchors, positives, negatives = picked
+    def pair_loss(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         pos = (anchors * positives).sum(-1) / self.temperature + self.bias
         neg = (anchors * negatives).sum(-1) / self.temperature + self.bias
         logits = torch.cat([pos, neg])
