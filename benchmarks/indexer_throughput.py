@@ -16,6 +16,8 @@ runs the encoder and the backfill only, over any products file (e.g. a 1M catalo
 drifts by up to 2x within minutes (the same ONNX work takes twice the CPU time), so `--chunk N`
 backfills the file N products at a time and measures the encoder alone (on a sample of the same
 file) before and after each chunk: each chunk's share is against the mean of its two encoder runs.
+With small chunks (10k products, ~10 s each) the pooled share (all products over all backfill
+seconds, against all probe texts over all probe seconds) samples the VM's swings alike for both.
 """
 
 from __future__ import annotations
@@ -49,40 +51,40 @@ def _products(catalog: Path | None, n: int) -> list[dict]:
 
 
 def _cpu_split(fn, in_thread: bool = False):
-    """Run fn() (on a thread of its own that exits when in_thread: the encoder alone); -> (its result, wall seconds, share of all cores the encoder's threads used).
+    """Run fn() (on a thread of its own when in_thread: the encoder alone); -> (its result, wall seconds, share of all cores the encoder's threads used).
 
-    The encoder's threads are the ones that are not a live Python thread afterwards: ONNX Runtime's
-    pool and the backfill's encode worker (which has exited). CPU time per product of the same ONNX
-    work drifts up to 2x on this VM, so the share of the machine the encoder gets is the comparison
-    that drift cannot move: alone it uses ~all of it, and every point lost is the pipeline's cost.
+    The encoder's threads are its ONNX workers (named onnx-*), the backfill's encode worker (which
+    tokenises) and any thread that is not a live Python thread afterwards (the tokenizer's pool, an
+    exited worker). CPU time per product of the same ONNX work drifts up to 2x on this VM, so the
+    share of the machine the encoder gets is the comparison that drift cannot move: alone it uses
+    ~all of it, and every point lost is the pipeline's cost.
     """
     import os
     import threading
 
-    def proc_cpu() -> float:
-        f = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
 
-    def thread_cpu() -> dict[int, float]:
-        out = {}
-        for t in threading.enumerate():
-            try:
-                f = open(f"/proc/self/task/{t.native_id}/stat").read().rsplit(")", 1)[1].split()
-                out[t.native_id] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-            except (OSError, TypeError):
-                pass
-        return out
+    def cpu(tid: int | str) -> float:
+        try:
+            f = open(f"/proc/self/task/{tid}/stat" if tid != "self" else "/proc/self/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(f[11]) + int(f[12])) / tick
 
-    p0, th0, t0 = proc_cpu(), thread_cpu(), time.perf_counter()
+    def others() -> dict[int, float]:  # live Python threads that are not the encoder's
+        return {t.native_id: cpu(t.native_id) for t in threading.enumerate()
+                if t.native_id is not None and not t.name.startswith(("onnx-", "encode"))}
+
+    p0, th0, t0 = cpu("self"), others(), time.perf_counter()
     if in_thread:
         box = []
-        worker = threading.Thread(target=lambda: box.append(fn()))
+        worker = threading.Thread(target=lambda: box.append(fn()), name="encode-alone")
         worker.start()
         worker.join()
         result = box[0]
     else:
         result = fn()
-    wall, p1, th1 = time.perf_counter() - t0, proc_cpu(), thread_cpu()
+    wall, p1, th1 = time.perf_counter() - t0, cpu("self"), others()
     python_threads = sum(c - th0.get(tid, 0.0) for tid, c in th1.items())
     return result, wall, (p1 - p0 - python_threads) / (wall * os.cpu_count())
 
@@ -298,7 +300,7 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
 
     store = RedisStore(args.redis, ns + "-bf")
     total = {"written": 0, "invalid": 0, "seconds": 0.0}
-    shares = []
+    shares, probes = [], [rate_before]
     with tempfile.TemporaryDirectory() as tmp:
         if args.backfill_file is None:
             pieces = [products[: args.events]]
@@ -311,6 +313,7 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
             write_jsonl(path, piece)
             out, _, out["encoder_cpu_share"] = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))
             rate_after, _, alone_share = _cpu_split(lambda: encoder_rate(bf_batch), in_thread=True)
+            probes.append(rate_after)
             out["encoder_cpu_share_alone"] = round(alone_share, 3)
             out["encoder_cpu_share"] = round(out["encoder_cpu_share"], 3)
             out["cpu_share_of_encoder"] = round(out["encoder_cpu_share"] / alone_share, 3)
@@ -324,8 +327,11 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
             rate_before = rate_after
     if args.chunk:
         n = max(1, total["written"])
+        rate = n / max(total["seconds"], 1e-9)
+        pooled = len(probes) / sum(1 / r for r in probes)  # every probe encodes the same texts: total texts / total seconds
         print(json.dumps({"measure": "backfill", **total, "seconds": round(total["seconds"], 1),
-                          "products_per_s": round(n / max(total["seconds"], 1e-9), 1),
+                          "products_per_s": round(rate, 1), "encoder_pooled": round(pooled, 1),
+                          "share_pooled": round(rate / pooled, 3),
                           "share_of_encoder": round(sum(w * sh for w, sh, _ in shares) / n, 3),
                           "share_min": min(sh for _, sh, _ in shares),
                           "cpu_share_of_encoder": round(sum(w * c for w, _, c in shares) / n, 3), "chunks": len(shares)}))

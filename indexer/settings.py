@@ -14,7 +14,7 @@ class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
     max_wait_ms: int = 50
     """Longest a poll waits for a batch to fill (bounds the added freshness delay)."""
     encode_threads: int = 2
-    """ONNX Runtime intra-op threads of the product tower."""
+    """Product-tower sub-batches encoded at once, one ONNX Runtime thread each."""
     max_event_bytes: int = 1_000_000
     """Payloads above this go to the dead-letter topic as oversize."""
     encode_retries: int = 3

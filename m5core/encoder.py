@@ -41,7 +41,15 @@ SUB_BATCH = 16  # rows per ONNX Runtime call inside a larger batch (16: 1,165/s,
 
 
 class OnnxEncoder:
-    """One tower of a bundle, run by ONNX Runtime on CPU."""
+    """One tower of a bundle, run by ONNX Runtime on CPU.
+
+    `threads` runs that many sub-batches at once, each single-threaded (data parallel), instead of
+    splitting every operator across threads (intra-op). A 2-thread intra-op pool meets at a barrier
+    after each operator, so whenever anything else takes a core (the indexer's own Python, Redis, the
+    broker) both cores wait; independent sub-batches lose only the time actually taken. 4x256 int8
+    tower, batch 512, 2 cores: 1,035-1,221 products/s intra-op, 1,271-1,345 data parallel; with a
+    process busy 20% of one core beside it, ~570 against ~870 (docs/benchmarks.md, "Indexer").
+    """
 
     def __init__(self, bundle_dir: Path | str, tower: Tower = "product", threads: int = 1, manifest: Manifest | None = None):
         import onnxruntime as ort
@@ -60,12 +68,19 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(self.max_length)
         self.tokenizer.no_padding()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.bundle_dir / spec.onnx), opts, providers=["CPUExecutionProvider"])
         self._pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.threads = max(1, threads)
+        self._pool = None  # ThreadPoolExecutor, made on the first batch that splits
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts -> (input_ids, attention_mask), both (batch, seq) int64, padded to the longest."""
@@ -88,16 +103,29 @@ class OnnxEncoder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if len(texts) <= SUB_BATCH:
+        if len(texts) == 1 or (self.threads == 1 and len(texts) <= SUB_BATCH):
             return self.run(*self.tokenize(texts))
         # Length-sorted sub-batches: padding a whole batch to its longest text wastes ~25% of the
         # product tower's work on catalog text (4x256 int8 tower, 2 threads, batch 256: 650 products/s padded whole, 1,165 sorted).
         encs = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
+        size = min(SUB_BATCH, -(-len(texts) // self.threads))  # a small batch still uses every thread
+        parts = [order[lo:lo + size] for lo in range(0, len(order), size)]
         out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n, dim)
-        for lo in range(0, len(order), SUB_BATCH):
-            rows = order[lo:lo + SUB_BATCH]
+
+        def one(rows: list[int]) -> None:
             out[rows] = self.run(*self._pad([encs[i] for i in rows]))
+
+        if self.threads == 1:
+            for rows in parts:
+                one(rows)
+        else:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"onnx-{self.tower}")
+            for fut in [self._pool.submit(one, rows) for rows in parts]:
+                fut.result()
         return out
 
 

@@ -54,3 +54,20 @@ def test_onnx_encoder_length_sorted_batches_keep_row_order(trained_bundle):
     cos = np.einsum("nd,nd->n", batch, single)
     assert cos.min() > 0.99
     assert np.argmax(batch @ single.T, axis=1).tolist() == list(range(len(texts)))
+
+
+def test_onnx_encoder_parallel_sub_batches_match_one_thread(trained_bundle):
+    """threads=2 runs sub-batches side by side (a small batch too); rows keep their texts' vectors."""
+    from m5core.encoder import SUB_BATCH, OnnxEncoder
+
+    one, two = OnnxEncoder(trained_bundle, "product", threads=1), OnnxEncoder(trained_bundle, "product", threads=2)
+    try:
+        for n in (2, 5, 4 * SUB_BATCH + 3):
+            texts = [("blue wool socks " * (1 + i % 5)) + f"size {i}" for i in range(n)]
+            a, b = one.embed(texts), two.embed(texts)  # (n, dim) each
+            assert b.shape == (n, two.dim)
+            assert np.einsum("nd,nd->n", a, b).min() > 0.99
+            assert np.argmax(b @ a.T, axis=1).tolist() == list(range(n))
+        assert two._pool is not None and two._pool._max_workers == 2
+    finally:
+        two.close()
