@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -75,7 +76,7 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(self.bundle_dir / spec.onnx), opts, providers=["CPUExecutionProvider"])
         self._pad_id = self.tokenizer.token_to_id("[PAD]") or 0
         self.threads = max(1, threads)
-        self._pool = None  # ThreadPoolExecutor, made on the first batch that splits
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"onnx-{tower}") if self.threads > 1 else None  # starts threads on first use
 
     def close(self) -> None:
         if self._pool is not None:
@@ -116,14 +117,10 @@ class OnnxEncoder:
         def one(rows: list[int]) -> None:
             out[rows] = self.run(*self._pad([encs[i] for i in rows]))
 
-        if self.threads == 1:
+        if self._pool is None:
             for rows in parts:
                 one(rows)
         else:
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"onnx-{self.tower}")
             for fut in [self._pool.submit(one, rows) for rows in parts]:
                 fut.result()
         return out
