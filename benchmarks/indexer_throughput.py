@@ -143,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", type=Path, help="model bundle dir (default: HashEncoder(256))")
     ap.add_argument("--catalog", type=Path, help="catalog dir whose products.jsonl gives realistic text")
-    ap.add_argument("--events", type=int, default=5000, help="upserts for the throughput run")
+    ap.add_argument("--events", type=int, default=5000, help="upserts for the throughput run (per round)")
+    ap.add_argument("--rounds", type=int, default=1, help="throughput backlogs, each followed by an encoder probe (pooled share)")
     ap.add_argument("--batch", type=int, default=256, help="indexer max_batch = encoder batch")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     ap.add_argument("--partitions", type=int, default=3)
@@ -208,26 +209,38 @@ def main() -> None:
         if args.only == "backfill":
             _backfill_run(args, products, KafkaSink(args.kafka), s, enc, scheme, ns, bf_batch, bf_enc_rate, encoder_rate)
             return
-        # 2. sustained upserts/s: a backlog of events, drained by one indexer
+        # 2. sustained upserts/s: a backlog of events, drained by one indexer; --rounds backlogs, each
+        # followed by an encoder probe, so the pooled share samples the VM's swings alike for both
         sink = KafkaSink(args.kafka, linger_ms=20)
-        for key, value in _events(products, args.events, 1):
-            sink.send(changes, key, value)
-        sink.flush()
         store = RedisStore(args.redis, ns)
-        idx = Indexer(s, KafkaSource(args.kafka, [changes], s.group_id), KafkaSink(args.kafka), store, enc, scheme)
-        idx.process_with_retries(idx.source.poll(1, 5.0))  # join the group and warm up before timing
-        t0 = time.perf_counter()
-        done = 1
-        while done < args.events:
-            msgs = idx.source.poll(args.batch, 1.0)
-            if not msgs:
-                continue
-            idx.process_with_retries(msgs)
-            done += len(msgs)
-        secs = time.perf_counter() - t0
-        up_rate = (args.events - 1) / secs
-        print(json.dumps({"measure": "pipeline", "upserts_per_s": round(up_rate, 1), "events": args.events,
-                          "seconds": round(secs, 2), "share_of_encoder": round(up_rate / enc_rate, 3)}))
+        idx, probes, drained, drain_s = None, [enc_rate], 0, 0.0
+        for r in range(args.rounds):
+            for key, value in _events(products, args.events, 1 + r * (args.events // len(products) + 1)):  # newer versions each round
+                sink.send(changes, key, value)
+            sink.flush()
+            done = 0
+            if idx is None:
+                idx = Indexer(s, KafkaSource(args.kafka, [changes], s.group_id), KafkaSink(args.kafka), store, enc, scheme)
+                idx.process_with_retries(idx.source.poll(1, 5.0))  # join the group and warm up before timing
+                done = 1
+            n, t0 = args.events - done, time.perf_counter()
+            while done < args.events:
+                msgs = idx.source.poll(args.batch, 1.0)
+                if not msgs:
+                    continue
+                idx.process_with_retries(msgs)
+                done += len(msgs)
+            secs = time.perf_counter() - t0
+            probes.append(encoder_rate(args.batch))
+            drained, drain_s = drained + n, drain_s + secs
+            print(json.dumps({"measure": "pipeline_round" if args.rounds > 1 else "pipeline", "round": r,
+                              "upserts_per_s": round(n / secs, 1), "events": n, "seconds": round(secs, 2),
+                              "encoder_before": round(probes[-2], 1), "encoder_after": round(probes[-1], 1),
+                              "share_of_encoder": round(n / secs / ((probes[-2] + probes[-1]) / 2), 3)}), flush=True)
+        if args.rounds > 1:
+            rate, pooled = drained / drain_s, len(probes) / sum(1 / x for x in probes)
+            print(json.dumps({"measure": "pipeline", "upserts_per_s": round(rate, 1), "events": drained, "rounds": args.rounds,
+                              "encoder_pooled": round(pooled, 1), "share_pooled": round(rate / pooled, 3)}))
 
         # 3. freshness at a fixed rate: event ts is set at produce time. Two clocks: the indexer's own
         # (event -> store + feed flushed) and the service's (event -> in the index /search answers from:

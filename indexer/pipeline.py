@@ -133,18 +133,26 @@ class Indexer:
             self.store.touch(doc["asin"], doc["version"], orjson.dumps(doc), doc["updated_at"])
         M.SKIPPED_UNCHANGED.inc(len(plan.touch))
         if plan.embed:
-            # Chunks, each encoded on the worker thread while this one writes the chunk before (ONNX Runtime
-            # releases the GIL): store and feed writes no longer leave the encoder idle. All are written
-            # before the batch's offsets are committed, as before.
-            size = max(2 * SUB_BATCH, -(-len(plan.embed) // 4))
-            chunks = [plan.embed[i:i + size] for i in range(0, len(plan.embed), size)]
-            job = self._encoding.submit(self._encode, chunks[0], by_asin_msg, msgs)
-            for k, docs in enumerate(chunks):
+            # Two chunks: the last is encoded on the worker thread while this one writes the first (ONNX
+            # Runtime releases the GIL), and is small, so little is written after the encoder stops. All
+            # are written before the batch's offsets are committed. The batch is ordered by text length
+            # first, so each chunk pads little and its sub-batches take alike long on every thread
+            # (four chunks in arrival order ran the encoder at 0.72x its speed on the whole batch).
+            texts = [render_product(d, self.scheme) for d in plan.embed]
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            tail = 2 * SUB_BATCH
+            chunks = [order[:-tail], order[-tail:]] if len(order) > 2 * tail else [order]
+
+            def encode(rows: list[int]) -> np.ndarray | None:
+                return self._encode([plan.embed[i] for i in rows], [texts[i] for i in rows], by_asin_msg, msgs)
+
+            job = self._encoding.submit(encode, chunks[0])
+            for k, rows in enumerate(chunks):
                 vectors = job.result()
                 if k + 1 < len(chunks):
-                    job = self._encoding.submit(self._encode, chunks[k + 1], by_asin_msg, msgs)
+                    job = self._encoding.submit(encode, chunks[k + 1])
                 if vectors is not None:
-                    self._write(docs, vectors)
+                    self._write([plan.embed[i] for i in rows], vectors)
         now = time.time()
         for ts in plan.ts.values():
             M.FRESHNESS_SECONDS.observe(max(0.0, now - ts))
@@ -159,9 +167,8 @@ class Indexer:
                 self.sink.send(self.s.embeddings_topic, r.asin.encode(), encode_feed_value(r))
         M.WRITES.inc(sum(written))
 
-    def _encode(self, docs: list[dict], by_asin_msg, msgs) -> np.ndarray | None:
-        """(len(docs), dim) vectors, retried with back-off; None after the last try (the docs are dead-lettered)."""
-        texts = [render_product(d, self.scheme) for d in docs]
+    def _encode(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> np.ndarray | None:
+        """(len(docs), dim) vectors of the docs' rendered texts, retried with back-off; None after the last try (the docs are dead-lettered)."""
         delay = 0.1
         for attempt in range(1, self.s.encode_retries + 1):
             try:
