@@ -141,18 +141,15 @@ class Indexer:
             texts = [render_product(d, self.scheme) for d in plan.embed]
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
             tail = 2 * SUB_BATCH
-            chunks = [order[:-tail], order[-tail:]] if len(order) > 2 * tail else [order]
-
-            def encode(rows: list[int]) -> np.ndarray | None:
-                return self._encode([plan.embed[i] for i in rows], [texts[i] for i in rows], by_asin_msg, msgs)
-
-            job = self._encoding.submit(encode, chunks[0])
-            for k, rows in enumerate(chunks):
+            parts = [order[:-tail], order[-tail:]] if len(order) > 2 * tail else [order]
+            chunks = [([plan.embed[i] for i in part], [texts[i] for i in part]) for part in parts]  # (docs, texts)
+            job = self._encoding.submit(self._encode, *chunks[0], by_asin_msg, msgs)
+            for k, (docs, _) in enumerate(chunks):
                 vectors = job.result()
                 if k + 1 < len(chunks):
-                    job = self._encoding.submit(encode, chunks[k + 1])
+                    job = self._encoding.submit(self._encode, *chunks[k + 1], by_asin_msg, msgs)
                 if vectors is not None:
-                    self._write([plan.embed[i] for i in rows], vectors)
+                    self._write(docs, vectors)
         now = time.time()
         for ts in plan.ts.values():
             M.FRESHNESS_SECONDS.observe(max(0.0, now - ts))

@@ -48,8 +48,8 @@ class OnnxEncoder:
     splitting every operator across threads (intra-op). A 2-thread intra-op pool meets at a barrier
     after each operator, so whenever anything else takes a core (the indexer's own Python, Redis, the
     broker) both cores wait; independent sub-batches lose only the time actually taken. 4x256 int8
-    tower, batch 512, 2 cores: 1,035-1,221 products/s intra-op, 1,271-1,345 data parallel; with a
-    process busy 20% of one core beside it, ~570 against ~870 (docs/benchmarks.md, "Indexer").
+    tower, batch 512, 2 cores: 949-1,185 products/s intra-op, 1,299-1,344 side by side; beside a
+    process busy 20% of one core, 802-985 against 892-1,186 (benchmarks/encoder_threads.py).
     """
 
     def __init__(self, bundle_dir: Path | str, tower: Tower = "product", threads: int = 1, manifest: Manifest | None = None):
