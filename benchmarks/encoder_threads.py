@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,23 +32,6 @@ while True:
         pass
     time.sleep(0.01 * (1 - duty))
 """
-
-
-def intra_op_embed(enc, session):
-    """The pre-session-4 encoder: sorted sub-batches one after another on a 2-thread intra-op session."""
-    from m5core.encoder import SUB_BATCH
-
-    def embed(texts: list[str]) -> np.ndarray:
-        encs = enc.tokenizer.encode_batch(texts)
-        order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
-        out = np.empty((len(texts), enc.dim), dtype=np.float32)  # (n, dim)
-        for lo in range(0, len(order), SUB_BATCH):
-            rows = order[lo:lo + SUB_BATCH]
-            ids, mask = enc._pad([encs[i] for i in rows])
-            out[rows] = session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
-        return out
-
-    return embed
 
 
 def main() -> None:
@@ -71,11 +53,13 @@ def main() -> None:
     lines = open(args.products, "rb").readlines()
     texts = [render_product(orjson.loads(x), m.render_scheme) for x in lines[:: max(1, len(lines) // 4096)][:4096]]
     side = OnnxEncoder(args.bundle, "product", threads=2, manifest=m)
+    # The pre-session-4 encoder: the same sorted sub-batches, one at a time, on a 2-thread intra-op session.
+    old = OnnxEncoder(args.bundle, "product", threads=1, manifest=m)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    intra = intra_op_embed(side, ort.InferenceSession(str(args.bundle / m.towers["product"].onnx), opts,
-                                                      providers=["CPUExecutionProvider"]))
+    old.session = ort.InferenceSession(str(args.bundle / m.towers["product"].onnx), opts, providers=["CPUExecutionProvider"])
+    intra = old.embed
 
     def rate(embed) -> float:
         t0 = time.perf_counter()

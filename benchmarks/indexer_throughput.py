@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 import uuid
@@ -59,9 +60,6 @@ def _cpu_split(fn, in_thread: bool = False):
     share of the machine the encoder gets is the comparison that drift cannot move: alone it uses
     ~all of it, and every point lost is the pipeline's cost.
     """
-    import os
-    import threading
-
     tick = os.sysconf("SC_CLK_TCK")
 
     def cpu(tid: int | str) -> float:
@@ -87,6 +85,11 @@ def _cpu_split(fn, in_thread: bool = False):
     wall, p1, th1 = time.perf_counter() - t0, cpu("self"), others()
     python_threads = sum(c - th0.get(tid, 0.0) for tid, c in th1.items())
     return result, wall, (p1 - p0 - python_threads) / (wall * os.cpu_count())
+
+
+def _pooled(probes: list[float]) -> float:
+    """Encoder products/s over all probes: each encodes the same texts, so total texts / total seconds."""
+    return len(probes) / sum(1 / r for r in probes)
 
 
 def _products_of(path: Path, n: int) -> list[dict]:
@@ -238,7 +241,7 @@ def main() -> None:
                               "encoder_before": round(probes[-2], 1), "encoder_after": round(probes[-1], 1),
                               "share_of_encoder": round(n / secs / ((probes[-2] + probes[-1]) / 2), 3)}), flush=True)
         if args.rounds > 1:
-            rate, pooled = drained / drain_s, len(probes) / sum(1 / x for x in probes)
+            rate, pooled = drained / drain_s, _pooled(probes)
             print(json.dumps({"measure": "pipeline", "upserts_per_s": round(rate, 1), "events": drained, "rounds": args.rounds,
                               "encoder_pooled": round(pooled, 1), "share_pooled": round(rate / pooled, 3)}))
 
@@ -313,43 +316,36 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
     from m5core.stores.redis import RedisStore
 
     store = RedisStore(args.redis, ns + "-bf")
-    total = {"written": 0, "invalid": 0, "seconds": 0.0}
-    shares, probes, chunks = [], [rate_before], []
-    with tempfile.TemporaryDirectory() as tmp:
+    probes, chunks = [rate_before], []
+    with tempfile.TemporaryDirectory() as tmp, open(args.backfill_file or os.devnull, "rb") as src:
         if args.backfill_file is None:
             pieces = [products[: args.events]]
         else:
-            src = open(args.backfill_file, "rb")
             size = args.chunk or 10**12
             pieces = iter(lambda: [orjson.loads(x) for x in itertools.islice(src, size)], [])
         for k, piece in enumerate(pieces):
             path = Path(tmp) / "products.jsonl"
             write_jsonl(path, piece)
-            out, _, out["encoder_cpu_share"] = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))
+            out, _, cpu_share = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))
             rate_after, _, alone_share = _cpu_split(lambda: encoder_rate(bf_batch), in_thread=True)
             probes.append(rate_after)
-            out["encoder_cpu_share_alone"] = round(alone_share, 3)
-            out["encoder_cpu_share"] = round(out["encoder_cpu_share"], 3)
-            out["cpu_share_of_encoder"] = round(out["encoder_cpu_share"] / alone_share, 3)
-            mean = (rate_before + rate_after) / 2
-            out.update({"chunk": k, "encoder_before": round(rate_before, 1), "encoder_after": round(rate_after, 1),
-                        "share_of_encoder": round(out["products_per_s"] / mean, 3)})
+            out.update({"encoder_cpu_share": round(cpu_share, 3), "encoder_cpu_share_alone": round(alone_share, 3),
+                        "cpu_share_of_encoder": round(cpu_share / alone_share, 3), "chunk": k,
+                        "encoder_before": round(probes[-2], 1), "encoder_after": round(rate_after, 1),
+                        "share_of_encoder": round(out["products_per_s"] / ((probes[-2] + rate_after) / 2), 3)})
             print(json.dumps({"measure": "backfill_chunk" if args.chunk else "backfill", **out}), flush=True)
             chunks.append(out)
-            shares.append((out["written"], out["share_of_encoder"], out["cpu_share_of_encoder"]))
-            for key in total:
-                total[key] += out[key]
-            rate_before = rate_after
     if args.chunk:
-        n = max(1, total["written"])
-        rate = n / max(total["seconds"], 1e-9)
-        pooled = len(probes) / sum(1 / r for r in probes)  # every probe encodes the same texts: total texts / total seconds
-        print(json.dumps({"measure": "backfill", **total, "seconds": round(total["seconds"], 1),
-                          "products_per_s": round(rate, 1), "encoder_pooled": round(pooled, 1),
+        n = max(1, sum(c["written"] for c in chunks))
+        seconds = sum(c["seconds"] for c in chunks)
+        rate, pooled = n / max(seconds, 1e-9), _pooled(probes)
+        print(json.dumps({"measure": "backfill", "written": n, "invalid": sum(c["invalid"] for c in chunks),
+                          "seconds": round(seconds, 1), "products_per_s": round(rate, 1), "encoder_pooled": round(pooled, 1),
                           "share_pooled": round(rate / pooled, 3),
-                          "share_of_encoder": round(sum(w * sh for w, sh, _ in shares) / n, 3),
-                          "share_min": min(sh for _, sh, _ in shares),
-                          "cpu_share_of_encoder": round(sum(w * c for w, _, c in shares) / n, 3), "chunks": len(shares)}))
+                          "share_of_encoder": round(sum(c["written"] * c["share_of_encoder"] for c in chunks) / n, 3),
+                          "share_min": min(c["share_of_encoder"] for c in chunks),
+                          "cpu_share_of_encoder": round(sum(c["written"] * c["cpu_share_of_encoder"] for c in chunks) / n, 3),
+                          "chunks": len(chunks)}))
         if args.plot:
             plot_chunks(chunks, args.plot)
     sink.close()
