@@ -1,8 +1,8 @@
 """The vector-database peers of benchmarks/side_by_side.py behave: tuned recall and read-your-writes upserts.
 
 Behaviour only (no timings): each peer builds ~2k clustered vectors, reaches recall@10 >= 0.9 against exact
-search at the smallest effort the benchmark's tuning picks, and returns an upserted vector as its own top
-hit. Milvus Lite runs as its own local server process; Chroma runs in-process. No network.
+search at the smallest effort the benchmark's tuning picks, and returns an upserted vector among its own
+top 10. Milvus Lite runs as its own local server process; Chroma runs in-process. No network.
 """
 
 from __future__ import annotations
@@ -42,18 +42,20 @@ def test_peer_tuned_recall_and_upsert_visible(make_peer, data):
         found = peer.search(queries[:3], K, effort)  # (3, K) int keys
         assert found.shape == (3, K) and ((found >= 0) & (found < N)).all()
 
-        # Read-your-writes: an upserted vector is among its own top K within a second. Not "top 1 at
-        # once": an HNSW search at the smallest tuned ef can miss a fresh node far from the data's
-        # clusters (Chroma 1.5 did, once in CI), which is what the benchmark's freshness timing measures.
+        # Read-your-writes at the widest effort (ef 2048 > N visits the whole graph), so a miss means the
+        # write was not applied. At the tuned ef an HNSW search can miss a fresh node far from the data's
+        # clusters (Chroma 1.5 did, twice in CI): that is the peer's search quality, which the benchmark's
+        # freshness column reports ("not visible in 5 s"), not this wrapper's contract.
+        widest = max(peer.efforts)
         fresh = synthetic(3, DIM, seed=7)
         for i, v in enumerate(fresh):
             peer.upsert(50_000 + i, v)
-            assert _visible(peer, v, 50_000 + i, effort), f"{peer.name}: upsert {50_000 + i} not found in its own top {K}"
+            assert _visible(peer, v, 50_000 + i, widest), f"{peer.name}: upsert {50_000 + i} not found in its own top {K}"
 
         moved = -x[0]  # an upsert of an existing key replaces its vector
         peer.upsert(0, moved)
-        assert _visible(peer, moved, 0, effort)
-        assert 0 not in peer.search(x[0][None], K, effort)[0]
+        assert _visible(peer, moved, 0, widest)
+        assert 0 not in peer.search(x[0][None], K, widest)[0]
 
 
 def _visible(peer, v, key: int, effort: int, timeout_s: float = 1.0) -> bool:
