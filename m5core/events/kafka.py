@@ -14,6 +14,12 @@ from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.events.base import TopicPartition as TP
 
 
+# kafka-python caps its reconnect back-off at 30 s (the Java client at 1 s): after a broker outage our
+# clients would resume up to 30 s after the broker is back, which the freshness target cannot absorb.
+# One connection attempt a second per broker is cheap.
+_CLIENT_DEFAULTS = {"reconnect_backoff_max_ms": 1000}
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, on_revoked: Callable[[list[TP]], None] | None):
         self.on_revoked = on_revoked
@@ -35,7 +41,7 @@ class KafkaSource(EventSource):
             # A group with no commit starts at the beginning: nothing produced before the first commit is skipped.
             auto_offset_reset="earliest",
             max_poll_records=opts.pop("max_poll_records", 1000),
-            **opts,
+            **{**_CLIENT_DEFAULTS, **opts},
         )
         # Know the partitions before joining: a member that joins without a fresh topic's metadata is
         # assigned nothing, and the group only notices at the next metadata refresh (minutes).
@@ -87,7 +93,7 @@ class KafkaAssignedSource(KafkaSource):
 
     def __init__(self, bootstrap: str, topics: list[str], **opts):
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                                      auto_offset_reset="earliest", group_id=None, **opts)
+                                      auto_offset_reset="earliest", group_id=None, **{**_CLIENT_DEFAULTS, **opts})
         parts = []
         for t in topics:
             ids = self.consumer.partitions_for_topic(t) or {0}
@@ -104,7 +110,7 @@ class KafkaSink(EventSink):
         # kafka-python >= 3 enables idempotence by default (acks=all, bounded in-flight): retries cannot
         # duplicate or reorder a partition. Large batches matter more than linger: a feed record is
         # ~1.5 KB and kafka-python's sender is Python, so per-request cost dominates at 16 KB batches.
-        opts.setdefault("batch_size", 1 << 20)
+        opts = {**_CLIENT_DEFAULTS, "batch_size": 1 << 20, **opts}
         self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 5),
                                       retries=5, **opts)
         # Failures are collected by callback rather than by keeping every future until flush(): a

@@ -87,6 +87,8 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
             except redis.RedisError:
                 pass
             time.sleep(0.01)
+        assert at_kill >= 30 and not errors, (f"before the kill the indexer stored {at_kill} in 60 s, assigned "
+                                              f"{sorted(idx.source.consumer.assignment())}, errors {errors}")
         server.kill()  # SIGKILL mid-stream
         server.wait()
         time.sleep(0.5)
