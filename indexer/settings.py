@@ -3,12 +3,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from m5core.settings import BundleConfig, FeedConfig, StoreConfig
 
 
 class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
     group_id: str = "m5-indexer"
     """Kafka consumer group: indexers in one group share the partitions of catalog.changes."""
+    group_instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    """Static group membership: an indexer restarted under the same id (e.g. its pod name) takes its
+    partitions back at once, instead of after session_timeout_ms. Unset: dynamic membership."""
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    """How long the group waits for a member that stopped heartbeating (a crash) before its partitions
+    move; within the broker's group.{min,max}.session.timeout.ms (6 s-5 min by default)."""
     max_batch: int = 256
     """Most events encoded and written together."""
     max_wait_ms: int = 50

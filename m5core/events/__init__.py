@@ -4,14 +4,17 @@ from m5core.events.base import EventSink, EventSource, Message
 from m5core.settings import FeedConfig
 
 
-def open_source(settings: FeedConfig, topics: list[str], group: str | None, on_revoked=None) -> EventSource:
-    """A consumer of `topics`; group=None reads every partition without a group (index followers)."""
+def open_source(settings: FeedConfig, topics: list[str], group: str | None, **kafka_opts) -> EventSource:
+    """A consumer of `topics`; group=None reads every partition without a group (index followers).
+
+    kafka_opts go to the Kafka consumer (group membership settings); the local source has no group protocol.
+    """
     if settings.events == "kafka":
         from m5core.events.kafka import KafkaAssignedSource, KafkaSource
 
         if group is None:
             return KafkaAssignedSource(settings.kafka_bootstrap, topics)
-        return KafkaSource(settings.kafka_bootstrap, topics, group, on_revoked=on_revoked)
+        return KafkaSource(settings.kafka_bootstrap, topics, group, **kafka_opts)
     from m5core.events.local import LocalSource
 
     return LocalSource(settings.local_events_dir, topics, group or "follower")

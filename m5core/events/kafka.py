@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError
 from kafka.structs import OffsetAndMetadata
 
@@ -20,20 +19,8 @@ from m5core.events.base import TopicPartition as TP
 _CLIENT_DEFAULTS = {"reconnect_backoff_max_ms": 1000}
 
 
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_revoked: Callable[[list[TP]], None] | None):
-        self.on_revoked = on_revoked
-
-    def on_partitions_revoked(self, revoked):
-        if self.on_revoked:
-            self.on_revoked([(tp.topic, tp.partition) for tp in revoked])
-
-    def on_partitions_assigned(self, assigned):
-        pass
-
-
 class KafkaSource(EventSource):
-    def __init__(self, bootstrap: str, topics: list[str], group_id: str, on_revoked=None, **opts):
+    def __init__(self, bootstrap: str, topics: list[str], group_id: str, **opts):
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap.split(","),
             group_id=group_id,
@@ -48,7 +35,7 @@ class KafkaSource(EventSource):
         deadline = time.monotonic() + 10
         while any(not self.consumer.partitions_for_topic(t) for t in topics) and time.monotonic() < deadline:
             time.sleep(0.1)
-        self.consumer.subscribe(topics, listener=_Listener(on_revoked))
+        self.consumer.subscribe(topics)
 
     def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)

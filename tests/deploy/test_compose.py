@@ -62,6 +62,10 @@ def test_ports_and_env_match_the_settings_defaults():
         field = key.removeprefix("M5_").lower()
         assert field in ServiceSettings.model_fields or field in IndexerSettings.model_fields, key
     assert env["M5_KAFKA_BOOTSTRAP"] == "kafka:9092" and env["M5_REDIS_URL"].startswith("redis://redis:6379")
+    ienv = SERVICES["indexer"]["environment"]
+    assert {k: v for k, v in ienv.items() if k != "M5_GROUP_INSTANCE_ID"} == env  # one shared block
+    fields = {k.removeprefix("M5_").lower(): v for k, v in ienv.items()}
+    assert IndexerSettings(**{k: v for k, v in fields.items() if k in IndexerSettings.model_fields}).group_instance_id == "indexer-0"
 
 
 def _dockerfile_cmd(name: str) -> list[str]:

@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from catalog.events import iter_change_events
 from catalog.io import load_catalog
@@ -19,7 +20,12 @@ from m5core.stores.redis import RedisStore
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_kill_9_and_restart_converges(kafka_bootstrap, kafka_topics, redis_url, unique_name, trained_bundle, test_catalog):
+@pytest.mark.parametrize("membership", ["dynamic", "static"])
+def test_kill_9_and_restart_converges(membership, kafka_bootstrap, kafka_topics, redis_url, unique_name, trained_bundle,
+                                      test_catalog):
+    """Dynamic: the restarted indexer waits out the dead member's session (the default 10 s). Static (a
+    stable M5_GROUP_INSTANCE_ID): it takes the partitions back at once, so it converges well inside a
+    60 s session it would otherwise have to wait out."""
     products = [p for _, p in zip(range(150), load_catalog(test_catalog).products())]
     events = [ChangeEvent(op="upsert", asin=p["asin"], version=p["version"], ts=time.time(), product=p) for p in products]
     events += list(iter_change_events(products, 900, seed=5))
@@ -31,6 +37,8 @@ def test_kill_9_and_restart_converges(kafka_bootstrap, kafka_topics, redis_url, 
            "M5_NAMESPACE": unique_name("ns"), "M5_CHANGES_TOPIC": changes, "M5_EMBEDDINGS_TOPIC": feed,
            "M5_DLQ_TOPIC": kafka_topics("dlq"), "M5_GROUP_ID": unique_name("g"), "M5_BUNDLE": str(trained_bundle),
            "M5_MAX_BATCH": "16", "M5_METRICS_PORT": "0", "M5_ENCODE_THREADS": "1"}
+    if membership == "static":
+        env |= {"M5_GROUP_INSTANCE_ID": "indexer-0", "M5_SESSION_TIMEOUT_MS": "60000"}
     sink = KafkaSink(kafka_bootstrap)
     for e in events:
         sink.send(changes, e.asin.encode(), e.model_dump_json(exclude_none=True).encode())
@@ -47,12 +55,17 @@ def test_kill_9_and_restart_converges(kafka_bootstrap, kafka_topics, redis_url, 
 
     proc = subprocess.Popen(cmd, env=env, cwd=REPO)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
+        restarted = time.time()
+        converged = None
+        while time.time() < restarted + 120:
             got = dict(zip(final, store.versions_of(list(final))))
             if all(got[a][0] == v for a, (_, v) in final.items()):
+                converged = time.time() - restarted
                 break
             time.sleep(0.5)
+        assert converged is not None, "not converged 120 s after the restart"
+        if membership == "static":
+            assert converged < 45, f"static member waited {converged:.0f} s: the dead member's 60 s session, not a rejoin"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0  # graceful: finishes the batch, commits, exits 0
     finally:
