@@ -36,6 +36,7 @@ class Indexer:
         self.scheme = render_scheme
         self.stop = threading.Event()
         self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self._lag_at = float("-inf")
         M.BUNDLE_INFO.labels(encoder.version).set(1)
 
     # ------------------------------------------------------------------ loop
@@ -44,10 +45,10 @@ class Indexer:
         idle_since = time.monotonic()
         while not self.stop.is_set():
             msgs = self.source.poll(self.s.max_batch, self.s.max_wait_ms / 1000)
+            self._report_lag()  # busy or idle: lag matters most while there is a backlog
             if not msgs:
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     return
-                self._report_lag()
                 continue
             idle_since = time.monotonic()
             self.process_with_retries(msgs)
@@ -81,7 +82,12 @@ class Indexer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop.set())
 
-    def _report_lag(self) -> None:
+    def _report_lag(self, every_s: float = 1.0) -> None:
+        """At most once a second: a Kafka lag reading is a broker round trip (ListOffsets)."""
+        now = time.monotonic()
+        if now - self._lag_at < every_s:
+            return
+        self._lag_at = now
         try:
             for (t, p), lag in self.source.lag().items():
                 M.CONSUMER_LAG.labels(t, str(p)).set(lag)

@@ -1,8 +1,10 @@
 """The indexer against the real Kafka and Redis: ordering, dead letters, unchanged content, groups."""
 
 import threading
+import time
 
 import orjson
+from prometheus_client import REGISTRY
 
 from catalog.events import bad_events
 from indexer.parse import DeadLetter, parse_event
@@ -87,6 +89,30 @@ def test_price_only_patch_after_upsert_skips_the_encoder(pipeline):
     producer.flush()
     make(encoder=Counting()).run(max_idle_s=5.0)
     assert calls == [] and store.get("B000000001").product_version == 2
+
+
+def test_consumer_lag_is_reported_while_a_backlog_drains_and_reaches_zero(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    for i in range(600):
+        produce(f"B0L{i:07d}", upsert(f"B0L{i:07d}", 1))
+    producer.flush()
+    idx = make()
+    idx.s = s.model_copy(update={"max_batch": 16})
+
+    def lag() -> float:
+        return sum(REGISTRY.get_sample_value("m5_indexer_consumer_lag", {"topic": s.changes_topic, "partition": str(p)}) or 0
+                   for p in range(3))
+
+    seen = []
+    runner = threading.Thread(target=idx.run, kwargs={"max_idle_s": 2.5})
+    runner.start()
+    while runner.is_alive():
+        seen.append((lag(), store.count()))
+        time.sleep(0.005)
+    runner.join()
+    assert store.count() == 600
+    assert any(v > 0 and n < 600 for v, n in seen), "no lag reading while the backlog drained"
+    assert lag() == 0  # drained: the idle readings report zero
 
 
 def test_two_indexers_in_one_group_process_every_asin_once(pipeline):
