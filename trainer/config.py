@@ -165,7 +165,12 @@ PRESETS = {
     # make demo: the whole pipeline in a few minutes on 2 CPU cores
     "tiny": {"model": {"layers": 2, "hidden": 128, "heads": 2, "intermediate": 512, "proj_dim": 128},
              "pretrain": {"steps": 150, "micro_batch": 32}, "finetune": {"steps": 250, "batch": 64},
-             "distill": {"layers": 1, "hidden": 128, "heads": 2, "steps": 250}},
+             "distill": {"layers": 1, "hidden": 128, "heads": 2, "steps": 250},
+             # int8 costs this small model 1-2% recall@10 at product cosine 0.9999: 0.85% in one training,
+             # 1.9% in another, 1.3-3.2% for every dynamic-quantisation variant tried on it (docs/benchmarks.md,
+             # "Tiny preset: the int8 gate"). A 1% gate made `make demo` fail about half the time; the demo
+             # allows 4%. Cosine >= 0.99 still refuses a broken int8; the default preset keeps the 1% gate.
+             "export": {"max_metric_drop": 0.04}},
     # the benchmark run of docs/benchmarks.md (<= 15 minutes on 2 cores)
     "default": {},
     # fixtures for tests: seconds
