@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -26,14 +27,19 @@ class CheckpointError(RuntimeError):
 
 
 def init_distributed() -> None:
-    """A single process needs the rendezvous variables the launcher would set."""
-    for k, v in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29500 + os.getpid() % 1000), "RANK": "0",
-                 "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
-        os.environ.setdefault(k, v)
+    """A single process needs the rendezvous variables a launcher would set; a launcher's (WORLD_SIZE > 1) stand."""
+    if torch.distributed.is_initialized():
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # Always a fresh port: a parent that trained in-process passes its MASTER_PORT to every child it
+        # starts while its own rendezvous store still listens there (m5 demo under pytest hit EADDRINUSE).
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
     import deepspeed
 
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
 def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: bool = True) -> tuple[MLMModel, dict]:
