@@ -17,6 +17,7 @@ import yaml
 from catalog.events import bad_events, iter_change_events
 from catalog.io import load_catalog
 from m5core.events.local import LocalSink
+from tests.fixtures.services import wait_http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,17 +37,6 @@ def expressions() -> list[tuple[str, str]]:
     return out
 
 
-def _wait(url, timeout=60):
-    for _ in range(int(timeout * 5)):
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up")
-
-
 @pytest.fixture
 def running_stack(tmp_path, prometheus_url, trained_bundle, test_catalog):
     env = {**os.environ, "M5_STORE": "local", "M5_EVENTS": "local", "M5_LOCAL_STORE_PATH": str(tmp_path / "s.sqlite"),
@@ -62,8 +52,8 @@ def running_stack(tmp_path, prometheus_url, trained_bundle, test_catalog):
     procs = [subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env, cwd=REPO),
              subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", "8000"], env=env, cwd=REPO)]
     try:
-        _wait("http://127.0.0.1:9108/metrics")
-        _wait("http://127.0.0.1:8000/healthz")
+        wait_http_ok("http://127.0.0.1:9108/metrics", procs[0], 60)
+        wait_http_ok("http://127.0.0.1:8000/healthz", procs[1], 60)
         yield products, sink
     finally:
         for p in procs:

@@ -11,6 +11,8 @@ import time
 
 import httpx
 
+from tests.fixtures.services import wait_http_ok
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -33,16 +35,7 @@ def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "m5cli", "demo", "--workdir", str(work), "--port", base.rsplit(":", 1)[1]],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 900
-        while True:
-            assert proc.poll() is None, f"m5 demo exited {proc.returncode}:\n{_tail(log)}"
-            assert time.time() < deadline, f"not ready in 900 s:\n{_tail(log)}"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+        wait_http_ok(f"{base}/readyz", proc, 900, log)
 
         found = httpx.post(f"{base}/search", json={"query": "red running shoes", "k": 5}, timeout=10).json()
         assert len(found["hits"]) == 5 and found["index_size"] == 5000

@@ -9,10 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from catalog.io import read_jsonl, write_jsonl
@@ -22,6 +20,7 @@ from m5core.encoder import OnnxEncoder
 from m5core.schema import content_hash, render_product
 from m5core.stores.base import VectorRecord
 from m5core.stores.local import LocalStore
+from tests.fixtures.services import wait_http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 N_PRODUCTS = 150
@@ -56,16 +55,7 @@ def served(trained_bundle, test_catalog, tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            assert proc.poll() is None, "service exited during start-up"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("service not ready in 30 s")
+        wait_http_ok(f"{url}/readyz", proc, 30)
         yield url, catalog
     finally:
         proc.send_signal(signal.SIGTERM)
