@@ -4,31 +4,20 @@ It answers, follows catalog changes, and stops cleanly on Ctrl-C."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 
-from tests.fixtures.services import wait_http_ok
+from tests.fixtures.services import free_port, log_tail, wait_http_ok
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path) -> str:
-    return path.read_text(errors="replace")[-3000:]
-
-
 def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
     work, log = tmp_path / "demo", tmp_path / "demo.log"
-    base = f"http://127.0.0.1:{_free_port()}"
+    base = f"http://127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("M5_")}  # the embedded defaults, as for a new user
     with open(log, "wb") as out:
         # its own process group, so the interrupt reaches the server and the indexer as a terminal's Ctrl-C would
@@ -48,11 +37,11 @@ def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
                         "--local-events-dir", str(work / "events")], cwd=REPO, env=env, check=True, capture_output=True)
         deadline = time.time() + 60
         while httpx.post(f"{base}/search", json={"query": "red running shoes", "k": 1}, timeout=10).json()["index_size"] == 5000:
-            assert time.time() < deadline, f"the index did not follow the change events in 60 s:\n{_tail(log)}"
+            assert time.time() < deadline, f"the index did not follow the change events in 60 s:\n{log_tail(log)}"
             time.sleep(0.5)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=60)
-    assert rc == 0, _tail(log)
+    assert rc == 0, log_tail(log)
     assert "indexer stopped cleanly" in log.read_text(errors="replace")

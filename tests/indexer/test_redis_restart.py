@@ -4,7 +4,6 @@ Uses a private redis-server on a free port (appendfsync always), never the share
 """
 
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -17,13 +16,8 @@ from indexer.settings import IndexerSettings
 from m5core.encoder import HashEncoder
 from m5core.events.kafka import KafkaSink, KafkaSource
 from m5core.stores.redis import RedisStore
+from tests.fixtures.services import free_port
 from tests.indexer.conftest import delete, upsert
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(port: int, data_dir) -> subprocess.Popen:
@@ -43,7 +37,7 @@ def _start(port: int, data_dir) -> subprocess.Popen:
 
 def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_topics, unique_name, tmp_path):
     assert shutil.which("redis-server"), "redis-server is needed (deploy/local/services.sh installs it)"
-    port = _free_port()
+    port = free_port()
     server = _start(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
     s = IndexerSettings(store="redis", events="kafka", redis_url=url, kafka_bootstrap=kafka_bootstrap, namespace="ns",

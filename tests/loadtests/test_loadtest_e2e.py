@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,16 +19,10 @@ from m5core.encoder import OnnxEncoder
 from m5core.schema import content_hash, render_product
 from m5core.stores.base import VectorRecord
 from m5core.stores.local import LocalStore
-from tests.fixtures.services import wait_http_ok
+from tests.fixtures.services import free_port, wait_http_ok
 
 REPO = Path(__file__).resolve().parents[2]
 N_PRODUCTS = 150
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def served(trained_bundle, test_catalog, tmp_path_factory):
                             p["updated_at"], json.dumps(p).encode()) for p, v in zip(products, vectors)])
     store.close()
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "M5_STORE": "local", "M5_LOCAL_STORE_PATH": str(root / "store.sqlite"), "M5_NAMESPACE": "lt",
            "M5_EVENTS": "local", "M5_LOCAL_EVENTS_DIR": str(root / "events"), "M5_BUNDLE": str(trained_bundle)}
     proc = subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env=env, cwd=REPO)
