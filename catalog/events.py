@@ -8,8 +8,8 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
-from catalog.vocab import CHOICES, LANG_OF_LOCALE, format_value
-from m5core.schema import ChangeEvent
+from catalog.vocab import CHOICES, format_value
+from m5core.schema import ChangeEvent, language_of
 
 # op mix: text edits re-embed, attribute edits re-embed, price/stock edits must not, deletes
 MIX = (("upsert", 0.45), ("patch_attr", 0.2), ("patch_price", 0.25), ("delete", 0.1))
@@ -42,7 +42,7 @@ def iter_change_events(products: Iterable[dict], count: int, seed: int = 0, star
             yield ChangeEvent(op="upsert", asin=asin, version=version, ts=ts, product=doc)
         elif op == "patch_attr":
             name = rng.choice(list(doc["attributes"]) or ["colour"])
-            value = format_value(name, rng.choice(CHOICES.get(name, ["x"])), LANG_OF_LOCALE[doc["locale"]])
+            value = format_value(name, rng.choice(CHOICES.get(name, ["x"])), language_of(doc["locale"]))
             doc["attributes"] = {**doc["attributes"], name: value}
             yield ChangeEvent(op="patch", asin=asin, version=version, ts=ts, attributes={name: value})
         elif op == "patch_price":

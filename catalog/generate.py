@@ -25,9 +25,7 @@ from catalog.vocab import (
     COMPLEMENTS,
     DESC_TEMPLATES,
     KEY_ATTRIBUTES,
-    LANG_OF_LOCALE,
     LOCALE_OF,
-    MARKETPLACE_OF_LOCALE,
     MATERIALS_OF,
     SELLER_PHRASES,
     SYLLABLES,
@@ -36,6 +34,7 @@ from catalog.vocab import (
     format_value,
     word,
 )
+from m5core.schema import default_marketplace, language_of
 
 GENERATOR_VERSION = "m5-catalog/2"
 POOL_CAP = 200_000
@@ -145,7 +144,7 @@ def _unit_variant(name: str, value: str) -> str:
 
 def render_listing(item: Item, locale: str, variant: str, rng: random.Random) -> dict:
     """Title, description, bullets and attributes of one listing of an item in a locale."""
-    lang = LANG_OF_LOCALE[locale]
+    lang = language_of(locale)
     tname = TYPES[item.type][1][lang]
     attrs_txt = {}
     for name, value in item.attrs.items():
@@ -181,7 +180,7 @@ def render_listing(item: Item, locale: str, variant: str, rng: random.Random) ->
 def _product(asin: str, item: Item, locale: str, listing: dict, version: int, rng: random.Random) -> dict:
     return {
         "asin": asin,
-        "marketplace": MARKETPLACE_OF_LOCALE[locale],
+        "marketplace": default_marketplace(locale),
         "locale": locale,
         "product_line": TYPES[item.type][0],
         "product_type": item.type,
@@ -283,7 +282,7 @@ def _make_query(qid: str, pool: _Pool, head_pool: list[Compact], rng: random.Ran
     head = rng.random() < 0.3
     seed_p = rng.choice(head_pool if head else pool.items)
     item, locale = seed_p.item, seed_p.locale
-    lang = LANG_OF_LOCALE[locale]
+    lang = language_of(locale)
     form = rng.choice(_FORMS)
     if rng.random() < P_SPECIFIC_QUERY:
         qattrs = dict(item.attrs)

@@ -8,9 +8,7 @@ and lexical-gap queries ask with synonyms or another language's words.
 from __future__ import annotations
 
 LANGS = ("en", "de", "ar")
-LOCALE_OF = {"us": "en_US", "de": "de_DE", "ae": "ar_AE"}
-LANG_OF_LOCALE = {"en_US": "en", "de_DE": "de", "ar_AE": "ar"}
-MARKETPLACE_OF_LOCALE = {"en_US": "US", "de_DE": "DE", "ar_AE": "AE"}
+LOCALE_OF = {"us": "en_US", "de": "de_DE", "ae": "ar_AE"}  # the generator's locales; language and marketplace follow from the tag
 
 # type -> (product_line, {lang: name}, english synonym, attribute names)
 TYPES: dict[str, tuple[str, dict[str, str], str, tuple[str, ...]]] = {
@@ -121,9 +119,9 @@ SYLLABLES = ["ka", "lo", "mi", "ra", "to", "ve", "zu", "no", "pi", "sa", "de", "
 
 
 def word(value: str, lang: str) -> str:
-    """A canonical attribute value in a language (numbers and codes pass through)."""
+    """A canonical attribute value in a language (numbers and codes pass through; English where the vocabulary lacks the language)."""
     w = WORDS.get(value)
-    return w[lang] if w else value
+    return w.get(lang, w["en"]) if w else value
 
 
 def canonical_value(name: str, text: str) -> str:

@@ -5,12 +5,21 @@ its locale, the only ones judged for it, as in ESCI; `scope="all"` searches the 
 cosine (faiss IndexFlatIP) or by a sparse scorer (BM25, one index per marketplace); Recall@100 and MAP count Exact products as
 relevant, nDCG@10 uses graded gains (E=1, S=0.1, C=0.01), Exact@10 is the Exact share of the top
 10. Slices: lexical gap (Exact products share no content word with the query), head, tail.
-Duplicates: ROC-AUC per product line and overall, recall at 90% precision, pair score = cosine.
+Per language (the query's locale, `m5core.schema.language_of`): the same search metrics with their
+query counts. A query without a `lexical_gap` flag (hand-written sets) gets it computed by the data
+card's rule; one without `head` is in neither the head nor the tail slice.
+Duplicates: ROC-AUC overall, per product line and per language (of the pair's two listings: "en", or
+"de+en" across two), recall at 90% precision, pair score = cosine.
+
+Two sets: the synthetic catalog's split and the hand-written EN/DE/AR(+) set (`handwritten_dir()`),
+never used for training or tuning; `run_eval` evaluates one encoder on both and reports them side by side.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,6 +28,7 @@ from typing import Protocol
 import numpy as np
 import orjson
 
+from catalog.generate import content_words
 from catalog.io import CatalogError, load_catalog
 from evaluation.metrics import (
     average_precision,
@@ -30,11 +40,32 @@ from evaluation.metrics import (
     roc_auc,
     roc_curve,
 )
-from m5core.schema import render_product
+from m5core.schema import language_of, render_product
 
 log = logging.getLogger(__name__)
 RECALL_KS = (1, 5, 10, 20, 50, 100)
 SEARCH_METRICS = ("recall_at_100", "map", "ndcg_at_10", "exact_share_at_10")
+
+# The hand-written evaluation set: a catalog directory (products, queries, judgements, clusters,
+# duplicate_pairs; every row split "test") beside this package, so an installed checkout finds it too.
+HANDWRITTEN_DIR = Path(__file__).resolve().parent / "handwritten"
+HANDWRITTEN_ENV = "M5_HANDWRITTEN_DIR"
+HANDWRITTEN_SPLIT = "test"
+SYNTHETIC, HANDWRITTEN = "synthetic", "handwritten"  # report.json keys, file prefixes
+SET_LABEL = {SYNTHETIC: "synthetic {split}", HANDWRITTEN: "hand-written"}
+
+
+def handwritten_dir(override: Path | str | None = None) -> Path:
+    """Where the hand-written set lives: `override`, else $M5_HANDWRITTEN_DIR, else evaluation/handwritten/."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get(HANDWRITTEN_ENV)
+    return Path(env) if env else HANDWRITTEN_DIR
+
+
+def is_catalog(directory: Path | str) -> bool:
+    """True when `directory` holds what the harness reads: products, queries and judgements."""
+    return all((Path(directory) / f"{name}.jsonl").is_file() for name in ("products", "queries", "judgements"))
 
 
 class Encoder(Protocol):
@@ -64,6 +95,33 @@ def _embed_all(encoder: Encoder, texts: list[str], batch: int) -> tuple[np.ndarr
             last = now
     out = np.concatenate(chunks).astype(np.float32)  # (n, dim)
     return out, len(texts) / max(1e-9, time.perf_counter() - t0)
+
+
+def lexical_gap(query: str, exact: list[dict]) -> bool:
+    """The data card's rule: the query has Exacts and none shares a content word (title, description, bullets)."""
+    words = content_words(query)
+    return bool(exact) and all(
+        not words & content_words(" ".join([p["title"], p.get("description") or "", *(p.get("bullet_points") or [])])) for p in exact)
+
+
+def pair_language(locale_a: str, locale_b: str) -> str:
+    """Language key of a duplicate pair: "de" when both listings are German, "de+en" across two languages."""
+    return "+".join(sorted({language_of(locale_a), language_of(locale_b)}))
+
+
+def _mean_metrics(rows: list[dict]) -> dict:
+    if not rows:
+        return {"queries": 0}
+    return {m: round(float(np.mean([x[m] for x in rows])), 4) for m in SEARCH_METRICS} | {"queries": len(rows)}
+
+
+def _auc_by(keys: list[str], scores: list[float], labels: list[int]) -> dict[str, float]:
+    """ROC-AUC per key, for the keys whose pairs hold both labels."""
+    groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for key, s, y in zip(keys, scores, labels):
+        groups[key][0].append(s)
+        groups[key][1].append(y)
+    return {key: round(roc_auc(s, y), 4) for key, (s, y) in sorted(groups.items()) if 0 < sum(y) < len(y)}
 
 
 def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "test", *, product_encoder: Encoder | None = None,
@@ -128,22 +186,26 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
         report["encode_products_per_s"] = round(report["encode_products_per_s"], 1)
         report["encode_queries_per_s"] = round(report["encode_queries_per_s"], 1)
 
+    by_asin = {p["asin"]: p for p in products}
     rows = []
     for q, r in zip(queries, ranked):
         labels = judg[q["query_id"]]
         exact = {a for a, lbl in labels.items() if lbl == "E"}
-        rows.append({"gap": q["lexical_gap"], "head": q["head"], "recall_at_100": recall_at_k(r, exact, k),
-                     "map": average_precision(r, exact, k), "ndcg_at_10": ndcg_at_k(r, labels, 10),
-                     "exact_share_at_10": exact_share_at_k(r, labels, 10),
+        gap = q["lexical_gap"] if "lexical_gap" in q else lexical_gap(q["text"], [by_asin[a] for a in exact if a in by_asin])
+        rows.append({"gap": bool(gap), "head": q.get("head"), "language": language_of(q["locale"]),
+                     "recall_at_100": recall_at_k(r, exact, k), "map": average_precision(r, exact, k),
+                     "ndcg_at_10": ndcg_at_k(r, labels, 10), "exact_share_at_10": exact_share_at_k(r, labels, 10),
                      "recall_curve": [recall_at_k(r, exact, kk) for kk in RECALL_KS]})
-    slices = {"search": lambda x: True, "search_lexical_gap": lambda x: x["gap"], "search_head": lambda x: x["head"],
-              "search_tail": lambda x: not x["head"]}
+    slices = {"search": lambda x: True, "search_lexical_gap": lambda x: x["gap"], "search_head": lambda x: x["head"] is True,
+              "search_tail": lambda x: x["head"] is False}
     curves: dict = {"recall_at_k": {"k": list(RECALL_KS)}}
     for name, sel in slices.items():
         sub = [x for x in rows if sel(x)]
-        report[name] = ({m: round(float(np.mean([x[m] for x in sub])), 4) for m in SEARCH_METRICS} | {"queries": len(sub)}) if sub else {"queries": 0}
+        report[name] = _mean_metrics(sub)
         if sub:
             curves["recall_at_k"][name] = [float(v) for v in np.mean([x["recall_curve"] for x in sub], axis=0)]
+    report["search_by_language"] = {lang: _mean_metrics([x for x in rows if x["language"] == lang])
+                                    for lang in sorted({x["language"] for x in rows})}
 
     text_of = dict(zip(asins, texts))
     pairs = [d for d in cat.duplicate_pairs(split) if d["asin_a"] in text_of and d["asin_b"] in text_of]
@@ -161,11 +223,9 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
         labels = [d["label"] for d in pairs]
         dup = {"pairs": len(pairs), "positives": int(sum(labels)), "score": score_kind,
                "auc": round(roc_auc(scores, labels), 4), "recall_at_p90": round(recall_at_precision(scores, labels, 0.9), 4)}
-        per_line: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
-        for d, s in zip(pairs, scores):
-            per_line[d["product_line"]][0].append(s)
-            per_line[d["product_line"]][1].append(d["label"])
-        dup["auc_by_product_line"] = {pl: round(roc_auc(s, y), 4) for pl, (s, y) in sorted(per_line.items()) if 0 < sum(y) < len(y)}
+        dup["auc_by_product_line"] = _auc_by([d["product_line"] for d in pairs], scores, labels)
+        dup["auc_by_language"] = _auc_by([pair_language(by_asin[d["asin_a"]]["locale"], by_asin[d["asin_b"]]["locale"]) for d in pairs],
+                                         scores, labels)
         report["duplicates"] = dup
         curves["roc"] = roc_curve(scores, labels)
         curves["pr"] = pr_curve(scores, labels)
@@ -174,29 +234,99 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
     return report
 
 
-HEADER = ("| encoder | Recall@100 | MAP | nDCG@10 | Exact@10 | gap Recall@100 | gap nDCG@10 | head nDCG@10 | tail nDCG@10 "
-          "| dup AUC | dup R@P90 |\n|---|---|---|---|---|---|---|---|---|---|---|")
+MAIN_COLUMNS = ("Recall@100", "MAP", "nDCG@10", "Exact@10", "gap Recall@100", "gap nDCG@10", "head nDCG@10", "tail nDCG@10",
+                "dup AUC", "dup R@P90")
+LANGUAGE_COLUMNS = ("language", "queries", "Recall@100", "MAP", "nDCG@10", "Exact@10", "dup AUC")
 
 
-def markdown_row(name: str, r: dict) -> str:
-    nan = float("nan")
+def table_header(*columns: str) -> str:
+    return "| " + " | ".join(columns) + " |\n" + "|---" * len(columns) + "|"
+
+
+HEADER = table_header("encoder", *MAIN_COLUMNS)
+SET_HEADER = table_header("set", "encoder", *MAIN_COLUMNS)
+LANGUAGE_HEADER = table_header("set", "encoder", *LANGUAGE_COLUMNS)
+
+
+def _cells(values) -> str:
+    """Three decimals; "-" where a slice or a duplicate task has nothing to measure."""
+    return " | ".join("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}" for v in values)
+
+
+def _lead(name: str, set_name: str | None) -> str:
+    return f"| {name} | " if set_name is None else f"| {set_name} | {name} | "
+
+
+def markdown_row(name: str, r: dict, set_name: str | None = None) -> str:
+    """One row under HEADER, or under SET_HEADER when `set_name` is given."""
     s, g, d = r["search"], r.get("search_lexical_gap", {}), r.get("duplicates", {})
     h, t = r.get("search_head", {}), r.get("search_tail", {})
-    cells = [s["recall_at_100"], s["map"], s["ndcg_at_10"], s["exact_share_at_10"], g.get("recall_at_100", nan),
-             g.get("ndcg_at_10", nan), h.get("ndcg_at_10", nan), t.get("ndcg_at_10", nan), d.get("auc", nan), d.get("recall_at_p90", nan)]
-    return f"| {name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |"
+    cells = [s.get("recall_at_100"), s.get("map"), s.get("ndcg_at_10"), s.get("exact_share_at_10"), g.get("recall_at_100"),
+             g.get("ndcg_at_10"), h.get("ndcg_at_10"), t.get("ndcg_at_10"), d.get("auc"), d.get("recall_at_p90")]
+    return _lead(name, set_name) + _cells(cells) + " |"
+
+
+def language_rows(name: str, r: dict, set_name: str | None = None) -> list[str]:
+    """One row per query language under LANGUAGE_HEADER (without its `set` column when `set_name` is None).
+
+    dup AUC is that of the pairs whose two listings are both in the language (cross-language pairs are
+    in `duplicates.auc_by_language` only)."""
+    dup = r.get("duplicates", {}).get("auc_by_language", {})
+    return [_lead(name, set_name) + f"{lang} | {m['queries']} | " + _cells([m.get(x) for x in SEARCH_METRICS] + [dup.get(lang)]) + " |"
+            for lang, m in r.get("search_by_language", {}).items()]
+
+
+def comparison_tables(results: list[tuple[str, str, dict | str]]) -> list[str]:
+    """Markdown lines: the metrics table with a `set` column, then the per-language table.
+
+    results: (set label, encoder name, report) in display order; a string in place of the report is the
+    reason that encoder could not be evaluated (an optional baseline not installed)."""
+    main, langs = [SET_HEADER], [LANGUAGE_HEADER]
+    for set_name, name, r in results:
+        if isinstance(r, str):
+            main.append(_lead(f"{name}: {r}", set_name) + " | ".join(["-"] * len(MAIN_COLUMNS)) + " |")
+            continue
+        main.append(markdown_row(name, r, set_name))
+        langs += language_rows(name, r, set_name)
+    return [*main, "", "Per language of the query (`m5core.schema.language_of` of its locale):", "", *langs]
+
+
+def _describe(r: dict) -> str:
+    return (f"{r['products']} products, {r['queries']} judged queries ({r['search_lexical_gap']['queries']} lexical-gap), "
+            f"render scheme `{r['scheme']}`, {r['scope']} scope")
+
+
+def _duplicates_line(r: dict) -> str:
+    d = r["duplicates"]
+    return (f"Duplicates: {d['pairs']} pairs ({d['positives']} positive), score {d['score']}; AUC by product line: "
+            + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_product_line"].items()) or "-")
+            + "; by language: " + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_language"].items()) or "-"))
+
+
+def _throughput_line(r: dict) -> str:
+    speed = {k: r[k] for k in ("encode_products_per_s", "encode_queries_per_s", "queries_per_s", "index_seconds") if k in r}
+    return "Throughput: " + ", ".join(f"{k} {v}" for k, v in speed.items())
 
 
 def to_markdown(name: str, r: dict) -> str:
-    lines = [f"# Evaluation: {name} on split {r['split']}", "",
-             f"{r['products']} products, {r['queries']} judged queries ({r['search_lexical_gap']['queries']} lexical-gap), "
-             f"render scheme `{r['scheme']}`, {r['scope']} scope.", "", HEADER, markdown_row(name, r), ""]
+    """One report: the metrics row, the per-language rows, duplicates and throughput."""
+    lines = [f"# Evaluation: {name} on split {r['split']}", "", _describe(r) + ".", "", HEADER, markdown_row(name, r), "",
+             table_header("encoder", *LANGUAGE_COLUMNS), *language_rows(name, r), ""]
     if "duplicates" in r:
-        d = r["duplicates"]
-        lines += [f"Duplicates: {d['pairs']} pairs ({d['positives']} positive), score {d['score']}; AUC by product line: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_product_line"].items()), ""]
-    speed = {k: r[k] for k in ("encode_products_per_s", "encode_queries_per_s", "queries_per_s", "index_seconds") if k in r}
-    lines.append("Throughput: " + ", ".join(f"{k} {v}" for k, v in speed.items()))
+        lines += [_duplicates_line(r), ""]
+    lines.append(_throughput_line(r))
+    return "\n".join(lines) + "\n"
+
+
+def sets_markdown(name: str, sets: dict[str, dict]) -> str:
+    """One encoder on several sets (synthetic split, hand-written) side by side, a `set` column in each table."""
+    lines = [f"# Evaluation: {name}", ""]
+    lines += [f"- {r['set']} (`{r['catalog']}`): {_describe(r)}." for r in sets.values()]
+    lines += ["", *comparison_tables([(r["set"], name, r) for r in sets.values()]), ""]
+    for r in sets.values():
+        if "duplicates" in r:
+            lines += [f"{r['set']}: {_duplicates_line(r)}", ""]
+    lines += [f"{r['set']}: {_throughput_line(r)}" for r in sets.values()]
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +365,10 @@ def write_plots(name: str, r: dict, out: Path, prefix: str = "") -> list[Path]:
 
 
 def build_encoders(kind: str, bundle: Path | None = None, threads: int = 2):
-    """(name, kwargs for evaluate, scheme) for `m5 eval --encoder`."""
+    """(name, kwargs for evaluate, scheme) for `m5 eval --encoder`.
+
+    Baselines read the `plain` rendering (field tokens mean nothing to BM25 or MiniLM); a bundle reads the
+    scheme it was trained on, from its manifest, as the indexer renders products for it."""
     from evaluation import baselines
 
     if kind == "bm25":
@@ -256,18 +389,37 @@ def build_encoders(kind: str, bundle: Path | None = None, threads: int = 2):
     raise ValueError(f"encoder: unknown {kind!r} (choose bm25, random, minilm, bundle)")
 
 
-def run_eval(catalog_dir: Path, encoder: str, bundle: Path | None, split: str, out: Path | None, threads: int = 2,
-             scope: str = "marketplace") -> dict:
-    """Evaluate one encoder kind; write report.json, report.md and PNGs to `out` when given."""
-    cat = load_catalog(catalog_dir)
-    cat.judgements()  # fail on a catalog without judgements before loading a model
+def run_eval(catalog_dir: Path | None, encoder: str, bundle: Path | None, split: str, out: Path | None, threads: int = 2,
+             scope: str = "marketplace", handwritten: Path | None = None) -> dict:
+    """Evaluate one encoder kind on the synthetic catalog's `split` and/or the hand-written set's test split.
+
+    The same encoder (and render scheme) scores every set. Returns {"encoder", "sets": {SYNTHETIC|HANDWRITTEN:
+    report}, "markdown"}; with `out`, writes report.json (one key per set), report.md and PNGs prefixed by set.
+
+    Raises:
+        CatalogError: a set without judgements (checked before any model is loaded) or without judged queries.
+        ValueError: neither a catalog nor the hand-written set to evaluate.
+    """
+    targets = []
+    if catalog_dir is not None:
+        targets.append((SYNTHETIC, SET_LABEL[SYNTHETIC].format(split=split), Path(catalog_dir), split))
+    if handwritten is not None:
+        targets.append((HANDWRITTEN, SET_LABEL[HANDWRITTEN], Path(handwritten), HANDWRITTEN_SPLIT))
+    if not targets:
+        raise ValueError("nothing to evaluate: give a catalog (--catalog), the hand-written set, or both")
+    for _, _, directory, _ in targets:
+        load_catalog(directory).judgements()  # fail on a catalog without judgements before loading a model
     name, kwargs, scheme = build_encoders(encoder, bundle, threads)
-    r = evaluate(catalog_dir=catalog_dir, split=split, scheme=scheme, scope=scope, **kwargs)
-    r["encoder"] = name
-    r["markdown"] = to_markdown(name, r)
+    sets = {}
+    for key, label, directory, set_split in targets:
+        r = evaluate(catalog_dir=directory, split=set_split, scheme=scheme, scope=scope, **kwargs)
+        sets[key] = r | {"encoder": name, "set": label, "catalog": str(directory)}
+    result = {"encoder": name, "sets": sets, "markdown": sets_markdown(name, sets)}
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        r["plots"] = [p.name for p in write_plots(name, r, out)]
-        (out / "report.json").write_bytes(orjson.dumps({k: v for k, v in r.items() if k != "curves"}, option=orjson.OPT_INDENT_2))
-        (out / "report.md").write_text(r["markdown"])
-    return r
+        for key, r in sets.items():
+            r["plots"] = [p.name for p in write_plots(f"{name}, {r['set']}", r, out, prefix=f"{key}_")]
+        (out / "report.json").write_bytes(orjson.dumps({key: {k: v for k, v in r.items() if k != "curves"} for key, r in sets.items()},
+                                                       option=orjson.OPT_INDENT_2))
+        (out / "report.md").write_text(result["markdown"])
+    return result

@@ -41,7 +41,8 @@ class AnnIndex:
         self._versions = np.zeros(0, dtype=np.int64)
         self._live = np.zeros(0, dtype=bool)
         self._n_live = None
-        self._masks: dict[tuple[str, str], np.ndarray] = {}  # ("locale", "de_DE") -> bool by dense id
+        # ("locale", "de_DE") -> bool by dense id; made when a value is first indexed (values are open)
+        self._masks: dict[tuple[str, str], np.ndarray] = {}
         self._sel_cache: dict[tuple, tuple[faiss.IDSelectorBitmap, np.ndarray]] = {}
         self._index = self._new_index(self.kind)
 
@@ -208,17 +209,20 @@ class AnnIndex:
 
     # ------------------------------------------------------------------ search
     def _selector(self, locale: str | None, product_line: str | None):
-        """(IDSelectorBitmap, share of live vectors it keeps), cached until the next update."""
+        """(IDSelectorBitmap, share of live vectors it keeps), cached until the next update; None when
+        a filter value is one no product has had, so nothing matches."""
         key = (locale, product_line)
         hit = self._sel_cache.get(key)
         if hit is not None:
             return hit[0], hit[2]
+        wanted = [self._masks.get(k) for k in (("locale", locale), ("product_line", product_line)) if k[1] is not None]
+        if any(m is None for m in wanted):
+            # Neither cached nor given a mask: filter values are open, so caching them would let callers grow memory.
+            return None
         n = len(self._asins)
         mask = self._live[:n].copy()
-        if locale is not None:
-            mask &= self._mask("locale", locale)[:n]
-        if product_line is not None:
-            mask &= self._mask("product_line", product_line)[:n]
+        for m in wanted:
+            mask &= m[:n]
         bits = np.packbits(mask, bitorder="little")
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
         share = float(mask.sum()) / max(1, len(self))
@@ -245,7 +249,10 @@ class AnnIndex:
                 return [[] for _ in range(len(queries))]
             kk = min(k + (1 if exclude else 0), n_live)
             filtered = locale is not None or product_line is not None or self.kind == "hnsw"
-            sel, share = self._selector(locale, product_line) if filtered else (None, 1.0)
+            picked = self._selector(locale, product_line) if filtered else (None, 1.0)
+            if picked is None:
+                return [[] for _ in range(len(queries))]
+            sel, share = picked
             params = self._params(sel, share, effort)
             scores, ids = self._index.search(queries, kk, params=params) if params else self._index.search(queries, kk)
             if self.kind == "ivf_sq8" and filtered and (ids[:, -1] < 0).any():

@@ -11,7 +11,8 @@ from enum import Enum
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 ASIN_PATTERN = r"^[0-9A-Z]{10}$"
 _ASIN_RE = re.compile(ASIN_PATTERN)
@@ -25,21 +26,55 @@ MAX_BULLETS = 16
 MAX_ATTRIBUTES = 64
 
 
-class Locale(str, Enum):
-    en_US = "en_US"
-    de_DE = "de_DE"
-    ar_AE = "ar_AE"
+# The catalog's open keys: any value of the right shape is accepted, so a new locale, marketplace or
+# product line needs no code change (the indexer, index filters and trainer key on the string).
+# Each shape lives here once; its pattern, its JSON-schema bound and its error message come from it.
+MARKETPLACE_CHARS = (2, 16)  # country codes (US, DE) up to Amazon marketplace ids (ATVPDKIKX0DER)
+PRODUCT_LINE_CHARS = (2, 32)
+KEY_SHAPES: dict[str, tuple[str, str]] = {  # field -> (pattern, what the error says a value should be)
+    # language (ISO 639, 2-3 letters) _ region (ISO 3166 alpha-2 or UN M.49 digits: es_419). `en-US` is
+    # refused, not rewritten: the tag is a filter key, and one spelling per locale keeps filters exact.
+    "locale": (r"^[a-z]{2,3}_(?:[A-Z]{2}|[0-9]{3})$", "an ll_CC tag such as en_US or fr_FR"),
+    "marketplace": (r"^[A-Z0-9]{%d,%d}$" % MARKETPLACE_CHARS,
+                    "%d-%d capital letters or digits such as US or FR" % MARKETPLACE_CHARS),
+    "product_line": (r"^[a-z][a-z0-9_]{%d,%d}$" % (PRODUCT_LINE_CHARS[0] - 1, PRODUCT_LINE_CHARS[1] - 1),
+                     "%d-%d lowercase letters, digits or _ (a letter first) such as softlines or garden" % PRODUCT_LINE_CHARS),
+}
 
 
-MARKETPLACE_OF_LOCALE = {Locale.en_US: "US", Locale.de_DE: "DE", Locale.ar_AE: "AE"}
-LANGUAGE_OF_LOCALE = {Locale.en_US: "en", Locale.de_DE: "de", Locale.ar_AE: "ar"}
+def shape_error(field: str, value: str) -> str | None:
+    """Why `value` is not a valid `field` (a key of KEY_SHAPES), or None when it is one."""
+    pattern, shape = KEY_SHAPES[field]
+    # fullmatch: `$` alone would let a trailing newline through
+    return None if re.fullmatch(pattern, value) else f"{field} {value!r} is not {shape}"
 
 
-class ProductLine(str, Enum):
-    consumables = "consumables"
-    hardlines = "hardlines"
-    media = "media"
-    softlines = "softlines"
+def _open_key(field: str):
+    """A str type checked against KEY_SHAPES[field]; its error names the expected shape."""
+    pattern, shape = KEY_SHAPES[field]
+
+    def check(value: str) -> str:
+        err = shape_error(field, value)
+        if err:
+            raise PydanticCustomError("key_shape", "{error}", {"error": err})
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "pattern": pattern, "description": shape})]
+
+
+Locale = _open_key("locale")
+Marketplace = _open_key("marketplace")
+ProductLine = _open_key("product_line")
+
+
+def language_of(locale: str) -> str:
+    """ISO 639 language of an `ll_CC` locale tag (`de_DE` -> `de`): per-language sampling and metrics."""
+    return locale.split("_", 1)[0].lower()
+
+
+def default_marketplace(locale: str) -> str:
+    """The marketplace of a listing whose source names none: the locale's region (`fr_FR` -> `FR`)."""
+    return locale.rsplit("_", 1)[-1]
 
 
 class Product(BaseModel):
@@ -48,7 +83,7 @@ class Product(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
     asin: Asin
-    marketplace: Literal["US", "DE", "AE"]
+    marketplace: Marketplace
     locale: Locale
     product_line: ProductLine
     product_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -64,13 +99,6 @@ class Product(BaseModel):
     # Metadata: stored and served, never embedded (an edit here is not re-embedded).
     price: float | None = Field(default=None, ge=0)
     stock: int | None = Field(default=None, ge=0)
-
-    @model_validator(mode="after")
-    def _marketplace_matches_locale(self) -> Product:
-        expected = MARKETPLACE_OF_LOCALE[Locale(self.locale)]
-        if self.marketplace != expected:
-            raise ValueError(f"marketplace {self.marketplace!r} does not match locale {self.locale!r} (expected {expected!r})")
-        return self
 
 
 EMBEDDED_FIELDS = ("locale", "product_type", "brand", "title", "description", "bullet_points", "attributes")

@@ -47,6 +47,8 @@ class QueryEmbedResponse(_Model):
 
 
 class Filters(_Model):
+    """Any locale or product_line of the catalog's shape (new ones need no release); one no product has matches nothing."""
+
     locale: Locale | None = None
     product_line: ProductLine | None = None
 

@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--catalog", type=Path, help="catalog directory (overrides the config)")
         c.add_argument("--out", type=Path, help="bundles directory; the new bundle becomes OUT/current")
         c.add_argument("--run-dir", type=Path, help="checkpoints, metrics and logs of this run")
+        c.add_argument("--init", help="starting point (model.init): none (pre-train from scratch), minilm (the packaged "
+                                      "all-MiniLM-L6-v2), or a local BERT-family checkpoint directory")
         c.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run dir")
         c.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="SECTION.KEY=VALUE",
                        help="override one knob, e.g. --set pretrain.zero_stage=2")
@@ -72,6 +74,7 @@ def _run(args) -> int:
     import json
     import sys
 
+    from trainer.checkpoint import InitError
     from trainer.config import ConfigError, load_config
 
     over: dict = {}
@@ -83,6 +86,8 @@ def _run(args) -> int:
     for flag in ("catalog", "out", "run_dir"):
         if getattr(args, flag) is not None:
             over[flag] = str(getattr(args, flag))
+    if args.init is not None:
+        over.setdefault("model", {})["init"] = args.init
     try:
         cfg = load_config(args.config, args.preset, over)
         if args.train_command == "config":
@@ -103,7 +108,7 @@ def _run(args) -> int:
             return 2
         print(f"{args.train_command}: done ({result if isinstance(result, Path) else cfg.run_dir})")
         return 0
-    except ConfigError as exc:
+    except (ConfigError, InitError) as exc:
         print(f"m5 train: error: {exc}", file=sys.stderr)
         return 2
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from tokenizers import Tokenizer
 
-from m5core.schema import LANGUAGE_OF_LOCALE, Locale, render_product
+from m5core.schema import language_of, render_product
 
 
 def language_probs(counts: dict[str, int], alpha: float) -> dict[str, float]:
@@ -92,7 +92,7 @@ class PretrainCorpus:
     def __init__(self, products: list[dict], scheme: str, alpha: float):
         self.by_lang: dict[str, list[str]] = defaultdict(list)
         for p in products:
-            self.by_lang[LANGUAGE_OF_LOCALE[Locale(p["locale"])]].append(render_product(p, scheme))
+            self.by_lang[language_of(p["locale"])].append(render_product(p, scheme))
         self.langs = sorted(self.by_lang)
         probs = language_probs({k: len(v) for k, v in self.by_lang.items()}, alpha)
         self.probs = np.array([probs[k] for k in self.langs])

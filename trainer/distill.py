@@ -36,6 +36,24 @@ def query_like_texts(queries: list[str], titles: list[str], n: int, seed: int) -
     return out
 
 
+def warm_start(student: EmbeddingModel, teacher: EmbeddingModel) -> str:
+    """Copy what fits from the teacher: its embeddings where the widths match, then its first layers and
+    projection where their shapes match too (a shallow copy of the teacher starts close to it)."""
+    s, t = student.encoder, teacher.encoder
+    if s.config.hidden_size != t.config.hidden_size:
+        return "none"
+    s.embeddings.load_state_dict(t.embeddings.state_dict())
+    same_layer = (s.config.num_attention_heads, s.config.intermediate_size) == (t.config.num_attention_heads, t.config.intermediate_size)
+    if not same_layer:
+        return "embeddings"
+    for i in range(min(len(s.encoder.layer), len(t.encoder.layer))):
+        s.encoder.layer[i].load_state_dict(t.encoder.layer[i].state_dict())
+    if isinstance(student.proj, torch.nn.Linear) and isinstance(teacher.proj, torch.nn.Linear) \
+            and student.proj.weight.shape == teacher.proj.weight.shape:
+        student.proj.load_state_dict(teacher.proj.state_dict())
+    return f"embeddings + first {len(s.encoder.layer)} layers"
+
+
 def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], device,
             product_texts: list[str] | None = None) -> tuple[EmbeddingModel, dict]:
     """product_texts: the catalog's rendered products; a sample of them, embedded by the teacher, is the
@@ -43,13 +61,13 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
     from trainer.finetune import embed_texts
 
     d = cfg.distill
-    student_cfg = cfg.model.model_copy(update={"layers": d.layers, "hidden": d.hidden, "heads": d.heads,
-                                               "intermediate": d.intermediate, "proj_dim": cfg.model.dim, "added_layers": 0})
+    student_cfg = cfg.model.model_copy(update={"init": "none", "layers": d.layers, "hidden": d.hidden, "heads": d.heads,
+                                               "intermediate": d.intermediate, "added_layers": 0,
+                                               # the teacher's output width; no projection when it has none and the widths match
+                                               "proj_dim": 0 if not cfg.model.proj_dim and d.hidden == cfg.model.hidden else cfg.model.dim})
     torch.manual_seed(cfg.pretrain.seed)
     student = EmbeddingModel(student_cfg).to(device)
-    # Start from the teacher's token embeddings where the widths match: a warm start for free.
-    if d.hidden == cfg.model.hidden:
-        student.encoder.tok.weight.data.copy_(teacher.encoder.tok.weight.data)
+    warm = warm_start(student, teacher)
     teacher.eval()
     opt = torch.optim.AdamW(student.parameters(), lr=d.lr)
     specials, pad = special_ids(tok), tok.token_to_id("[PAD]")
@@ -79,5 +97,5 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
         opt.step()
         bar.set_postfix(loss=f"{float(loss):.4f}")
     student.eval()
-    return student, {"distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1),
+    return student, {"warm_start": warm, "distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1),
                      "student": {"layers": d.layers, "hidden": d.hidden}, "rank_bank": 0 if bank is None else len(bank)}

@@ -196,9 +196,7 @@ class CrossEncoder(nn.Module):
         self.score = nn.Linear(c.hidden, 1)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        e = self.embed.encoder(input_ids, attention_mask)  # (batch, seq, hidden)
-        m = attention_mask.unsqueeze(-1).to(e.dtype)
-        pooled = e[:, 0] if self.embed.config.pooling == "cls" else (e * m).sum(1) / m.sum(1).clamp(min=1.0)
+        pooled = self.embed.pooled(input_ids, attention_mask)  # (batch, hidden)
         return self.score(self.embed.added(pooled)).squeeze(-1)  # (batch,) logits
 
 

@@ -11,15 +11,16 @@ import torch
 
 from tokenizers import Tokenizer
 
-from catalog.io import load_catalog
+from catalog.io import CatalogError, load_catalog
 from m5core.schema import render_product
 from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.distill import distill, query_like_texts
 from trainer.export import publish_bundle
+from trainer import checkpoint
 from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
-from trainer.model import EmbeddingModel, Encoder
+from trainer.model import EmbeddingModel, encoder_from_state, encoder_state
 from trainer.pretrain import pretrain
-from trainer.tokenizer import train_tokenizer
+from trainer.tokenizer import tokenizer_from_checkpoint, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,24 @@ def validation_set(catalog, products: dict[str, dict], scheme: str, size: int) -
             "asins": asins, "relevant": relevant}
 
 
+def refuse_evaluation_only(catalog) -> None:
+    """The hand-written set is a yardstick: a model trained or tuned on it would grade its own homework."""
+    try:
+        manifest = catalog.manifest()
+    except CatalogError:
+        return
+    if str(manifest.get("generator_version", "")).startswith("handwritten"):
+        raise ConfigError(f"catalog: {catalog.dir} is the hand-written evaluation set; it is never used for training")
+
+
+def resolve_model(cfg: TrainConfig) -> TrainConfig:
+    """The config with the starting checkpoint's dimensions filled in (init none: as given)."""
+    sp = checkpoint.resolve(cfg.model.init)
+    if sp is None:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=checkpoint.model_fields(sp, cfg.model.layers))})
+
+
 STAGES = ("tokenizer", "pretrain", "finetune", "distill", "export")
 
 
@@ -60,14 +79,17 @@ class Run:
     so `m5 train pretrain` then `m5 train finetune` equals `m5 train all`."""
 
     def __init__(self, cfg: TrainConfig):
+        cfg = resolve_model(cfg)
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(cfg.model_dump_json(indent=2))
         self.catalog = load_catalog(cfg.catalog)
+        refuse_evaluation_only(self.catalog)
         self.products = {p["asin"]: p for p in self.catalog.products()}
         self.scheme = cfg.pretrain.scheme
         self.tok_path = self.dir / "tokenizer.json"
+        self.rows_path = self.dir / "vocab_init.json"  # new token id -> the checkpoint's ids it replaces
         self.tok = None
         self.device = _device(cfg)
         self.metrics: dict = json.loads((self.dir / "stage_metrics.json").read_text()) if (self.dir / "stage_metrics.json").is_file() else {}
@@ -81,8 +103,14 @@ class Run:
         return self.cfg.model_copy(update={"model": self.cfg.model.model_copy(update={"vocab_size": self.tok.get_vocab_size()})})
 
     def tokenizer(self):
-        texts = [render_product(p, self.scheme) for p in self.products.values()]
-        self.tok = train_tokenizer(texts + [q["text"] for q in self.catalog.queries("train")], self.cfg.model.vocab_size, self.tok_path)
+        texts = [render_product(p, self.scheme) for p in self.products.values()] + [q["text"] for q in self.catalog.queries("train")]
+        sp = checkpoint.resolve(self.cfg.model.init)
+        if sp is None:
+            self.tok = train_tokenizer(texts, self.cfg.model.vocab_size, self.tok_path)
+            rows = {}
+        else:
+            self.tok, rows = tokenizer_from_checkpoint(sp.dir, texts, self.cfg.model.vocab_extend, self.tok_path)
+        self.rows_path.write_text(json.dumps({str(k): v for k, v in rows.items()}))
         self.cfg = self._sized()
         return self.tok
 
@@ -94,16 +122,15 @@ class Run:
 
     def pretrain(self, resume: bool = True):
         self._load_tok()
-        mlm, m = pretrain(self.cfg, list(self.products.values()), self.tok, resume=resume)
-        torch.save(mlm.encoder.state_dict(), self.dir / "pretrained.pt")
+        rows = json.loads(_need(self.rows_path, "tokenizer").read_text())
+        mlm, m = pretrain(self.cfg, list(self.products.values()), self.tok, resume=resume, new_rows={int(k): v for k, v in rows.items()})
+        torch.save(encoder_state(mlm.encoder), self.dir / "pretrained.pt")
         plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", "MLM pre-training")
         self._save_metrics("pretrain", m)
         return mlm.encoder
 
-    def _encoder(self) -> Encoder:
-        enc = Encoder(self.cfg.model)
-        enc.load_state_dict(torch.load(_need(self.dir / "pretrained.pt", "pretrain"), map_location="cpu"))
-        return enc
+    def _encoder(self):
+        return encoder_from_state(torch.load(_need(self.dir / "pretrained.pt", "pretrain"), map_location="cpu", weights_only=False))
 
     def finetune(self, encoder: Encoder | None = None):
         self._load_tok()
@@ -112,7 +139,7 @@ class Run:
             return self._cross_encoder(encoder)
         model, m = finetune(self.cfg, encoder, self.tok, self.catalog, self.products, self.device)
         model = model.cpu().eval()
-        torch.save(model.state_dict(), self.dir / "finetuned.pt")
+        save_tower(model, self.dir / "finetuned.pt")
         self._save_metrics("finetune", m)
         return model
 
@@ -129,9 +156,7 @@ class Run:
         return model
 
     def _finetuned(self) -> EmbeddingModel:
-        model = EmbeddingModel(self.cfg.model)
-        model.load_state_dict(torch.load(_need(self.dir / "finetuned.pt", "finetune"), map_location="cpu"))
-        return model.eval()
+        return load_tower(_need(self.dir / "finetuned.pt", "finetune"))
 
     def distill(self, teacher: EmbeddingModel | None = None):
         self._load_tok()
@@ -142,7 +167,7 @@ class Run:
                                    20_000, self.cfg.pretrain.seed)
         student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"),
                              product_texts=[render_product(p, self.scheme) for p in self.products.values()])
-        torch.save({"config": student.config.model_dump(), "state": student.state_dict()}, self.dir / "student.pt")
+        save_tower(student, self.dir / "student.pt")
         self._save_metrics("distill", m)
         return student
 
@@ -150,10 +175,7 @@ class Run:
         path = self.dir / "student.pt"
         if not self.cfg.distill.enabled:
             return None
-        saved = torch.load(_need(path, "distill"), map_location="cpu")
-        student = EmbeddingModel(ModelConfig.model_validate(saved["config"]))
-        student.load_state_dict(saved["state"])
-        return student.eval()
+        return load_tower(_need(path, "distill"))
 
     def export(self, model: EmbeddingModel | None = None, student: EmbeddingModel | None = None, t0: float | None = None) -> Path:
         if self.cfg.finetune.towers != "two_tower":
@@ -207,6 +229,19 @@ def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
     bundle = run.export(model, student, t0=t0)
     log.info("bundle %s in %.0f s", bundle, time.perf_counter() - t0)
     return bundle
+
+
+def save_tower(model: EmbeddingModel, path: Path) -> None:
+    """A tower with what rebuilds it exactly: our ModelConfig and the backbone's Hugging Face config."""
+    torch.save({"config": model.config.model_dump(), "bert_config": model.encoder.config.to_dict(), "state": model.state_dict()}, path)
+
+
+def load_tower(path: Path) -> EmbeddingModel:
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    encoder = encoder_from_state({"bert_config": saved["bert_config"], "state": {}}, load=False)
+    model = EmbeddingModel(ModelConfig.model_validate(saved["config"]), encoder)
+    model.load_state_dict(saved["state"])
+    return model.eval()
 
 
 def plot_losses(metrics_jsonl: Path, png: Path, title: str) -> None:

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import PretrainCorpus, encode_batch, mask_tokens, seq_len_for_step
-from trainer.model import MLMModel
+from trainer import checkpoint
+from trainer.model import MLMModel, bert_config
 from trainer.tokenizer import special_ids
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,26 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
-def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: bool = True) -> tuple[MLMModel, dict]:
-    """Run (or resume) MLM pre-training; returns the model and a metrics dict (MLM accuracy per language)."""
+def build_mlm(cfg: TrainConfig, new_rows: dict[int, list[int]] | None = None) -> MLMModel:
+    """A fresh BERT (init none) or the starting checkpoint, cut to cfg.model.layers, vocabulary grown to the tokenizer's."""
+    from transformers import BertForMaskedLM
+
+    torch.manual_seed(cfg.pretrain.seed)
+    sp = checkpoint.resolve(cfg.model.init)
+    if sp is None:
+        return MLMModel(BertForMaskedLM(bert_config(cfg.model)))
+    return MLMModel(checkpoint.load_mlm(sp, cfg.model.layers, cfg.model.vocab_size, new_rows or {}))
+
+
+def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: bool = True,
+             new_rows: dict[int, list[int]] | None = None) -> tuple[MLMModel, dict]:
+    """Run (or resume) MLM pre-training; returns the model and a metrics dict (MLM accuracy per language).
+
+    new_rows: token ids the tokenizer added to a checkpoint's vocabulary -> the old ids they replace.
+    """
+    model = build_mlm(cfg, new_rows)
+    if cfg.pretrain.steps == 0:
+        return model, {"pretrain_steps": 0}
     import deepspeed
 
     init_distributed()
@@ -54,9 +73,8 @@ def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: boo
     ckpt_dir = run / "checkpoints"
     run.mkdir(parents=True, exist_ok=True)
     (run / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
-    torch.manual_seed(p.seed)
-    model = MLMModel(cfg.model)
-    model.encoder.checkpointing = p.activation_checkpointing
+    if p.activation_checkpointing:
+        model.mlm.gradient_checkpointing_enable()
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     start = 0
     if resume and (ckpt_dir / "latest").exists():

@@ -2,8 +2,8 @@
 
 Tables: MLM accuracy per language per configuration; the parity gate (fp32 vs int8 cosine and
 recall@10); fp32 vs int8 size and batch-1 one-thread latency per tower; with --catalog, search
-Recall@100 / nDCG@10 and duplicate AUC on the test split next to baselines (BM25, MiniLM), and the
-distilled query tower against the full fine-tuned one.
+Recall@100 / nDCG@10 and duplicate AUC on the test split and on the hand-written set (per language),
+next to baselines (BM25, MiniLM), and the distilled query tower against the full fine-tuned one.
 """
 
 from __future__ import annotations
@@ -105,40 +105,72 @@ def parity_table(manifests: list[Manifest]) -> str:
     return "\n".join(head + rows)
 
 
-def eval_rows(bundle: Path, catalog: Path, baselines: bool, split: str = "test", scope: str = "marketplace") -> list[str]:
-    """Search and duplicate metrics (evaluation.harness) for the bundle's variants and the baselines."""
-    from evaluation.harness import HEADER, evaluate, markdown_row
+def handwritten_set(handwritten: bool | Path | str = True) -> Path | None:
+    """The hand-written set to report: with True, its home (`evaluation.harness.handwritten_dir`) when a set is there;
+    with False, none; with a path, that directory.
 
+    Raises:
+        CatalogError: a path was given and holds no catalog.
+    """
+    from catalog.io import CatalogError
+    from evaluation.harness import handwritten_dir, is_catalog
+
+    if handwritten is False:
+        return None
+    d = handwritten_dir(None if handwritten is True else handwritten)
+    if is_catalog(d):
+        return d
+    if handwritten is not True:
+        raise CatalogError(f"no hand-written set at {d}: it needs products.jsonl, queries.jsonl and judgements.jsonl")
+    return None
+
+
+def eval_tables(bundle: Path, catalog: Path, baselines: bool, split: str = "test", scope: str = "marketplace",
+                handwritten: Path | None = None) -> list[str]:
+    """Search and duplicate metrics (evaluation.harness) for the bundle's variants and the baselines on the catalog's
+    split and, when given, the hand-written set (test split): one table with a `set` column, then one per language."""
+    from evaluation.harness import HANDWRITTEN, HANDWRITTEN_SPLIT, SET_LABEL, SYNTHETIC, comparison_tables, evaluate
+
+    sets = [(SET_LABEL[SYNTHETIC].format(split=split), catalog, split)]
+    if handwritten is not None:
+        sets.append((SET_LABEL[HANDWRITTEN], handwritten, HANDWRITTEN_SPLIT))
     bundle = Path(bundle).resolve()
     m = load_manifest(bundle)
-    rows = [HEADER]
     product = OnnxEncoder(bundle, "product", threads=2, manifest=m)
-    variants = [("int8, distilled query tower", OnnxEncoder(bundle, "query", threads=1, manifest=m)),
-                ("int8, full query tower", OnnxEncoder(bundle, "product", threads=1, manifest=m))]
-    for name, query in variants:
-        r = evaluate(None, catalog, split, product_encoder=product, query_encoder=query, scheme=m.render_scheme, scope=scope)
-        rows.append(markdown_row(f"{m.name} {name}", r))
+    # (row name, evaluate's encoder arguments or why there are none, render scheme): built once, run on every set
+    variants: list[tuple[str, dict | str, str]] = [
+        (f"{m.name} int8, distilled query tower",
+         {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m)}, m.render_scheme),
+        (f"{m.name} int8, full query tower",
+         {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "product", threads=1, manifest=m)}, m.render_scheme)]
     fp32 = tower_variant(bundle, m, "product", "fp32")
     q32 = tower_variant(bundle, m, "query", "fp32")
     if fp32 is not None and q32 is not None:
-        r = evaluate(None, catalog, split, product_encoder=OnnxEncoder(bundle, "product", threads=2, manifest=fp32),
-                     query_encoder=OnnxEncoder(bundle, "query", threads=1, manifest=q32), scheme=m.render_scheme, scope=scope)
-        rows.append(markdown_row(f"{m.name} fp32, distilled query tower", r))
+        variants.append((f"{m.name} fp32, distilled query tower",
+                         {"encoder": None, "product_encoder": OnnxEncoder(bundle, "product", threads=2, manifest=fp32),
+                          "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=q32)}, m.render_scheme))
     if baselines:
         from evaluation.baselines import BM25Retriever
 
-        rows.append(markdown_row("BM25", evaluate(None, catalog, split, scorer_factory=BM25Retriever, scheme="plain", scope=scope)))
+        variants.append(("BM25", {"encoder": None, "scorer_factory": BM25Retriever}, "plain"))
         try:
             from evaluation.baselines import MiniLMEncoder
 
-            rows.append(markdown_row("MiniLM-L6 (off the shelf)", evaluate(MiniLMEncoder(threads=2), catalog, split, scheme="plain", scope=scope)))
-        except (ImportError, FileNotFoundError, OSError) as exc:  # the eval extra is optional
-            rows.append(f"| MiniLM-L6: not available ({type(exc).__name__}) |" + " |" * 10)
-    return rows
+            variants.append(("MiniLM-L6 (off the shelf)", {"encoder": MiniLMEncoder(threads=2)}, "plain"))
+        except (ImportError, RuntimeError, OSError) as exc:  # the eval extra is optional
+            variants.append(("MiniLM-L6", f"not available ({type(exc).__name__})", "plain"))
+    results = []
+    for label, directory, set_split in sets:
+        for name, kwargs, scheme in variants:
+            r = kwargs if isinstance(kwargs, str) else evaluate(catalog_dir=directory, split=set_split, scheme=scheme, scope=scope, **kwargs)
+            results.append((label, name, r))
+    return comparison_tables(results)
 
 
 def build_report(bundles: list[Path], catalog: Path | None = None, baselines: bool = False, latency_iters: int = 300,
-                 scope: str = "marketplace") -> str:
+                 scope: str = "marketplace", handwritten: bool | Path = True) -> str:
+    """The report's markdown. With `catalog`, search and duplicates on its test split and, beside it, on the
+    hand-written set (see `handwritten_set`; never used for training or tuning)."""
     manifests = [load_manifest(b) for b in bundles]
     out = ["# Trainer report", "", "## MLM accuracy per language", "", mlm_table(manifests), "",
            "## Parity gate (fp32 vs int8)", "", parity_table(manifests), ""]
@@ -147,10 +179,16 @@ def build_report(bundles: list[Path], catalog: Path | None = None, baselines: bo
             table, _ = latency_table(b, latency_iters)
             out += [f"## Size and latency, batch 1, 1 thread: {load_manifest(b).version}", "", table, ""]
     if catalog is not None:
+        hw = handwritten_set(handwritten)
+        sets = "the test split and the hand-written set" if hw is not None else "the test split"
         for b in bundles:
-            out += [f"## Search and duplicates on the test split ({scope} scope): {load_manifest(b).version}", "",
-                    *eval_rows(b, catalog, baselines, scope=scope), ""]
+            out += [f"## Search and duplicates on {sets} ({scope} scope): {load_manifest(b).version}", ""]
+            if hw is None and handwritten is not False:
+                from evaluation.harness import handwritten_dir
+
+                out += [f"No hand-written set at {handwritten_dir()}: the synthetic test split only.", ""]
+            out += [*eval_tables(b, catalog, baselines, scope=scope, handwritten=hw), ""]
     return "\n".join(out)
 
 
-__all__ = ["build_report", "latency", "latency_table", "mlm_table", "parity_table"]
+__all__ = ["build_report", "eval_tables", "handwritten_set", "latency", "latency_table", "mlm_table", "parity_table"]

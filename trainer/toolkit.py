@@ -153,7 +153,8 @@ def finetune_on_pairs(run_dir: Path | str, pairs_path: Path | str, out: Path | s
     from trainer.config import TrainConfig
     from trainer.export import publish_bundle
     from trainer.finetune import PairSet, finetune
-    from trainer.model import EmbeddingModel
+    from trainer.model import EmbeddingModel, encoder_from_state
+    from trainer.pipeline import load_tower
 
     run_dir = Path(run_dir)
     for f in ("config.json", "tokenizer.json"):
@@ -175,13 +176,11 @@ def finetune_on_pairs(run_dir: Path | str, pairs_path: Path | str, out: Path | s
         products = {p["asin"]: p for p in load_catalog(catalog).products()}
     pairs = read_pairs(pairs_path, products, cfg.pretrain.scheme)
 
-    model = EmbeddingModel(cfg.model)
     weights = run_dir / "finetuned.pt"
     if weights.is_file():
-        model.load_state_dict(torch.load(weights, map_location="cpu"))
+        model = load_tower(weights)
     else:
-        enc = torch.load(run_dir / "pretrained.pt", map_location="cpu")
-        model.encoder.load_state_dict(enc)
+        model = EmbeddingModel(cfg.model, encoder_from_state(torch.load(run_dir / "pretrained.pt", map_location="cpu", weights_only=False)))
     texts = sorted({b for _, b in pairs.positives} | {t for ts in pairs.negatives.values() for t in ts})
     key = {t: f"p{i}" for i, t in enumerate(texts)}
     product_texts = {key[t]: t for t in texts}

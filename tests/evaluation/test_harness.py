@@ -71,8 +71,8 @@ def test_random_encoder_is_deterministic_and_normalised():
 def test_run_eval_writes_report_and_plots(cat_dir, tmp_path):
     r = run_eval(cat_dir, "random", None, "test", tmp_path / "out")
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"report.json", "report.md", "recall_at_k.png", "duplicates_roc_pr.png"} <= names
-    assert "| random |" in r["markdown"]
+    assert {"report.json", "report.md", "synthetic_recall_at_k.png", "synthetic_duplicates_roc_pr.png"} <= names
+    assert "| synthetic test | random |" in r["markdown"]
 
 
 def test_catalog_without_judgements_is_refused(cat_dir, tmp_path):

@@ -7,12 +7,14 @@ from indexer.pipeline import Indexer
 from indexer.settings import IndexerSettings
 from m5core.encoder import HashEncoder
 from m5core.events.kafka import KafkaSink, KafkaSource
+from m5core.schema import default_marketplace
 from m5core.stores.redis import RedisStore
 
 
-def product(asin: str, version: int, title: str = "red running shoes", locale: str = "en_US") -> dict:
-    return {"asin": asin, "marketplace": {"en_US": "US", "de_DE": "DE", "ar_AE": "AE"}[locale], "locale": locale,
-            "product_line": "softlines", "product_type": "running_shoes", "brand": "Acme", "title": title,
+def product(asin: str, version: int, title: str = "red running shoes", locale: str = "en_US",
+            product_line: str = "softlines") -> dict:
+    return {"asin": asin, "marketplace": default_marketplace(locale), "locale": locale,
+            "product_line": product_line, "product_type": "running_shoes", "brand": "Acme", "title": title,
             "attributes": {"colour": "red"}, "version": version, "updated_at": 1.0 + version}
 
 

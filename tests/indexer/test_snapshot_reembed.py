@@ -42,6 +42,20 @@ def test_backfill_writes_store_feed_and_a_snapshot_in_one_pass(local):
     assert index.search(rec.vector[None, :], 1)[0][0][0] == docs[7]["asin"]
 
 
+def test_backfill_takes_new_locales_and_lines_and_skips_malformed_ones(local, tmp_path):
+    s, _, _ = local
+    docs = [product("B0GARDEN01", 1, "tondeuse à gazon", "fr_FR", "garden"), product("B0GARDEN02", 1, "芝刈り機", "ja_JP", "garden"),
+            {**product("B0BADLOC01", 1, locale="fr_FR"), "locale": "fr-FR"}]
+    write_jsonl(tmp_path / "new.jsonl", docs)
+    out = backfill(tmp_path / "new.jsonl", open_store(s), LocalSink(s.local_events_dir), HashEncoder(32), s, batch=16,
+                   snapshot_root=s.snapshot_dir)
+    assert (out["written"], out["invalid"]) == (2, 1)
+    index, _ = load_latest(s.snapshot_dir)
+    q = HashEncoder(32).embed(["tondeuse"])
+    assert [a for a, _ in index.search(q, 5, locale="fr_FR", product_line="garden")[0]] == ["B0GARDEN01"]
+    assert {a for a, _ in index.search(q, 5, product_line="garden")[0]} == {"B0GARDEN01", "B0GARDEN02"}
+
+
 def test_snapshotter_resumes_from_its_snapshot_and_applies_only_the_tail(local):
     s, path, docs = local
     store, sink = open_store(s), LocalSink(s.local_events_dir)

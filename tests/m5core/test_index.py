@@ -89,3 +89,31 @@ def test_snapshot_round_trip(tmp_path, kind):
     assert len(back) == len(idx) and back.kind == idx.kind
     q = x[5:8]
     assert back.search(q, 5, locale="en_US") == idx.search(q, 5, locale="en_US")
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_sq8", "hnsw"])
+def test_filter_on_values_first_seen_at_run_time(kind):
+    idx, x, asins, _, _ = make(kind, n=3000)
+    new = [id_to_asin(900_000 + i) for i in range(20)]
+    idx.upsert(new, clustered(20, seed=3), ["fr_FR"] * 20, ["garden"] * 10 + ["media"] * 10, [1] * 20)
+    q = x[:3]
+    for hits in idx.search(q, 10, locale="fr_FR", product_line="garden"):
+        assert {a for a, _ in hits} == set(new[:10])
+    for hits in idx.search(q, 30, product_line="garden"):
+        assert {a for a, _ in hits} == set(new[:10])
+
+
+def test_unknown_filter_value_matches_nothing_and_keeps_no_state():
+    idx, x, _, _, _ = make("flat", n=500)
+    masks, cache = set(idx._masks), set(idx._sel_cache)
+    assert idx.search(x[:2], 5, locale="ja_JP") == [[], []]
+    assert idx.search(x[:2], 5, locale="en_US", product_line="garden") == [[], []]
+    assert (set(idx._masks), set(idx._sel_cache)) == (masks, cache)
+
+
+def test_snapshot_keeps_run_time_values(tmp_path):
+    idx, x, _, _, _ = make("flat", n=500)
+    idx.upsert(["F000000001"], x[:1], ["fr_FR"], ["garden"], [1])
+    idx.save(tmp_path / "snap")
+    back, _ = AnnIndex.load(tmp_path / "snap")
+    assert back.search(x[:1], 5, locale="fr_FR", product_line="garden")[0][0][0] == "F000000001"

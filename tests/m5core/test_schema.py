@@ -2,14 +2,18 @@ import pytest
 from pydantic import ValidationError
 
 from m5core.schema import (
+    KEY_SHAPES,
     ChangeEvent,
     Product,
     apply_patch,
     asin_to_id,
     content_hash,
+    default_marketplace,
     id_to_asin,
     is_asin,
+    language_of,
     render_product,
+    shape_error,
 )
 
 
@@ -31,8 +35,8 @@ def test_valid_product_round_trips():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("asin", "b000000001"), ("asin", "B00000001"), ("locale", "fr_FR"), ("version", "three"),
-     ("product_line", "toys"), ("attributes", {"colour": 3})],
+    [("asin", "b000000001"), ("asin", "B00000001"), ("locale", "english"), ("version", "three"),
+     ("product_line", "Toys"), ("attributes", {"colour": 3})],
 )
 def test_invalid_field_is_named(field, value):
     with pytest.raises(ValidationError) as err:
@@ -40,9 +44,39 @@ def test_invalid_field_is_named(field, value):
     assert field in str(err.value)
 
 
-def test_marketplace_must_match_locale():
-    with pytest.raises(ValidationError, match="marketplace"):
-        Product.model_validate(product(marketplace="DE"))
+@pytest.mark.parametrize("locale,marketplace,line", [
+    ("fr_FR", "FR", "garden"), ("ja_JP", "JP", "hardlines"), ("es_419", "419", "pet_supplies"),
+    ("fil_PH", "ATVPDKIKX0DER", "b2"),
+])
+def test_open_keys_accept_any_value_of_the_shape(locale, marketplace, line):
+    p = Product.model_validate(product(locale=locale, marketplace=marketplace, product_line=line))
+    assert (p.locale, p.marketplace, p.product_line) == (locale, marketplace, line)
+
+
+def test_marketplace_need_not_be_the_locale_region():
+    assert Product.model_validate(product(locale="en_US", marketplace="DE")).marketplace == "DE"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("locale", "english"), ("locale", "EN-us-x"), ("locale", "en-US"), ("locale", "en_us"), ("locale", "en_US\n"),
+    ("locale", "e_US"), ("locale", "en_U5"), ("marketplace", "us"), ("marketplace", "U"), ("marketplace", "X" * 17),
+    ("product_line", "Garden"), ("product_line", "g"), ("product_line", "1garden"), ("product_line", "garden-tools"),
+    ("product_line", "g" * 33),
+])
+def test_malformed_key_is_rejected_with_its_shape(field, value):
+    with pytest.raises(ValidationError) as err:
+        Product.model_validate(product(**{field: value}))
+    assert f"{field} {value!r} is not {KEY_SHAPES[field][1]}" in str(err.value)
+
+
+def test_locale_error_shows_the_expected_shape():
+    assert shape_error("locale", "english") == "locale 'english' is not an ll_CC tag such as en_US or fr_FR"
+    assert shape_error("locale", "fr_FR") is None
+
+
+def test_language_and_default_marketplace_come_from_the_tag():
+    assert [language_of(loc) for loc in ("fr_FR", "ja_JP", "es_419", "fil_PH")] == ["fr", "ja", "es", "fil"]
+    assert [default_marketplace(loc) for loc in ("fr_FR", "ar_AE", "es_419")] == ["FR", "AE", "419"]
 
 
 def test_unknown_field_rejected():

@@ -80,7 +80,10 @@ async def test_search_by_text_vector_and_asin(api):
     ({"query": "shoes", "k": 1001}, "k"),
     ({"query": ""}, "query"),
     ({"query": "x" * 600}, "query"),
-    ({"query": "x", "filters": {"locale": "fr_FR"}}, "locale"),
+    ({"query": "x", "filters": {"locale": "english"}}, "filters.locale: locale 'english' is not an ll_CC tag"),
+    ({"query": "x", "filters": {"locale": "en-US"}}, "filters.locale"),
+    ({"query": "x", "filters": {"product_line": "Garden Tools"}}, "filters.product_line"),
+    ({"vector": [0.1] * 32, "filters": {"product_line": "g" * 33}}, "filters.product_line"),
 ])
 async def test_search_bad_input_is_422_naming_the_field(api, body, word):
     h = await api()
@@ -105,6 +108,26 @@ async def test_body_limit_auth_and_overload(api):
     h2 = await api(max_in_flight=0)
     r = await h2.client.get("/asin/B000000001/embedding")
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+async def test_filters_take_values_no_release_knew(api):
+    """A locale and a product line first seen on the feed filter like the old ones; an unseen one matches nothing."""
+    h = await api()
+    v = ENC.embed(["tondeuse à gazon électrique"])[0]
+    h.publish(VectorRecord("B00000000F", v, 1, ENC.version, "h", "fr_FR", "garden", 2.0))
+    body = {"vector": v.tolist(), "k": 10, "filters": {"locale": "fr_FR", "product_line": "garden"}}
+    for _ in range(50):
+        r = await h.client.post("/search", json=body)
+        if r.json()["hits"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [x["asin"] for x in r.json()["hits"]] == ["B00000000F"]
+    r = await h.client.post("/search", json={**body, "filters": {"product_line": "garden"}})
+    assert [x["asin"] for x in r.json()["hits"]] == ["B00000000F"]
+    r = await h.client.post("/search", json={**body, "filters": {"locale": "fr_FR", "product_line": "softlines"}})
+    assert r.status_code == 200 and r.json()["hits"] == []
+    r = await h.client.post("/search", json={**body, "filters": {"locale": "ja_JP"}})
+    assert r.status_code == 200 and r.json()["hits"] == []
 
 
 async def test_feed_updates_are_searchable_without_restart(api):
