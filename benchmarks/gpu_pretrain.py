@@ -44,7 +44,7 @@ def main() -> int:
     tok = train_tokenizer([render_product(p, "fields") for p in products], 32000)
     results = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__}
     for seq, mb in ((128, args.micro_batch_128), (512, args.micro_batch_512)):
-        cfg = load_config(None, "default", {
+        cfg = load_config(None, "scratch", {
             "run_dir": str(args.out / f"run{seq}"), "device": "cuda",
             "model": {"vocab_size": tok.get_vocab_size(), "layers": args.layers, "hidden": args.hidden, "heads": args.hidden // 64,
                       "intermediate": 4 * args.hidden, "proj_dim": 256},

@@ -2,7 +2,7 @@
 
 Search: each judged query of the split retrieves the top k (100) of its marketplace (the products of
 its locale, the only ones judged for it, as in ESCI; `scope="all"` searches the whole catalog) by
-cosine (faiss IndexFlatIP) or by a sparse scorer (BM25, one index per marketplace); Recall@100 and MAP count Exact products as
+cosine (faiss IndexFlatIP) or by a sparse scorer (BM25, one index per marketplace); Recall@10, Recall@100 and MAP count Exact products as
 relevant, nDCG@10 uses graded gains (E=1, S=0.1, C=0.01), Exact@10 is the Exact share of the top
 10. Slices: lexical gap (Exact products share no content word with the query), head, tail.
 Per language (the query's locale, `m5core.schema.language_of`): the same search metrics with their
@@ -44,7 +44,7 @@ from m5core.schema import language_of, render_product
 
 log = logging.getLogger(__name__)
 RECALL_KS = (1, 5, 10, 20, 50, 100)
-SEARCH_METRICS = ("recall_at_100", "map", "ndcg_at_10", "exact_share_at_10")
+SEARCH_METRICS = ("recall_at_10", "recall_at_100", "map", "ndcg_at_10", "exact_share_at_10")
 
 # The hand-written evaluation set: a catalog directory (products, queries, judgements, clusters,
 # duplicate_pairs; every row split "test") beside this package, so an installed checkout finds it too.
@@ -193,7 +193,7 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
         exact = {a for a, lbl in labels.items() if lbl == "E"}
         gap = q["lexical_gap"] if "lexical_gap" in q else lexical_gap(q["text"], [by_asin[a] for a in exact if a in by_asin])
         rows.append({"gap": bool(gap), "head": q.get("head"), "language": language_of(q["locale"]),
-                     "recall_at_100": recall_at_k(r, exact, k), "map": average_precision(r, exact, k),
+                     "recall_at_10": recall_at_k(r, exact, 10), "recall_at_100": recall_at_k(r, exact, k), "map": average_precision(r, exact, k),
                      "ndcg_at_10": ndcg_at_k(r, labels, 10), "exact_share_at_10": exact_share_at_k(r, labels, 10),
                      "recall_curve": [recall_at_k(r, exact, kk) for kk in RECALL_KS]})
     slices = {"search": lambda x: True, "search_lexical_gap": lambda x: x["gap"], "search_head": lambda x: x["head"] is True,
@@ -234,9 +234,9 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
     return report
 
 
-MAIN_COLUMNS = ("Recall@100", "MAP", "nDCG@10", "Exact@10", "gap Recall@100", "gap nDCG@10", "head nDCG@10", "tail nDCG@10",
+MAIN_COLUMNS = ("Recall@10", "Recall@100", "MAP", "nDCG@10", "Exact@10", "gap Recall@100", "gap nDCG@10", "head nDCG@10", "tail nDCG@10",
                 "dup AUC", "dup R@P90")
-LANGUAGE_COLUMNS = ("language", "queries", "Recall@100", "MAP", "nDCG@10", "Exact@10", "dup AUC")
+LANGUAGE_COLUMNS = ("language", "queries", "Recall@10", "Recall@100", "MAP", "nDCG@10", "Exact@10", "dup AUC")
 
 
 def table_header(*columns: str) -> str:
@@ -261,7 +261,7 @@ def markdown_row(name: str, r: dict, set_name: str | None = None) -> str:
     """One row under HEADER, or under SET_HEADER when `set_name` is given."""
     s, g, d = r["search"], r.get("search_lexical_gap", {}), r.get("duplicates", {})
     h, t = r.get("search_head", {}), r.get("search_tail", {})
-    cells = [s.get("recall_at_100"), s.get("map"), s.get("ndcg_at_10"), s.get("exact_share_at_10"), g.get("recall_at_100"),
+    cells = [s.get("recall_at_10"), s.get("recall_at_100"), s.get("map"), s.get("ndcg_at_10"), s.get("exact_share_at_10"), g.get("recall_at_100"),
              g.get("ndcg_at_10"), h.get("ndcg_at_10"), t.get("ndcg_at_10"), d.get("auc"), d.get("recall_at_p90")]
     return _lead(name, set_name) + _cells(cells) + " |"
 

@@ -44,8 +44,14 @@ class MLMModel(nn.Module):
         return self.mlm.bert
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
-        out = self.mlm(input_ids=ids, attention_mask=mask, labels=labels)
-        return out.loss, out.logits  # logits: (batch, seq, vocab)
+        """Logits of the masked positions only: the vocabulary projection of every position costs more than the
+        encoder itself at a 30k+ vocabulary, and only ~15% of positions are predicted."""
+        h = self.mlm.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # (batch, seq, hidden)
+        chosen = labels != -100
+        logits = self.mlm.cls(h[chosen])  # (masked, vocab)
+        if not len(logits):  # nothing masked in this batch: a zero loss that still reaches every parameter
+            return h.sum() * 0.0, logits
+        return F.cross_entropy(logits, labels[chosen]), logits
 
 
 class EmbeddingModel(nn.Module):

@@ -155,11 +155,13 @@ def mlm_accuracy(model: MLMModel, corpus: PretrainCorpus, tok: Tokenizer, cfg: T
         rng = np.random.default_rng([b, 99])
         inputs, labels = mask_tokens(enc.ids, enc.attn, enc.word_starts, enc.special, 0.15, False, mask_id, cfg.model.vocab_size, rng)
         _, logits = model(torch.from_numpy(inputs).to(device), torch.from_numpy(enc.attn).to(device), torch.from_numpy(labels).to(device))
-        pred = logits.argmax(-1).cpu().numpy()
+        pred = logits.argmax(-1).cpu().numpy()  # (masked,) in row-major order of the labels
+        masked = labels != -100
+        row_of = np.nonzero(masked)[0]
+        right = pred == labels[masked]
         for i, lang in enumerate(langs):
-            m = labels[i] != -100
-            hits[lang] = hits.get(lang, 0) + int((pred[i][m] == labels[i][m]).sum())
-            total[lang] = total.get(lang, 0) + int(m.sum())
+            hits[lang] = hits.get(lang, 0) + int(right[row_of == i].sum())
+            total[lang] = total.get(lang, 0) + int(masked[i].sum())
     model.train()
     out = {k: hits[k] / max(1, total[k]) for k in sorted(total)}
     out["all"] = sum(hits.values()) / max(1, sum(total.values()))

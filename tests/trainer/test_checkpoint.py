@@ -152,3 +152,19 @@ def test_train_from_the_packaged_checkpoint_for_a_few_steps(tmp_path, test_catal
     assert m.training_config["model"]["vocab_size"] > 30522 + len(FIELD_TOKENS)
     vecs = OnnxEncoder(bundle, "query").embed(["cordless drill", "Akkuschrauber"])
     assert vecs.shape == (2, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
+
+
+def test_the_masked_only_mlm_loss_equals_the_full_one(tmp_path):
+    from transformers import BertForMaskedLM
+
+    from trainer.model import MLMModel
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM.from_pretrained(str(tiny_checkpoint(tmp_path / "ck"))).eval()
+    ids = torch.randint(5, 30, (3, 9))
+    mask = torch.ones_like(ids)
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[2, 5], labels[2, 7] = 11, 12, 13
+    loss, logits = MLMModel(mlm)(ids, mask, labels)
+    assert logits.shape == (3, mlm.config.vocab_size)
+    assert torch.allclose(loss, mlm(input_ids=ids, attention_mask=mask, labels=labels).loss, atol=1e-6)
