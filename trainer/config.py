@@ -115,12 +115,19 @@ class DistillConfig(_Strict):
     rank_weight: float = Field(1.0, ge=0, description="weight of the ranking (KL over a product bank) term; 0: cosine only")
     rank_bank: int = Field(2048, ge=0, description="products the teacher embeds for the ranking term")
     rank_temperature: float = Field(0.05, gt=0)
+    product_layers: int = Field(0, ge=0, description="0: the product tower is the fine-tuned model; N: a copy cut to N "
+                                "evenly spaced layers, distilled to its product vectors (for the indexer's throughput)")
+    product_steps: int = Field(300, ge=1)
+    product_batch: int = Field(32, ge=2)
+    product_lr: float = Field(5e-5, gt=0)
 
 
 class ExportConfig(_Strict):
     min_cosine: float = Field(0.99, gt=0, le=1, description="parity gate: mean cosine fp32 vs int8")
     max_metric_drop: float = Field(0.01, ge=0, description="parity gate: relative drop of recall@10 allowed")
     validation_size: int = Field(256, ge=8)
+    int8_target_cosine: float = Field(0.995, gt=0, le=1, description="quantisation keeps feed-forward outputs fp32, first "
+                                      "layer first, until int8's mean cosine to fp32 reaches this (the gate's min_cosine is the floor)")
     keep_fp32: bool = True
     per_channel: bool = True
     """One int8 scale per output channel of each weight: on the default model it kept validation recall@10

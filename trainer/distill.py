@@ -9,6 +9,7 @@ cosine error pointed the wrong way reorders the top 10, so the ranking is taught
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 
@@ -56,8 +57,8 @@ def warm_start(student: EmbeddingModel, teacher: EmbeddingModel) -> str:
 
 def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], device,
             product_texts: list[str] | None = None) -> tuple[EmbeddingModel, dict]:
-    """product_texts: the catalog's rendered products; a sample of them, embedded by the teacher, is the
-    bank whose ranking the student learns (none given: cosine loss only)."""
+    """The query student. product_texts: the catalog's rendered products; a sample of them, embedded by the
+    teacher, is the bank whose ranking the student learns (none given: cosine loss only)."""
     from trainer.finetune import embed_texts
 
     d = cfg.distill
@@ -68,34 +69,77 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
     torch.manual_seed(cfg.pretrain.seed)
     student = EmbeddingModel(student_cfg).to(device)
     warm = warm_start(student, teacher)
-    teacher.eval()
-    opt = torch.optim.AdamW(student.parameters(), lr=d.lr)
-    specials, pad = special_ids(tok), tok.token_to_id("[PAD]")
     rng = np.random.default_rng(cfg.pretrain.seed)
-    t0 = time.perf_counter()
     bank = None
     if product_texts and d.rank_weight > 0 and d.rank_bank > 0:
         pick = rng.choice(len(product_texts), size=min(d.rank_bank, len(product_texts)), replace=False)
-        bank = torch.from_numpy(embed_texts(teacher, tok, [product_texts[i] for i in pick], cfg.finetune.max_product_len,
-                                            device)).to(device)  # (bank, dim)
-        teacher.eval()
-    bar = tqdm(range(d.steps), desc="distill", unit="step", mininterval=2.0)
+        bank = embed_texts(teacher, tok, [product_texts[i] for i in pick], cfg.finetune.max_product_len, device)  # (bank, dim)
+    m = train_student(student, teacher, tok, texts, None, bank, cfg.finetune.max_query_len, d.steps, d.batch, d.lr, d, rng, device, "distill")
+    return student, {"warm_start": warm, **m, "student": {"layers": d.layers, "hidden": d.hidden}}
+
+
+def distill_products(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, product_texts: list[str], query_texts: list[str],
+                     device) -> tuple[EmbeddingModel, dict]:
+    """A shallower product tower for the indexer's throughput: the teacher cut to `distill.product_layers` evenly
+    spaced layers (its last kept, so the output space starts where the teacher's is), trained to reproduce the
+    teacher's product vectors and its ranking against a bank of query vectors. Queries keep searching it as they
+    searched the teacher."""
+    from trainer.checkpoint import keep_layers
+    from trainer.finetune import embed_texts
+
+    d = cfg.distill
+    student = copy.deepcopy(teacher).to(device)
+    depth = len(teacher.encoder.encoder.layer)
+    keep = sorted({round(i * (depth - 1) / max(1, d.product_layers - 1)) for i in range(d.product_layers)}) if d.product_layers > 1 else [depth - 1]
+    student.encoder.encoder.layer = torch.nn.ModuleList(student.encoder.encoder.layer[i] for i in keep)
+    keep_layers(student.encoder, len(keep))
+    student.config = student.config.model_copy(update={"layers": len(keep)})
+    rng = np.random.default_rng(cfg.pretrain.seed + 1)
+    t0 = time.perf_counter()
+    targets = embed_texts(teacher, tok, product_texts, cfg.finetune.max_product_len, device)  # (n, dim), each text once
+    teacher_seconds = round(time.perf_counter() - t0, 1)
+    bank = None
+    if query_texts and d.rank_weight > 0 and d.rank_bank > 0:
+        pick = rng.choice(len(query_texts), size=min(d.rank_bank, len(query_texts)), replace=False)
+        bank = embed_texts(teacher, tok, [query_texts[i] for i in pick], cfg.finetune.max_query_len, device)  # (bank, dim)
+    m = train_student(student, teacher, tok, product_texts, targets, bank, cfg.finetune.max_product_len, d.product_steps,
+                      d.product_batch, d.product_lr, d, rng, device, "distill[product]")
+    return student, {"teacher_layers_kept": keep, "teacher_embed_seconds": teacher_seconds, **m}
+
+
+def train_student(student: EmbeddingModel, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], targets: np.ndarray | None,
+                  bank: np.ndarray | None, max_len: int, steps: int, batch: int, lr: float, d, rng, device, desc: str) -> dict:
+    """Cosine to the teacher's vector plus KL between the two score distributions over `bank`: a small cosine
+    error pointed the wrong way reorders the top 10, so the ranking is taught directly.
+
+    targets: the teacher's vectors of `texts`, when they were computed once up front (long texts); else per batch."""
+    teacher.eval()
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=lr)
+    specials, pad = special_ids(tok), tok.token_to_id("[PAD]")
+    bank_t = None if bank is None else torch.from_numpy(bank).to(device)
+    t0 = time.perf_counter()
+    loss = torch.zeros(())
+    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=2.0)
     for _ in bar:
-        batch = [texts[i] for i in rng.choice(len(texts), size=min(d.batch, len(texts)), replace=False)]
-        enc = encode_batch(tok, batch, cfg.finetune.max_query_len, specials, pad)
+        idx = rng.choice(len(texts), size=min(batch, len(texts)), replace=False)
+        enc = encode_batch(tok, [texts[i] for i in idx], max_len, specials, pad)
         ids, attn = torch.from_numpy(enc.ids).to(device), torch.from_numpy(enc.attn).to(device)
-        with torch.no_grad():
-            target = teacher(ids, attn)
+        if targets is not None:
+            target = torch.from_numpy(targets[idx]).to(device)
+        else:
+            with torch.no_grad():
+                target = teacher(ids, attn)
         out = student(ids, attn)
         loss = (1 - (out * target).sum(-1)).mean()
-        if bank is not None:
-            t_scores = (target @ bank.T / d.rank_temperature).log_softmax(-1)  # (batch, bank)
-            s_scores = (out @ bank.T / d.rank_temperature).log_softmax(-1)
+        if bank_t is not None:
+            t_scores = (target @ bank_t.T / d.rank_temperature).log_softmax(-1)  # (batch, bank)
+            s_scores = (out @ bank_t.T / d.rank_temperature).log_softmax(-1)
             loss = loss + d.rank_weight * F.kl_div(s_scores, t_scores, log_target=True, reduction="batchmean")
         opt.zero_grad()
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{float(loss):.4f}")
     student.eval()
-    return student, {"warm_start": warm, "distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1),
-                     "student": {"layers": d.layers, "hidden": d.hidden}, "rank_bank": 0 if bank is None else len(bank)}
+    return {"distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1),
+            "rank_bank": 0 if bank is None else len(bank)}

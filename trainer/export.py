@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,9 @@ from m5core.encoder import OnnxEncoder
 from trainer.model import EmbeddingModel
 
 log = logging.getLogger(__name__)
+
+
+QUANTIZE_SAMPLE = 128  # validation texts that choose which layers stay fp32 (the gate then checks all of them)
 
 
 class ParityError(RuntimeError):
@@ -33,16 +37,57 @@ def export_onnx(model: EmbeddingModel, path: Path, opset: int = 17) -> None:
     )
 
 
-def quantize_int8(src: Path, dst: Path, per_channel: bool = True) -> None:
+def quantize_int8(src: Path, dst: Path, per_channel: bool = True, keep_fp32: tuple[str, ...] = ()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.WARNING)  # the quantizer logs every tensor at INFO on the root logger
+    root.setLevel(logging.ERROR)  # the quantizer logs every tensor at INFO, and a pre-processing hint, on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=list(keep_fp32))
     finally:
         root.setLevel(level)
+
+
+def ffn_output_matmuls(onnx_path: Path) -> list[str]:
+    """The MatMuls that close each transformer layer's feed-forward block, first layer first.
+
+    Their inputs (GELU outputs, 4x wider than the hidden state) carry the outlier activations that one
+    per-tensor uint8 scale flattens: on fine-tuned MiniLM layers they hold most of int8's error."""
+    import onnx
+
+    names = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
+    ffn = [n for n in names if n.endswith("/output/dense/MatMul") and "/attention/" not in n]
+    return sorted(ffn, key=lambda n: int(re.search(r"layer\.(\d+)", n).group(1)) if re.search(r"layer\.(\d+)", n) else 0)
+
+
+def quantize_within(src: Path, dst: Path, tokenizer: Path, texts: list[str], max_length: int, target_cosine: float,
+                    per_channel: bool = True) -> dict:
+    """int8 where it is safe: quantise every MatMul, then keep feed-forward outputs fp32, earliest layer first
+    (an early error travels through every later layer), until the mean cosine to fp32 on `texts` reaches
+    `target_cosine`. Returns what was kept and the cosine reached; the parity gate still judges the result."""
+    reference = _onnx_embed(src, tokenizer, texts, max_length)
+    candidates = ffn_output_matmuls(src)
+    for k in range(len(candidates) + 1):
+        quantize_int8(src, dst, per_channel, tuple(candidates[:k]))
+        cosine = float((_onnx_embed(dst, tokenizer, texts, max_length) * reference).sum(1).mean())
+        if cosine >= target_cosine:
+            break
+    return {"kept_fp32": candidates[:k], "cosine_mean": round(cosine, 5)}
+
+
+def _onnx_embed(model: Path, tokenizer: Path, texts: list[str], max_length: int) -> np.ndarray:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.enable_truncation(max_length)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    out = []
+    for e in tok.encode_batch(texts):
+        ids = np.array([e.ids], dtype=np.int64)
+        out.append(session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0])
+    return np.array(out, dtype=np.float32)  # (n, dim)
 
 
 def recall_at_10(query_vecs: np.ndarray, product_vecs: np.ndarray, asins: list[str], relevant: list[set[str]]) -> float:
@@ -96,10 +141,14 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
     staging.mkdir(parents=True)
     try:
         shutil.copy(tokenizer_path, staging / "tokenizer.json")
-        for tower, model in (("product", product), ("query", query)):
+        export_cfg = training_config.get("export", {})
+        quantization = {}
+        for tower, model, texts, max_len in (("product", product, validation["product_texts"], max_lengths[0]),
+                                             ("query", query, validation["query_texts"], max_lengths[1])):
             export_onnx(model, staging / f"{tower}.fp32.onnx")
-            quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx",
-                          per_channel=training_config.get("export", {}).get("per_channel", True))
+            quantization[tower] = quantize_within(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", staging / "tokenizer.json",
+                                                  texts[:QUANTIZE_SAMPLE], max_len, export_cfg.get("int8_target_cosine", 0.995),
+                                                  per_channel=export_cfg.get("per_channel", True))
         pc, qc = product.config, query.config
         manifest = Manifest(
             name=name, version=version, created_at=time.time(), dim=pc.dim, pooling=pc.pooling, render_scheme=scheme,
@@ -110,6 +159,7 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
         )
         parity = parity_check(staging, manifest, **validation, **gate)
         manifest.metrics["parity"] = parity
+        manifest.metrics["quantization"] = quantization
         if not training_config.get("export", {}).get("keep_fp32", True):
             for f in staging.glob("*.fp32.onnx"):
                 f.unlink()

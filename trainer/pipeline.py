@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from catalog.io import CatalogError, load_catalog
 from m5core.schema import render_product
 from trainer.config import ConfigError, ModelConfig, TrainConfig
-from trainer.distill import distill, query_like_texts
+from trainer.distill import distill, distill_products, query_like_texts
 from trainer.export import publish_bundle
 from trainer import checkpoint
 from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
@@ -158,18 +158,24 @@ class Run:
     def _finetuned(self) -> EmbeddingModel:
         return load_tower(_need(self.dir / "finetuned.pt", "finetune"))
 
-    def distill(self, teacher: EmbeddingModel | None = None):
+    def distill(self, teacher: EmbeddingModel | None = None) -> tuple[EmbeddingModel | None, EmbeddingModel]:
+        """(query student or None, product tower): the product tower is the teacher unless distill.product_layers."""
         self._load_tok()
         teacher = teacher or self._finetuned()
-        if not self.cfg.distill.enabled:
-            return None
-        q_texts = query_like_texts([q["text"] for q in self.catalog.queries("train")], [p["title"] for p in self.products.values()],
-                                   20_000, self.cfg.pretrain.seed)
-        student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"),
-                             product_texts=[render_product(p, self.scheme) for p in self.products.values()])
-        save_tower(student, self.dir / "student.pt")
+        d, m = self.cfg.distill, {}
+        queries = [q["text"] for q in self.catalog.queries("train")]
+        product_texts = [render_product(p, self.scheme) for p in self.products.values()]
+        student = None
+        if d.enabled:
+            q_texts = query_like_texts(queries, [p["title"] for p in self.products.values()], 20_000, self.cfg.pretrain.seed)
+            student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"), product_texts=product_texts)
+            save_tower(student, self.dir / "student.pt")
+        product = teacher
+        if d.product_layers:
+            product, m["product"] = distill_products(self.cfg, teacher, self.tok, product_texts, queries, torch.device("cpu"))
+            save_tower(product, self.dir / "product_student.pt")
         self._save_metrics("distill", m)
-        return student
+        return student, product
 
     def _student(self) -> EmbeddingModel | None:
         path = self.dir / "student.pt"
@@ -177,13 +183,18 @@ class Run:
             return None
         return load_tower(_need(path, "distill"))
 
+    def _product_tower(self) -> EmbeddingModel:
+        if self.cfg.distill.product_layers:
+            return load_tower(_need(self.dir / "product_student.pt", "distill"))
+        return self._finetuned()
+
     def export(self, model: EmbeddingModel | None = None, student: EmbeddingModel | None = None, t0: float | None = None) -> Path:
         if self.cfg.finetune.towers != "two_tower":
             raise ConfigError("finetune.towers: cross_encoder scores pairs and has no embedding to export; use two_tower for a bundle")
         self._load_tok()
-        model = model or self._finetuned()
+        model = model or self._product_tower()
         if student is None:
-            student = self._student()
+            student = self._student() or (self._finetuned() if self.cfg.distill.product_layers else None)
         val = validation_set(self.catalog, self.products, self.scheme, self.cfg.export.validation_size)
         metrics = {"pretrain": self.metrics.get("pretrain", {}), "finetune": self.metrics.get("finetune", {}),
                    "distill": self.metrics.get("distill", {})}
@@ -192,7 +203,7 @@ class Run:
         return publish_bundle(
             self.cfg.out, self.cfg.name, model, student or model, self.tok_path, self.scheme, metrics, json.loads(self.cfg.model_dump_json()),
             validation=val, gate={"min_cosine": self.cfg.export.min_cosine, "max_drop": self.cfg.export.max_metric_drop},
-            query_distilled=student is not None, max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
+            query_distilled=self.cfg.distill.enabled, max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
         )
 
 
@@ -225,8 +236,8 @@ def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
     run.tokenizer()
     encoder = run.pretrain(resume=resume)
     model = run.finetune(encoder)
-    student = run.distill(model)
-    bundle = run.export(model, student, t0=t0)
+    student, product = run.distill(model)
+    bundle = run.export(product, student or (model if product is not model else None), t0=t0)
     log.info("bundle %s in %.0f s", bundle, time.perf_counter() - t0)
     return bundle
 

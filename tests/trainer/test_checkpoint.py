@@ -168,3 +168,37 @@ def test_the_masked_only_mlm_loss_equals_the_full_one(tmp_path):
     loss, logits = MLMModel(mlm)(ids, mask, labels)
     assert logits.shape == (3, mlm.config.vocab_size)
     assert torch.allclose(loss, mlm(input_ids=ids, attention_mask=mask, labels=labels).loss, atol=1e-6)
+
+
+def test_a_product_student_keeps_evenly_spaced_layers_and_moves_toward_the_teacher(tmp_path):
+    """Cut to 2 of 3 layers (the first and the last), it starts off the teacher's vectors and training closes the gap."""
+    from trainer.config import load_config
+    from trainer.distill import distill_products
+    from trainer.finetune import embed_texts
+    from trainer.model import EmbeddingModel
+
+    d = tiny_checkpoint(tmp_path / "ck")
+    tok, rows = tokenizer_from_checkpoint(d, [], extend=0)
+    cfg = load_config(preset="test", overrides={"model": {"init": str(d), "layers": 0, "proj_dim": 0},
+                                                "distill": {"product_layers": 2, "product_steps": 30, "product_batch": 8,
+                                                            "product_lr": 1e-3, "rank_bank": 0}})
+    from trainer.pipeline import resolve_model
+
+    cfg = resolve_model(cfg)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tok.get_vocab_size(), "dropout": 0.0})})
+    teacher = EmbeddingModel(cfg.model, checkpoint.load_mlm(checkpoint.resolve(str(d)), 0, tok.get_vocab_size(), rows).bert).eval()
+    with torch.no_grad():  # a middle layer that matters, so that cutting it costs something to win back
+        teacher.encoder.encoder.layer[1].output.dense.weight.mul_(30)
+    texts = [" ".join(WORDS[(i * 5 + j) % 20] for j in range(3 + i % 5)) for i in range(16)]
+    queries = [WORDS[i] for i in range(10)]
+    student, m = distill_products(cfg, teacher, tok, texts, queries, torch.device("cpu"))
+    assert m["teacher_layers_kept"] == [0, 2] and len(student.encoder.encoder.layer) == 2 and student.config.layers == 2
+    assert len(teacher.encoder.encoder.layer) == 3  # the teacher is untouched
+    import copy
+
+    target = embed_texts(teacher, tok, texts, 32, torch.device("cpu"))
+    cut = copy.deepcopy(teacher)
+    cut.encoder.encoder.layer = torch.nn.ModuleList(cut.encoder.encoder.layer[i] for i in (0, 2))
+    before = float((embed_texts(cut, tok, texts, 32, torch.device("cpu")) * target).sum(1).mean())
+    after = float((embed_texts(student, tok, texts, 32, torch.device("cpu")) * target).sum(1).mean())
+    assert after > before

@@ -29,3 +29,34 @@ def test_onnx_matches_torch_and_int8_stays_within_tolerance(tmp_path):
     np.testing.assert_allclose(out["fp32"], ref, atol=1e-4)
     assert float((out["int8"] * ref).sum(1).min()) > 0.98
     assert (tmp_path / "t.int8.onnx").stat().st_size < 0.6 * (tmp_path / "t.fp32.onnx").stat().st_size
+
+
+def _tiny_tower_onnx(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    c = ModelConfig(vocab_size=1000, layers=3, hidden=64, heads=2, intermediate=128, proj_dim=0, dropout=0.0)
+    export_onnx(EmbeddingModel(c).eval(), tmp_path / "t.fp32.onnx")
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(1000)}, unk_token="w1"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tok.json"))
+    texts = [" ".join(f"w{(i * 7 + j) % 60 + 2}" for j in range(5 + i % 9)) for i in range(24)]
+    return tmp_path / "t.fp32.onnx", tmp_path / "tok.json", texts
+
+
+def test_feed_forward_outputs_are_found_first_layer_first(tmp_path):
+    from trainer.export import ffn_output_matmuls
+
+    src, _, _ = _tiny_tower_onnx(tmp_path)
+    assert ffn_output_matmuls(src) == [f"/encoder/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
+
+
+def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
+    from trainer.export import quantize_within
+
+    src, tok, texts = _tiny_tower_onnx(tmp_path)
+    easy = quantize_within(src, tmp_path / "a.onnx", tok, texts, 32, target_cosine=0.5)
+    assert easy["kept_fp32"] == [] and easy["cosine_mean"] >= 0.5
+    strict = quantize_within(src, tmp_path / "b.onnx", tok, texts, 32, target_cosine=1.0)  # unreachable: every layer kept
+    assert strict["kept_fp32"] == [f"/encoder/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
+    assert strict["cosine_mean"] < 1.0  # what was reached is reported, and the gate judges it

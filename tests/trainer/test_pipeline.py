@@ -84,7 +84,7 @@ def test_parity_gate_refuses_a_broken_int8_and_publishes_nothing(tmp_path, test_
     from trainer.export import ParityError
     from trainer.pipeline import train_all
 
-    def broken(src, dst, **_):
+    def broken(src, dst, *_, **__):
         import onnx
         from onnx import numpy_helper
 
