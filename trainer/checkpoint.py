@@ -148,6 +148,15 @@ def load_mlm(sp: StartingPoint, layers: int, vocab_size: int, new_rows: dict[int
     return mlm
 
 
+def spaced_layers(depth: int, n: int) -> list[int]:
+    """n of `depth` layers, evenly spaced with the last one kept: a student's output starts in its teacher's space."""
+    if n >= depth:
+        return list(range(depth))
+    if n == 1:
+        return [depth - 1]
+    return sorted({round(i * (depth - 1) / (n - 1)) for i in range(n)})
+
+
 def keep_layers(encoder, layers: int) -> None:
     """Keep the first `layers` transformer layers (0: all): a shallower, faster tower from the same weights."""
     from torch import nn

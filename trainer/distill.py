@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from trainer.checkpoint import spaced_layers
 from trainer.config import TrainConfig
 from trainer.data import encode_batch
 from trainer.model import EmbeddingModel
@@ -38,8 +39,8 @@ def query_like_texts(queries: list[str], titles: list[str], n: int, seed: int) -
 
 
 def warm_start(student: EmbeddingModel, teacher: EmbeddingModel) -> str:
-    """Copy what fits from the teacher: its embeddings where the widths match, then its first layers and
-    projection where their shapes match too (a shallow copy of the teacher starts close to it)."""
+    """Copy what fits from the teacher: its embeddings where the widths match, then evenly spaced layers (the last
+    among them) and the projection where their shapes match too (a shallow copy of the teacher starts close to it)."""
     s, t = student.encoder, teacher.encoder
     if s.config.hidden_size != t.config.hidden_size:
         return "none"
@@ -47,12 +48,13 @@ def warm_start(student: EmbeddingModel, teacher: EmbeddingModel) -> str:
     same_layer = (s.config.num_attention_heads, s.config.intermediate_size) == (t.config.num_attention_heads, t.config.intermediate_size)
     if not same_layer:
         return "embeddings"
-    for i in range(min(len(s.encoder.layer), len(t.encoder.layer))):
-        s.encoder.layer[i].load_state_dict(t.encoder.layer[i].state_dict())
+    picked = spaced_layers(len(t.encoder.layer), len(s.encoder.layer))
+    for i, j in enumerate(picked):
+        s.encoder.layer[i].load_state_dict(t.encoder.layer[j].state_dict())
     if isinstance(student.proj, torch.nn.Linear) and isinstance(teacher.proj, torch.nn.Linear) \
             and student.proj.weight.shape == teacher.proj.weight.shape:
         student.proj.load_state_dict(teacher.proj.state_dict())
-    return f"embeddings + first {len(s.encoder.layer)} layers"
+    return f"embeddings + teacher layers {picked}"
 
 
 def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], device,
@@ -84,15 +86,14 @@ def distill_products(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, 
     spaced layers (its last kept, so the output space starts where the teacher's is), trained to reproduce the
     teacher's product vectors and its ranking against a bank of query vectors. Queries keep searching it as they
     searched the teacher."""
-    from trainer.checkpoint import keep_layers
     from trainer.finetune import embed_texts
 
     d = cfg.distill
     student = copy.deepcopy(teacher).to(device)
     depth = len(teacher.encoder.encoder.layer)
-    keep = sorted({round(i * (depth - 1) / max(1, d.product_layers - 1)) for i in range(d.product_layers)}) if d.product_layers > 1 else [depth - 1]
+    keep = spaced_layers(depth, d.product_layers)
     student.encoder.encoder.layer = torch.nn.ModuleList(student.encoder.encoder.layer[i] for i in keep)
-    keep_layers(student.encoder, len(keep))
+    student.encoder.config.num_hidden_layers = len(keep)
     student.config = student.config.model_copy(update={"layers": len(keep)})
     rng = np.random.default_rng(cfg.pretrain.seed + 1)
     t0 = time.perf_counter()

@@ -49,31 +49,69 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, keep_fp32: tup
         root.setLevel(level)
 
 
-def ffn_output_matmuls(onnx_path: Path) -> list[str]:
-    """The MatMuls that close each transformer layer's feed-forward block, first layer first.
+def fp32_ladder(onnx_path: Path) -> list[list[str]]:
+    """Groups of nodes to keep fp32, safest-first: the embedding lookups (no compute cost), then each layer's
+    feed-forward output, its feed-forward input, its attention, first layer first.
 
-    Their inputs (GELU outputs, 4x wider than the hidden state) carry the outlier activations that one
-    per-tensor uint8 scale flattens: on fine-tuned MiniLM layers they hold most of int8's error."""
+    Feed-forward outputs read GELU activations 4x wider than the hidden state whose outliers one per-tensor
+    uint8 scale flattens: on fine-tuned MiniLM layers they hold most of int8's error, and an early layer's error
+    travels through every later one."""
     import onnx
 
-    names = [n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == "MatMul"]
-    ffn = [n for n in names if n.endswith("/output/dense/MatMul") and "/attention/" not in n]
-    return sorted(ffn, key=lambda n: int(re.search(r"layer\.(\d+)", n).group(1)) if re.search(r"layer\.(\d+)", n) else 0)
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    layer = lambda n: int(m.group(1)) if (m := re.search(r"layer\.(\d+)/", n)) else -1  # noqa: E731
+    matmuls = [n.name for n in nodes if n.op_type == "MatMul" and layer(n.name) >= 0]
+    depth = max((layer(n) for n in matmuls), default=-1) + 1
+    groups = [[n.name for n in nodes if n.op_type == "Gather" and "embeddings" in n.name]]
+    for kind in (lambda n: n.endswith("/output/dense/MatMul") and "/attention/" not in n, lambda n: "/intermediate/" in n,
+                 lambda n: "/attention/" in n):
+        groups += [[n for n in matmuls if layer(n) == i and kind(n)] for i in range(depth)]
+    return [g for g in groups if g]
+
+
+def kept(ladder: list[list[str]], rungs: int) -> list[str]:
+    return [n for g in ladder[:rungs] for n in g]
 
 
 def quantize_within(src: Path, dst: Path, tokenizer: Path, texts: list[str], max_length: int, target_cosine: float,
                     per_channel: bool = True) -> dict:
-    """int8 where it is safe: quantise every MatMul, then keep feed-forward outputs fp32, earliest layer first
-    (an early error travels through every later layer), until the mean cosine to fp32 on `texts` reaches
-    `target_cosine`. Returns what was kept and the cosine reached; the parity gate still judges the result."""
+    """int8 where it is safe: quantise every MatMul and embedding, then climb `fp32_ladder` until the mean cosine
+    to fp32 on `texts` reaches `target_cosine`. Returns the rungs climbed and the cosine; the gate judges the result."""
     reference = _onnx_embed(src, tokenizer, texts, max_length)
-    candidates = ffn_output_matmuls(src)
-    for k in range(len(candidates) + 1):
-        quantize_int8(src, dst, per_channel, tuple(candidates[:k]))
+    ladder = fp32_ladder(src)
+    for rungs in range(len(ladder) + 1):
+        quantize_int8(src, dst, per_channel, tuple(kept(ladder, rungs)))
         cosine = float((_onnx_embed(dst, tokenizer, texts, max_length) * reference).sum(1).mean())
         if cosine >= target_cosine:
             break
-    return {"kept_fp32": candidates[:k], "cosine_mean": round(cosine, 5)}
+    return {"rungs": rungs, "kept_fp32": kept(ladder, rungs), "cosine_mean": round(cosine, 5)}
+
+
+def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, gate: dict, quantization: dict,
+                           per_channel: bool) -> dict:
+    """The parity gate, unchanged; while it refuses, climb one more rung of `fp32_ladder` in each tower that has one
+    left and ask again. The retrieval metric, not only the cosine, decides how much stays fp32; a bundle that
+    fails with every rung climbed (all fp32) is refused: the int8 path is broken, not merely lossy.
+
+    Raises:
+        ParityError: the gate's refusal at the last step.
+    """
+    ladders = {t: fp32_ladder(staging / f"{t}.fp32.onnx") for t in ("product", "query")}
+    while True:
+        try:
+            return parity_check(staging, manifest, **validation, **gate)
+        except ParityError:
+            grown = False
+            for tower, ladder in ladders.items():
+                rungs = quantization[tower]["rungs"]
+                if rungs < len(ladder):
+                    quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs + 1)))
+                    quantization[tower] = {**quantization[tower], "rungs": rungs + 1, "kept_fp32": kept(ladder, rungs + 1),
+                                           "raised_by_gate": True}
+                    grown = True
+            if not grown:
+                raise
+            log.info("parity gate refused; fp32 rungs now %s", {t: q["rungs"] for t, q in quantization.items()})
 
 
 def _onnx_embed(model: Path, tokenizer: Path, texts: list[str], max_length: int) -> np.ndarray:
@@ -157,7 +195,7 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
                                        distilled_from=f"product tower of {version}" if query_distilled else None)},
             metrics=metrics, training_config=training_config,
         )
-        parity = parity_check(staging, manifest, **validation, **gate)
+        parity = gate_or_keep_more_fp32(staging, manifest, validation, gate, quantization, export_cfg.get("per_channel", True))
         manifest.metrics["parity"] = parity
         manifest.metrics["quantization"] = quantization
         if not training_config.get("export", {}).get("keep_fp32", True):

@@ -32,9 +32,9 @@ def _device(cfg: TrainConfig) -> torch.device:
 
 
 def validation_set(catalog, products: dict[str, dict], scheme: str, size: int) -> dict:
-    """Product texts and judged queries of the validation split, for the parity gate."""
+    """Product texts and judged queries for the parity gate: the validation split, then training queries (never test)."""
     judg = catalog.judgements()
-    queries = catalog.queries("valid")[:size] or catalog.queries()[:size]
+    queries = (catalog.queries("valid") + catalog.queries("train"))[:size] or catalog.queries()[:size]
     relevant = [{a for a, lbl in judg.get(q["query_id"], {}).items() if lbl == "E" and a in products} for q in queries]
     asins = sorted({a for q in queries for a in judg.get(q["query_id"], {}) if a in products})
     extra = [a for a in products if a not in set(asins)][: max(0, size * 4 - len(asins))]

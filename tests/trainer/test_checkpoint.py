@@ -193,6 +193,10 @@ def test_a_product_student_keeps_evenly_spaced_layers_and_moves_toward_the_teach
     queries = [WORDS[i] for i in range(10)]
     student, m = distill_products(cfg, teacher, tok, texts, queries, torch.device("cpu"))
     assert m["teacher_layers_kept"] == [0, 2] and len(student.encoder.encoder.layer) == 2 and student.config.layers == 2
+    from trainer.pipeline import load_tower, save_tower
+
+    save_tower(student, tmp_path / "product_student.pt")  # what `m5 train export` reads back
+    assert len(load_tower(tmp_path / "product_student.pt").encoder.encoder.layer) == 2
     assert len(teacher.encoder.encoder.layer) == 3  # the teacher is untouched
     import copy
 

@@ -44,11 +44,15 @@ def _tiny_tower_onnx(tmp_path):
     return tmp_path / "t.fp32.onnx", tmp_path / "tok.json", texts
 
 
-def test_feed_forward_outputs_are_found_first_layer_first(tmp_path):
-    from trainer.export import ffn_output_matmuls
+def test_the_fp32_ladder_climbs_embeddings_then_feed_forward_outputs_first_layer_first(tmp_path):
+    from trainer.export import fp32_ladder
 
     src, _, _ = _tiny_tower_onnx(tmp_path)
-    assert ffn_output_matmuls(src) == [f"/encoder/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
+    ladder = fp32_ladder(src)
+    assert all("embeddings" in n for n in ladder[0])
+    assert ladder[1:4] == [[f"/encoder/encoder/layer.{i}/output/dense/MatMul"] for i in range(3)]
+    assert ladder[4:7] == [[f"/encoder/encoder/layer.{i}/intermediate/dense/MatMul"] for i in range(3)]
+    assert len(ladder) == 10 and all(len(g) >= 4 for g in ladder[7:])  # then each layer's attention MatMuls
 
 
 def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
@@ -57,6 +61,6 @@ def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
     src, tok, texts = _tiny_tower_onnx(tmp_path)
     easy = quantize_within(src, tmp_path / "a.onnx", tok, texts, 32, target_cosine=0.5)
     assert easy["kept_fp32"] == [] and easy["cosine_mean"] >= 0.5
-    strict = quantize_within(src, tmp_path / "b.onnx", tok, texts, 32, target_cosine=1.0)  # unreachable: every layer kept
-    assert strict["kept_fp32"] == [f"/encoder/encoder/layer.{i}/output/dense/MatMul" for i in range(3)]
-    assert strict["cosine_mean"] < 1.0  # what was reached is reported, and the gate judges it
+    strict = quantize_within(src, tmp_path / "b.onnx", tok, texts, 32, target_cosine=1.01)  # unreachable: every rung climbed
+    assert strict["rungs"] == 10 and "/encoder/encoder/layer.2/attention/self/query/MatMul" in strict["kept_fp32"]
+    assert strict["cosine_mean"] > 0.9999  # everything fp32: the int8 file computes what fp32 does
