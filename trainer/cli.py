@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--scope", choices=["marketplace", "all"], default="marketplace",
                    help="search the query's marketplace (default, as judged) or the whole catalog")
     r.add_argument("--out", type=Path, help="write the markdown here as well as to stdout")
+    hw = r.add_mutually_exclusive_group()
+    hw.add_argument("--handwritten", type=Path, metavar="DIR", help="hand-written set shown beside --catalog "
+                    "(default $M5_HANDWRITTEN_DIR, else evaluation/handwritten/)")
+    hw.add_argument("--no-handwritten", action="store_true", help="show --catalog only")
     r.set_defaults(func=_report)
 
     pp = tsub.add_parser("partner", help="fine-tune a run's model on partner pairs (JSONL) and publish a bundle",
@@ -116,7 +120,9 @@ def _run(args) -> int:
 def _report(args) -> int:
     from trainer.report import build_report
 
-    text = build_report(args.bundles, catalog=args.catalog, baselines=args.baselines, latency_iters=args.latency_iters, scope=args.scope)
+    handwritten = False if args.no_handwritten else (args.handwritten or True)
+    text = build_report(args.bundles, catalog=args.catalog, baselines=args.baselines, latency_iters=args.latency_iters, scope=args.scope,
+                        handwritten=handwritten)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

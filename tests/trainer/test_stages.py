@@ -53,3 +53,16 @@ def test_report_tables(trained_bundle):
     text = build_report([trained_bundle], latency_iters=20)
     assert "## MLM accuracy per language" in text and "| query | int8 |" in text and "| product | fp32 |" in text
     assert "| query, full tower | int8 |" in text  # a short query through the fine-tuned tower
+
+
+@pytest.mark.parametrize("name", ["handwritten", "handwritten_dev"])
+def test_the_hand_written_sets_are_refused_as_training_catalogs(tmp_path, name):
+    from pathlib import Path
+
+    from trainer.pipeline import run_stage
+
+    catalog = Path(__file__).resolve().parents[2] / "evaluation" / name
+    cfg = load_config(preset="test", overrides={"catalog": str(catalog), "run_dir": str(tmp_path / "run"), "out": str(tmp_path / "b")})
+    with pytest.raises(ConfigError, match="hand-written evaluation set; it is never used for training"):
+        run_stage(cfg, "tokenizer")
+    assert not (tmp_path / "run" / "tokenizer.json").exists()
