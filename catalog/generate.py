@@ -57,6 +57,11 @@ def content_words(text: str) -> set[str]:
     return {w for w in _WORD_RE.findall(text.lower()) if w not in STOPWORDS}
 
 
+def listing_words(product: dict) -> set[str]:
+    """The content words a query must share with a listing not to be a lexical gap: title, description, bullets."""
+    return content_words(" ".join([product["title"], product.get("description") or "", *(product.get("bullet_points") or [])]))
+
+
 def make_asin(i: int, seed: int) -> str:
     """Unique per (i, seed): an affine map coprime with 36^8 scrambles the counter."""
     n = (i * 2654435761 + seed * 7919 + 12345) % 36**8
@@ -331,7 +336,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         listing = render_listing(item, locale, variant, rng)
         write("products", _product(asin, item, locale, listing, rng.randint(1, 5), rng))
         if len(pool.items) < POOL_CAP:
-            pool.add(Compact(asin, item, locale, content_words(" ".join([listing["title"], listing["description"], *listing["bullet_points"]]))))
+            pool.add(Compact(asin, item, locale, listing_words(listing)))
         return asin
 
     bar = tqdm(total=products, desc="products", unit="p", disable=not show_progress, mininterval=1.0)

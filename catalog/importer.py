@@ -32,7 +32,7 @@ import orjson
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from catalog.generate import content_words
+from catalog.generate import content_words, listing_words
 from catalog.io import write_jsonl
 from m5core.schema import Product, asin_to_id, default_marketplace, id_to_asin, is_asin, shape_error
 
@@ -442,6 +442,13 @@ class Unreadable:
         self.reason = reason
 
 
+def readable(row: dict | Unreadable) -> dict:
+    """The row, or its reason as a RowError (a bad JSON line is rejected like an invalid row)."""
+    if isinstance(row, Unreadable):
+        raise RowError(row.reason)
+    return row
+
+
 def file_format(path: Path) -> str:
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -670,9 +677,7 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
     if queries is not None:
         for n, row, st in run.rows(queries, "queries"):
             try:
-                if isinstance(row, Unreadable):
-                    raise RowError(row.reason)
-                q = map_query(row, queries.map, valid_share)
+                q = map_query(readable(row), queries.map, valid_share)
             except RowError as exc:
                 run.reject(st, n, str(exc))
                 continue
@@ -691,9 +696,7 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
     if judgements is not None:
         for _, row, _ in run.rows(judgements, "exact pairs", report=False):
             try:
-                if isinstance(row, Unreadable):
-                    continue
-                j = map_judgement(row, judgements.map, ids)
+                j = map_judgement(readable(row), judgements.map, ids)
             except RowError:
                 continue  # rejected, with its reason, by pass 4
             if j["label"] == "E" and j["query_id"] in qindex:
@@ -716,9 +719,7 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
         with open(run.tmp / "products.jsonl", "wb") as f:
             for n, row, st in run.rows(products, "products"):
                 try:
-                    if isinstance(row, Unreadable):
-                        raise RowError(row.reason)
-                    mp = map_product(row, products.map, ids, truncate)
+                    mp = map_product(readable(row), products.map, ids, truncate)
                 except RowError as exc:
                     run.reject(st, n, str(exc), _text(products.map.get(row, "asin")) if isinstance(row, dict) else None)
                     continue
@@ -742,7 +743,7 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
                     cluster_meta.setdefault(mp.group, (doc["product_type"], doc["product_line"]))
                 lo, hi = np.searchsorted(ekeys, aid, "left"), np.searchsorted(ekeys, aid, "right")
                 if lo < hi:
-                    words = content_words(" ".join([doc["title"], doc.get("description", ""), *doc.get("bullet_points", [])]))
+                    words = listing_words(doc)
                     for qi in equeries[lo:hi].tolist():
                         if qdocs[qi]["locale"] == locale:
                             has_exact[qi] = True
@@ -758,9 +759,7 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
         if judgements is not None:
             for n, row, st in run.rows(judgements, "judgements"):
                 try:
-                    if isinstance(row, Unreadable):
-                        raise RowError(row.reason)
-                    j = map_judgement(row, judgements.map, ids)
+                    j = map_judgement(readable(row), judgements.map, ids)
                     qi = qindex.get(j["query_id"])
                     if qi is None:
                         raise RowError(f"query_id: {j['query_id']!r} is not an imported query")

@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 import orjson
 
-from catalog.generate import content_words
+from catalog.generate import content_words, listing_words
 from catalog.io import CatalogError, load_catalog
 from evaluation.metrics import (
     average_precision,
@@ -100,8 +100,7 @@ def _embed_all(encoder: Encoder, texts: list[str], batch: int) -> tuple[np.ndarr
 def lexical_gap(query: str, exact: list[dict]) -> bool:
     """The data card's rule: the query has Exacts and none shares a content word (title, description, bullets)."""
     words = content_words(query)
-    return bool(exact) and all(
-        not words & content_words(" ".join([p["title"], p.get("description") or "", *(p.get("bullet_points") or [])])) for p in exact)
+    return bool(exact) and all(not words & listing_words(p) for p in exact)
 
 
 def pair_language(locale_a: str, locale_b: str) -> str:

@@ -101,7 +101,7 @@ def _check_weights(weights: Path) -> None:
         else:
             import torch
 
-            torch.load(weights, map_location="cpu", weights_only=True)
+            torch.load(weights, map_location="cpu", weights_only=True, mmap=True)  # the header and layout, not a full read
     except Exception as exc:  # noqa: BLE001 - any failure to read the weights means the file is unusable
         raise InitError(f"model.init: {weights} is unreadable: {exc}") from None
 
@@ -159,8 +159,13 @@ def spaced_layers(depth: int, n: int) -> list[int]:
 
 def keep_layers(encoder, layers: int) -> None:
     """Keep the first `layers` transformer layers (0: all): a shallower, faster tower from the same weights."""
+    if layers and layers < len(encoder.encoder.layer):
+        select_layers(encoder, list(range(layers)))
+
+
+def select_layers(encoder, indices: list[int]) -> None:
+    """Keep these transformer layers of a BertModel, in order; its config follows, so a saved tower reloads."""
     from torch import nn
 
-    if layers and layers < len(encoder.encoder.layer):
-        encoder.encoder.layer = nn.ModuleList(list(encoder.encoder.layer)[:layers])
-        encoder.config.num_hidden_layers = layers
+    encoder.encoder.layer = nn.ModuleList(encoder.encoder.layer[i] for i in indices)
+    encoder.config.num_hidden_layers = len(indices)

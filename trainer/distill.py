@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from trainer.checkpoint import spaced_layers
+from trainer.checkpoint import select_layers, spaced_layers
 from trainer.config import TrainConfig
 from trainer.data import encode_batch
 from trainer.model import EmbeddingModel
@@ -61,8 +61,6 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
             product_texts: list[str] | None = None) -> tuple[EmbeddingModel, dict]:
     """The query student. product_texts: the catalog's rendered products; a sample of them, embedded by the
     teacher, is the bank whose ranking the student learns (none given: cosine loss only)."""
-    from trainer.finetune import embed_texts
-
     d = cfg.distill
     student_cfg = cfg.model.model_copy(update={"init": "none", "layers": d.layers, "hidden": d.hidden, "heads": d.heads,
                                                "intermediate": d.intermediate, "added_layers": 0,
@@ -72,10 +70,7 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
     student = EmbeddingModel(student_cfg).to(device)
     warm = warm_start(student, teacher)
     rng = np.random.default_rng(cfg.pretrain.seed)
-    bank = None
-    if product_texts and d.rank_weight > 0 and d.rank_bank > 0:
-        pick = rng.choice(len(product_texts), size=min(d.rank_bank, len(product_texts)), replace=False)
-        bank = embed_texts(teacher, tok, [product_texts[i] for i in pick], cfg.finetune.max_product_len, device)  # (bank, dim)
+    bank = ranking_bank(teacher, tok, product_texts, cfg.finetune.max_product_len, d, rng, device)
     m = train_student(student, teacher, tok, texts, None, bank, cfg.finetune.max_query_len, d.steps, d.batch, d.lr, d, rng, device, "distill")
     return student, {"warm_start": warm, **m, "student": {"layers": d.layers, "hidden": d.hidden}}
 
@@ -90,22 +85,27 @@ def distill_products(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, 
 
     d = cfg.distill
     student = copy.deepcopy(teacher).to(device)
-    depth = len(teacher.encoder.encoder.layer)
-    keep = spaced_layers(depth, d.product_layers)
-    student.encoder.encoder.layer = torch.nn.ModuleList(student.encoder.encoder.layer[i] for i in keep)
-    student.encoder.config.num_hidden_layers = len(keep)
+    keep = spaced_layers(len(teacher.encoder.encoder.layer), d.product_layers)
+    select_layers(student.encoder, keep)
     student.config = student.config.model_copy(update={"layers": len(keep)})
     rng = np.random.default_rng(cfg.pretrain.seed + 1)
     t0 = time.perf_counter()
     targets = embed_texts(teacher, tok, product_texts, cfg.finetune.max_product_len, device)  # (n, dim), each text once
     teacher_seconds = round(time.perf_counter() - t0, 1)
-    bank = None
-    if query_texts and d.rank_weight > 0 and d.rank_bank > 0:
-        pick = rng.choice(len(query_texts), size=min(d.rank_bank, len(query_texts)), replace=False)
-        bank = embed_texts(teacher, tok, [query_texts[i] for i in pick], cfg.finetune.max_query_len, device)  # (bank, dim)
+    bank = ranking_bank(teacher, tok, query_texts, cfg.finetune.max_query_len, d, rng, device)
     m = train_student(student, teacher, tok, product_texts, targets, bank, cfg.finetune.max_product_len, d.product_steps,
                       d.product_batch, d.product_lr, d, rng, device, "distill[product]")
     return student, {"teacher_layers_kept": keep, "teacher_embed_seconds": teacher_seconds, **m}
+
+
+def ranking_bank(model: EmbeddingModel, tok: Tokenizer, texts: list[str] | None, max_len: int, d, rng, device) -> np.ndarray | None:
+    """`d.rank_bank` of the texts embedded by `model`: what a student's ranking is taught against (None: cosine only)."""
+    from trainer.finetune import embed_texts
+
+    if not texts or d.rank_weight <= 0 or d.rank_bank <= 0:
+        return None
+    pick = rng.choice(len(texts), size=min(d.rank_bank, len(texts)), replace=False)
+    return embed_texts(model, tok, [texts[i] for i in pick], max_len, device)  # (bank, dim)
 
 
 def train_student(student: EmbeddingModel, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], targets: np.ndarray | None,

@@ -73,22 +73,23 @@ def kept(ladder: list[list[str]], rungs: int) -> list[str]:
     return [n for g in ladder[:rungs] for n in g]
 
 
-def quantize_within(src: Path, dst: Path, tokenizer: Path, texts: list[str], max_length: int, target_cosine: float,
-                    per_channel: bool = True) -> dict:
-    """int8 where it is safe: quantise every MatMul and embedding, then climb `fp32_ladder` until the mean cosine
-    to fp32 on `texts` reaches `target_cosine`. Returns the rungs climbed and the cosine; the gate judges the result."""
-    reference = _onnx_embed(src, tokenizer, texts, max_length)
-    ladder = fp32_ladder(src)
+def quantize_within(staging: Path, manifest: Manifest, tower: str, ladder: list[list[str]], texts: list[str],
+                    target_cosine: float, per_channel: bool = True) -> dict:
+    """int8 where it is safe: quantise every MatMul and embedding of STAGING/TOWER.fp32.onnx, then climb `ladder`
+    until the mean cosine to fp32 on `texts` reaches `target_cosine`. Returns the rungs climbed and the cosine;
+    the gate judges the result."""
+    reference = batched(OnnxEncoder(staging, tower, manifest=weights_of(manifest, "fp32")), texts)
+    int8 = weights_of(manifest, "int8")
     for rungs in range(len(ladder) + 1):
-        quantize_int8(src, dst, per_channel, tuple(kept(ladder, rungs)))
-        cosine = float((_onnx_embed(dst, tokenizer, texts, max_length) * reference).sum(1).mean())
+        quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs)))
+        cosine = float((batched(OnnxEncoder(staging, tower, manifest=int8), texts) * reference).sum(1).mean())
         if cosine >= target_cosine:
             break
     return {"rungs": rungs, "kept_fp32": kept(ladder, rungs), "cosine_mean": round(cosine, 5)}
 
 
 def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, gate: dict, quantization: dict,
-                           per_channel: bool) -> dict:
+                           ladders: dict[str, list[list[str]]], per_channel: bool) -> dict:
     """The parity gate, unchanged; while it refuses, climb one more rung of `fp32_ladder` in each tower that has one
     left and ask again. The retrieval metric, not only the cosine, decides how much stays fp32; a bundle that
     fails with every rung climbed (all fp32) is refused: the int8 path is broken, not merely lossy.
@@ -96,7 +97,6 @@ def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, 
     Raises:
         ParityError: the gate's refusal at the last step.
     """
-    ladders = {t: fp32_ladder(staging / f"{t}.fp32.onnx") for t in ("product", "query")}
     while True:
         try:
             return parity_check(staging, manifest, **validation, **gate)
@@ -114,18 +114,10 @@ def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, 
             log.info("parity gate refused; fp32 rungs now %s", {t: q["rungs"] for t, q in quantization.items()})
 
 
-def _onnx_embed(model: Path, tokenizer: Path, texts: list[str], max_length: int) -> np.ndarray:
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer))
-    tok.enable_truncation(max_length)
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    out = []
-    for e in tok.encode_batch(texts):
-        ids = np.array([e.ids], dtype=np.int64)
-        out.append(session.run(["embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0])
-    return np.array(out, dtype=np.float32)  # (n, dim)
+def weights_of(manifest: Manifest, quantization: str) -> Manifest:
+    """The same bundle with its towers read from the `fp32` or `int8` files the export leaves side by side."""
+    return manifest.model_copy(update={"towers": {t: s.model_copy(update={"onnx": f"{t}.{quantization}.onnx"})
+                                                  for t, s in manifest.towers.items()}})
 
 
 def recall_at_10(query_vecs: np.ndarray, product_vecs: np.ndarray, asins: list[str], relevant: list[set[str]]) -> float:
@@ -144,8 +136,7 @@ def parity_check(staging: Path, manifest: Manifest, product_texts: list[str], qu
     out = {}
     vecs = {}
     for q in ("fp32", "int8"):
-        m = manifest.model_copy(update={"towers": {t: s.model_copy(update={"onnx": s.onnx.replace(".int8.", f".{q}.")})
-                                                   for t, s in manifest.towers.items()}})
+        m = weights_of(manifest, q)
         prod = OnnxEncoder(staging, "product", threads=2, manifest=m)
         query = OnnxEncoder(staging, "query", threads=2, manifest=m)
         vecs[q] = (batched(prod, product_texts), batched(query, query_texts))
@@ -179,14 +170,6 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
     staging.mkdir(parents=True)
     try:
         shutil.copy(tokenizer_path, staging / "tokenizer.json")
-        export_cfg = training_config.get("export", {})
-        quantization = {}
-        for tower, model, texts, max_len in (("product", product, validation["product_texts"], max_lengths[0]),
-                                             ("query", query, validation["query_texts"], max_lengths[1])):
-            export_onnx(model, staging / f"{tower}.fp32.onnx")
-            quantization[tower] = quantize_within(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", staging / "tokenizer.json",
-                                                  texts[:QUANTIZE_SAMPLE], max_len, export_cfg.get("int8_target_cosine", 0.995),
-                                                  per_channel=export_cfg.get("per_channel", True))
         pc, qc = product.config, query.config
         manifest = Manifest(
             name=name, version=version, created_at=time.time(), dim=pc.dim, pooling=pc.pooling, render_scheme=scheme,
@@ -195,10 +178,18 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
                                        distilled_from=f"product tower of {version}" if query_distilled else None)},
             metrics=metrics, training_config=training_config,
         )
-        parity = gate_or_keep_more_fp32(staging, manifest, validation, gate, quantization, export_cfg.get("per_channel", True))
+        export_cfg = training_config.get("export", {})
+        per_channel = export_cfg.get("per_channel", True)
+        quantization, ladders = {}, {}
+        for tower, model, texts in (("product", product, validation["product_texts"]), ("query", query, validation["query_texts"])):
+            export_onnx(model, staging / f"{tower}.fp32.onnx")
+            ladders[tower] = fp32_ladder(staging / f"{tower}.fp32.onnx")
+            quantization[tower] = quantize_within(staging, manifest, tower, ladders[tower], texts[:QUANTIZE_SAMPLE],
+                                                  export_cfg.get("int8_target_cosine", 0.995), per_channel)
+        parity = gate_or_keep_more_fp32(staging, manifest, validation, gate, quantization, ladders, per_channel)
         manifest.metrics["parity"] = parity
         manifest.metrics["quantization"] = quantization
-        if not training_config.get("export", {}).get("keep_fp32", True):
+        if not export_cfg.get("keep_fp32", True):
             for f in staging.glob("*.fp32.onnx"):
                 f.unlink()
         write_manifest(staging, manifest)

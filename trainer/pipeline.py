@@ -158,50 +158,46 @@ class Run:
     def _finetuned(self) -> EmbeddingModel:
         return load_tower(_need(self.dir / "finetuned.pt", "finetune"))
 
-    def distill(self, teacher: EmbeddingModel | None = None) -> tuple[EmbeddingModel | None, EmbeddingModel]:
-        """(query student or None, product tower): the product tower is the teacher unless distill.product_layers."""
+    def distill(self, teacher: EmbeddingModel | None = None) -> tuple[EmbeddingModel, EmbeddingModel]:
+        """(query tower, product tower): each a student where one is distilled (distill.enabled, distill.product_layers),
+        else the fine-tuned teacher."""
         self._load_tok()
         teacher = teacher or self._finetuned()
         d, m = self.cfg.distill, {}
         queries = [q["text"] for q in self.catalog.queries("train")]
         product_texts = [render_product(p, self.scheme) for p in self.products.values()]
-        student = None
+        query = product = teacher
         if d.enabled:
             q_texts = query_like_texts(queries, [p["title"] for p in self.products.values()], 20_000, self.cfg.pretrain.seed)
-            student, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"), product_texts=product_texts)
-            save_tower(student, self.dir / "student.pt")
-        product = teacher
+            query, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"), product_texts=product_texts)
+            save_tower(query, self.dir / "student.pt")
         if d.product_layers:
             product, m["product"] = distill_products(self.cfg, teacher, self.tok, product_texts, queries, torch.device("cpu"))
             save_tower(product, self.dir / "product_student.pt")
         self._save_metrics("distill", m)
-        return student, product
+        return query, product
 
-    def _student(self) -> EmbeddingModel | None:
-        path = self.dir / "student.pt"
-        if not self.cfg.distill.enabled:
-            return None
-        return load_tower(_need(path, "distill"))
+    def _saved_towers(self) -> tuple[EmbeddingModel, EmbeddingModel]:
+        """(query tower, product tower) as the distill stage left them in the run dir."""
+        d = self.cfg.distill
+        teacher = None if d.enabled and d.product_layers else self._finetuned()
+        query = load_tower(_need(self.dir / "student.pt", "distill")) if d.enabled else teacher
+        product = load_tower(_need(self.dir / "product_student.pt", "distill")) if d.product_layers else teacher
+        return query, product
 
-    def _product_tower(self) -> EmbeddingModel:
-        if self.cfg.distill.product_layers:
-            return load_tower(_need(self.dir / "product_student.pt", "distill"))
-        return self._finetuned()
-
-    def export(self, model: EmbeddingModel | None = None, student: EmbeddingModel | None = None, t0: float | None = None) -> Path:
+    def export(self, towers: tuple[EmbeddingModel, EmbeddingModel] | None = None, t0: float | None = None) -> Path:
+        """towers: (query, product) from `distill`; none given, read back from the run dir."""
         if self.cfg.finetune.towers != "two_tower":
             raise ConfigError("finetune.towers: cross_encoder scores pairs and has no embedding to export; use two_tower for a bundle")
         self._load_tok()
-        model = model or self._product_tower()
-        if student is None:
-            student = self._student() or (self._finetuned() if self.cfg.distill.product_layers else None)
+        query, product = towers or self._saved_towers()
         val = validation_set(self.catalog, self.products, self.scheme, self.cfg.export.validation_size)
         metrics = {"pretrain": self.metrics.get("pretrain", {}), "finetune": self.metrics.get("finetune", {}),
                    "distill": self.metrics.get("distill", {})}
         if t0 is not None:
             metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
         return publish_bundle(
-            self.cfg.out, self.cfg.name, model, student or model, self.tok_path, self.scheme, metrics, json.loads(self.cfg.model_dump_json()),
+            self.cfg.out, self.cfg.name, product, query, self.tok_path, self.scheme, metrics, json.loads(self.cfg.model_dump_json()),
             validation=val, gate={"min_cosine": self.cfg.export.min_cosine, "max_drop": self.cfg.export.max_metric_drop},
             query_distilled=self.cfg.distill.enabled, max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
         )
@@ -236,8 +232,7 @@ def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
     run.tokenizer()
     encoder = run.pretrain(resume=resume)
     model = run.finetune(encoder)
-    student, product = run.distill(model)
-    bundle = run.export(product, student or (model if product is not model else None), t0=t0)
+    bundle = run.export(run.distill(model), t0=t0)
     log.info("bundle %s in %.0f s", bundle, time.perf_counter() - t0)
     return bundle
 

@@ -37,10 +37,15 @@ def test_a_missing_directory_is_named(tmp_path):
         checkpoint.resolve(str(tmp_path / "nope"))
 
 
-def test_a_missing_config_is_named(tmp_path):
+@pytest.mark.parametrize(("missing", "message"), [
+    ("config.json", r"config\.json is missing"),
+    ("model.safetensors", r"no weights: expected model\.safetensors or pytorch_model\.bin"),
+    ("vocab.txt", r"no tokenizer: expected tokenizer\.json or vocab\.txt"),
+])
+def test_a_missing_file_is_named(tmp_path, missing, message):
     d = tiny_checkpoint(tmp_path / "ck")
-    (d / "config.json").unlink()
-    with pytest.raises(InitError, match=r"config\.json is missing"):
+    (d / missing).unlink()
+    with pytest.raises(InitError, match=message):
         checkpoint.resolve(str(d))
 
 
@@ -60,24 +65,10 @@ def test_another_architecture_is_named(tmp_path):
         checkpoint.resolve(str(d))
 
 
-def test_missing_weights_are_named(tmp_path):
-    d = tiny_checkpoint(tmp_path / "ck")
-    (d / "model.safetensors").unlink()
-    with pytest.raises(InitError, match=r"no weights: expected model\.safetensors or pytorch_model\.bin"):
-        checkpoint.resolve(str(d))
-
-
 def test_corrupt_weights_are_named(tmp_path):
     d = tiny_checkpoint(tmp_path / "ck")
     (d / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(InitError, match=r"model\.safetensors is unreadable"):
-        checkpoint.resolve(str(d))
-
-
-def test_a_missing_tokenizer_is_named(tmp_path):
-    d = tiny_checkpoint(tmp_path / "ck")
-    (d / "vocab.txt").unlink()
-    with pytest.raises(InitError, match=r"no tokenizer: expected tokenizer\.json or vocab\.txt"):
         checkpoint.resolve(str(d))
 
 

@@ -36,18 +36,24 @@ def _tiny_tower_onnx(tmp_path):
 
     torch.manual_seed(0)
     c = ModelConfig(vocab_size=1000, layers=3, hidden=64, heads=2, intermediate=128, proj_dim=0, dropout=0.0)
-    export_onnx(EmbeddingModel(c).eval(), tmp_path / "t.fp32.onnx")
+    export_onnx(EmbeddingModel(c).eval(), tmp_path / "product.fp32.onnx")
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(1000)}, unk_token="w1"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(tmp_path / "tok.json"))
+    tok.save(str(tmp_path / "tokenizer.json"))
     texts = [" ".join(f"w{(i * 7 + j) % 60 + 2}" for j in range(5 + i % 9)) for i in range(24)]
-    return tmp_path / "t.fp32.onnx", tmp_path / "tok.json", texts
+    return tmp_path / "product.fp32.onnx", texts
+
+
+def _staged_manifest():
+    from m5core.bundle import Manifest, TowerSpec
+
+    return Manifest(version="t", created_at=0.0, dim=64, towers={"product": TowerSpec(onnx="product.int8.onnx", max_length=32)})
 
 
 def test_the_fp32_ladder_climbs_embeddings_then_feed_forward_outputs_first_layer_first(tmp_path):
     from trainer.export import fp32_ladder
 
-    src, _, _ = _tiny_tower_onnx(tmp_path)
+    src, _ = _tiny_tower_onnx(tmp_path)
     ladder = fp32_ladder(src)
     assert all("embeddings" in n for n in ladder[0])
     assert ladder[1:4] == [[f"/encoder/encoder/layer.{i}/output/dense/MatMul"] for i in range(3)]
@@ -56,11 +62,12 @@ def test_the_fp32_ladder_climbs_embeddings_then_feed_forward_outputs_first_layer
 
 
 def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
-    from trainer.export import quantize_within
+    from trainer.export import fp32_ladder, quantize_within
 
-    src, tok, texts = _tiny_tower_onnx(tmp_path)
-    easy = quantize_within(src, tmp_path / "a.onnx", tok, texts, 32, target_cosine=0.5)
+    src, texts = _tiny_tower_onnx(tmp_path)
+    ladder, manifest = fp32_ladder(src), _staged_manifest()
+    easy = quantize_within(tmp_path, manifest, "product", ladder, texts, target_cosine=0.5)
     assert easy["kept_fp32"] == [] and easy["cosine_mean"] >= 0.5
-    strict = quantize_within(src, tmp_path / "b.onnx", tok, texts, 32, target_cosine=1.01)  # unreachable: every rung climbed
+    strict = quantize_within(tmp_path, manifest, "product", ladder, texts, target_cosine=1.01)  # unreachable: every rung climbed
     assert strict["rungs"] == 10 and "/encoder/encoder/layer.2/attention/self/query/MatMul" in strict["kept_fp32"]
     assert strict["cosine_mean"] > 0.9999  # everything fp32: the int8 file computes what fp32 does
