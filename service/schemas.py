@@ -10,7 +10,7 @@ from m5core.schema import ASIN_PATTERN, Locale, ProductLine
 
 Asin = Annotated[str, StringConstraints(pattern=ASIN_PATTERN)]
 QueryText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # strict: true/false are not numbers
 
 
 class _Model(BaseModel):
