@@ -7,17 +7,12 @@ BM25 is not an embedding: it enters the harness through the scorer path (`top` f
 from __future__ import annotations
 
 import os
-import re
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
-
-
-def tokens(text: str) -> list[str]:
-    return _TOKEN_RE.findall(text.lower())
+from m5core.lexical import words
 
 
 class RandomEncoder:
@@ -46,11 +41,11 @@ class BM25Retriever:
         except ImportError as exc:
             raise RuntimeError(f"the BM25 baseline needs bm25s (pip install -e '.[eval]'): {exc}") from exc
         self.bm25 = bm25s.BM25(k1=1.5, b=0.75)
-        self.bm25.index([tokens(d) for d in docs], show_progress=False)
+        self.bm25.index([words(d) for d in docs], show_progress=False)
         self.n_docs = len(docs)
 
     def top(self, query: str, k: int) -> np.ndarray:
-        scores = np.asarray(self.bm25.get_scores(tokens(query)), np.float32)  # (n_docs,)
+        scores = np.asarray(self.bm25.get_scores(words(query)), np.float32)  # (n_docs,)
         k = min(k, len(scores))
         idx = np.argpartition(-scores, k - 1)[:k]
         return idx[np.argsort(-scores[idx], kind="stable")]
@@ -58,7 +53,7 @@ class BM25Retriever:
     @staticmethod
     def pair_score(a: str, b: str) -> float:
         """Token Jaccard of two texts: the lexical stand-in for a duplicate score."""
-        ta, tb = set(tokens(a)), set(tokens(b))
+        ta, tb = set(words(a)), set(words(b))
         return len(ta & tb) / max(1, len(ta | tb))
 
 

@@ -5,6 +5,7 @@ Layout of a bundle directory:
     tokenizer.json       Hugging Face `tokenizers` file, shared by both towers
     product.int8.onnx    product tower: (input_ids, attention_mask) int64 (batch, seq) -> embedding (batch, dim)
     query.int8.onnx      query tower, same signature, same embedding space (may be a distilled student)
+    lexical.json         optional hashed-BM25 block appended to both towers' vectors (m5core/lexical.py)
 
 The ONNX graphs do pooling, projection and L2 normalisation themselves, so the runtime side is
 only tokenize -> run.
@@ -18,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST = "manifest.json"
 
@@ -38,6 +39,13 @@ class TowerSpec(BaseModel):
     distilled_from: str | None = None
 
 
+class LexicalRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = "lexical.json"
+    dims: int = Field(gt=0)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -47,15 +55,28 @@ class Manifest(BaseModel):
     """Unique bundle version; stored with every vector so a mismatched query tower is detected."""
     created_at: float
     dim: int = Field(gt=0)
+    """Dimensions of the served vector: the towers' dense output plus the lexical block's, if any."""
     pooling: Literal["cls", "mean"] = "mean"
     render_scheme: Literal["plain", "fields"] = "fields"
     quantization: Literal["int8", "fp32"] = "int8"
     tokenizer: str = "tokenizer.json"
     towers: dict[Literal["product", "query"], TowerSpec]
+    lexical: LexicalRef | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_config: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     """sha256 of every file in the bundle, checked on load."""
+
+    @model_validator(mode="after")
+    def _dense_part_left(self) -> "Manifest":
+        if self.lexical and self.lexical.dims >= self.dim:
+            raise ValueError(f"lexical.dims {self.lexical.dims} leaves no dense part of dim {self.dim}")
+        return self
+
+    @property
+    def dense_dim(self) -> int:
+        """Dimensions the ONNX towers output."""
+        return self.dim - (self.lexical.dims if self.lexical else 0)
 
 
 def sha256_file(path: Path) -> str:

@@ -7,7 +7,6 @@ stand-in with the same interface for fast tests (its vectors follow token overla
 from __future__ import annotations
 
 import hashlib
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -15,6 +14,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 
 from m5core.bundle import BundleError, Manifest, load_manifest
+from m5core.lexical import LexicalBlock, words
 
 Tower = Literal["product", "query"]
 
@@ -42,7 +42,11 @@ SUB_BATCH = 16  # rows per ONNX Runtime call in a large batch (intra-op: 16 1,16
 
 
 class OnnxEncoder:
-    """One tower of a bundle, run by ONNX Runtime on CPU.
+    """One tower of a bundle, run by ONNX Runtime on CPU, with the bundle's lexical block appended.
+
+    `lexical`: which side of the lexical block to append, the tower's own by default ("product" weights
+    words by BM25, "query" by presence); "off" returns the towers' dense vectors alone (the int8 gate,
+    and reports that show what the block adds).
 
     `threads` runs that many sub-batches at once, each single-threaded (data parallel), instead of
     splitting every operator across threads (intra-op). A 2-thread intra-op pool meets at a barrier
@@ -52,7 +56,8 @@ class OnnxEncoder:
     process busy 20% of one core, 802-985 against 892-1,186 (benchmarks/encoder_threads.py).
     """
 
-    def __init__(self, bundle_dir: Path | str, tower: Tower = "product", threads: int = 1, manifest: Manifest | None = None):
+    def __init__(self, bundle_dir: Path | str, tower: Tower = "product", threads: int = 1, manifest: Manifest | None = None,
+                 lexical: Tower | Literal["off"] | None = None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -62,8 +67,19 @@ class OnnxEncoder:
             raise BundleError(f"bundle {self.manifest.version} has no {tower} tower")
         spec = self.manifest.towers[tower]
         self.version = self.manifest.version
-        self.dim = self.manifest.dim
         self.tower = tower
+        self.lexical: LexicalBlock | None = None
+        self._lexical_side = lexical or tower
+        if self.manifest.lexical and self._lexical_side != "off":
+            try:
+                self.lexical = LexicalBlock.load(self.bundle_dir / self.manifest.lexical.file)
+            except ValueError as exc:
+                raise BundleError(f"bundle {self.version}: {exc}") from exc
+            if self.lexical.dims != self.manifest.lexical.dims:
+                raise BundleError(f"bundle {self.version}: {self.manifest.lexical.file} has {self.lexical.dims} dims, "
+                                  f"the manifest says {self.manifest.lexical.dims}")
+        self.dense_dim = self.manifest.dense_dim
+        self.dim = self.manifest.dim if self.lexical else self.dense_dim
         self.max_length = spec.max_length
         self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / self.manifest.tokenizer))
         self.tokenizer.enable_truncation(self.max_length)
@@ -104,6 +120,14 @@ class OnnxEncoder:
     def embed(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        dense = self.embed_dense(texts)
+        if self.lexical is None:
+            return dense
+        side = self.lexical.products if self._lexical_side == "product" else self.lexical.queries
+        return self.lexical.append(dense, side(texts))
+
+    def embed_dense(self, texts: list[str]) -> np.ndarray:
+        """The tower's own (n, dense_dim) output."""
         if len(texts) == 1 or (self.threads == 1 and len(texts) <= SUB_BATCH):
             return self.run(*self.tokenize(texts))
         # Length-sorted sub-batches: padding a whole batch to its longest text wastes ~25% of the
@@ -112,7 +136,7 @@ class OnnxEncoder:
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
         size = min(SUB_BATCH, -(-len(texts) // self.threads))  # a small batch still uses every thread
         parts = [order[lo:lo + size] for lo in range(0, len(order), size)]
-        out = np.empty((len(texts), self.dim), dtype=np.float32)  # (n, dim)
+        out = np.empty((len(texts), self.dense_dim), dtype=np.float32)  # (n, dense_dim)
 
         def one(rows: list[int]) -> None:
             out[rows] = self.run(*self._pad([encs[i] for i in rows]))
@@ -126,9 +150,6 @@ class OnnxEncoder:
         return out
 
 
-_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
-
-
 class HashEncoder:
     """Feature-hashing bag of words: deterministic, instant, lexical. For tests and smoke runs only."""
 
@@ -138,7 +159,7 @@ class HashEncoder:
 
     def _one(self, text: str) -> np.ndarray:
         v = np.zeros(self.dim, dtype=np.float32)
-        for tok in _TOKEN_RE.findall(text.lower()):
+        for tok in words(text):
             h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little")
             v[h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
         if not v.any():

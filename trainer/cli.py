@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, helptext in _STAGES.items():
         c = tsub.add_parser(name, help=helptext, description=helptext)
         c.add_argument("--config", type=Path, help="YAML or JSON config file (unknown keys are errors)")
-        c.add_argument("--preset", default="default", help="tiny | default | test | m5-500m | m5-1.5b")
+        c.add_argument("--preset", default="default", help="tiny | default | scratch | test | m5-500m | m5-1.5b (trainer/config.py PRESETS)")
         c.add_argument("--catalog", type=Path, help="catalog directory (overrides the config)")
         c.add_argument("--out", type=Path, help="bundles directory; the new bundle becomes OUT/current")
         c.add_argument("--run-dir", type=Path, help="checkpoints, metrics and logs of this run")

@@ -131,6 +131,11 @@ class ExportConfig(_Strict):
     catalog has only ~84 validation queries: one query's hit moved recall@10 by 1.2%, more than the 1% gate."""
     int8_target_cosine: float = Field(0.995, gt=0, le=1, description="quantisation keeps feed-forward outputs fp32, first "
                                       "layer first, until int8's mean cosine to fp32 reaches this (the gate's min_cosine is the floor)")
+    lexical_dims: int = Field(256, ge=0, description="hashed-BM25 buckets appended to every vector (m5core/lexical.py); 0: "
+                              "dense vectors only")
+    """Chosen on the development set and by cost (docs/benchmarks.md, "The lexical block"): nDCG@10 0.893 with 256
+    buckets, 0.901 with 512 (one query's worth on 42 queries), while search time grows with the vector's length."""
+    lexical_share: float = Field(0.4, gt=0, lt=1, description="the lexical cosine's share of every score")
     keep_fp32: bool = True
     per_channel: bool = True
     """One int8 scale per output channel of each weight: on the default model it kept validation recall@10

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m5core.bundle import Manifest, TowerSpec, write_manifest
+from m5core.bundle import LexicalRef, Manifest, TowerSpec, write_manifest
 from m5core.encoder import OnnxEncoder
+from m5core.lexical import FILE as LEXICAL_FILE, LexicalBlock
 from trainer.model import EmbeddingModel
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,12 @@ def batched(enc: OnnxEncoder, texts: list[str], batch: int = 64) -> np.ndarray:
 
 def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: EmbeddingModel, tokenizer_path: Path,
                    scheme: str, metrics: dict, training_config: dict, validation: dict, gate: dict,
-                   query_distilled: bool, max_lengths: tuple[int, int]) -> Path:
-    """Export both towers, quantise, gate, then move the bundle into place and repoint `current`."""
+                   query_distilled: bool, max_lengths: tuple[int, int], lexical: LexicalBlock | None = None) -> Path:
+    """Export both towers, quantise, gate, then move the bundle into place and repoint `current`.
+
+    The gate compares the dense towers (the lexical block is the same arithmetic in fp32 and int8, and
+    would only dilute a difference); the block is added after it.
+    """
     version = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
     out_dir = Path(out_dir)
     staging = out_dir / f".staging-{version}"
@@ -189,6 +194,10 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
         parity = gate_or_keep_more_fp32(staging, manifest, validation, gate, quantization, ladders, per_channel)
         manifest.metrics["parity"] = parity
         manifest.metrics["quantization"] = quantization
+        if lexical is not None:
+            lexical.save(staging / LEXICAL_FILE)
+            manifest.lexical = LexicalRef(file=LEXICAL_FILE, dims=lexical.dims)
+            manifest.dim = pc.dim + lexical.dims
         if not export_cfg.get("keep_fp32", True):
             for f in staging.glob("*.fp32.onnx"):
                 f.unlink()

@@ -12,6 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from catalog.io import CatalogError, load_catalog
+from m5core.lexical import LexicalBlock
 from m5core.schema import render_product
 from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.distill import distill, distill_products, query_like_texts
@@ -200,7 +201,15 @@ class Run:
             self.cfg.out, self.cfg.name, product, query, self.tok_path, self.scheme, metrics, json.loads(self.cfg.model_dump_json()),
             validation=val, gate={"min_cosine": self.cfg.export.min_cosine, "max_drop": self.cfg.export.max_metric_drop},
             query_distilled=self.cfg.distill.enabled, max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
+            lexical=self.lexical_block(),
         )
+
+    def lexical_block(self) -> LexicalBlock | None:
+        """BM25 statistics of the training catalog's products, frozen into the bundle (None when export.lexical_dims is 0)."""
+        e = self.cfg.export
+        if not e.lexical_dims:
+            return None
+        return LexicalBlock.fit([render_product(p, self.scheme) for p in self.products.values()], e.lexical_dims, e.lexical_share)
 
 
 def run_stage(cfg: TrainConfig, stage: str, resume: bool = True):

@@ -68,7 +68,7 @@ def latency_table(bundle: Path, iters: int = 300, query_tokens: int = 16) -> tup
             mv = tower_variant(bundle, m, tower, quant)
             if mv is None:
                 continue
-            enc = OnnxEncoder(bundle, tower, threads=1, manifest=mv)
+            enc = OnnxEncoder(bundle, tower, threads=1, manifest=mv, lexical="query" if key != "product" else "product")
             if key != "product":
                 text = text_of_tokens(enc, QUERY_16 + " " + QUERY_16, query_tokens)
             r = latency(enc, text, iters)
@@ -142,7 +142,12 @@ def eval_tables(bundle: Path, catalog: Path, baselines: bool, split: str = "test
         (f"{m.name} int8, distilled query tower",
          {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m)}, m.render_scheme),
         (f"{m.name} int8, full query tower",
-         {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "product", threads=1, manifest=m)}, m.render_scheme)]
+         {"encoder": None, "product_encoder": product,
+          "query_encoder": OnnxEncoder(bundle, "product", threads=1, manifest=m, lexical="query")}, m.render_scheme)]
+    if m.lexical:
+        variants.append((f"{m.name} int8, dense part only (no lexical block)",
+                         {"encoder": None, "product_encoder": OnnxEncoder(bundle, "product", threads=2, manifest=m, lexical="off"),
+                          "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m, lexical="off")}, m.render_scheme))
     fp32 = tower_variant(bundle, m, "product", "fp32")
     q32 = tower_variant(bundle, m, "query", "fp32")
     if fp32 is not None and q32 is not None:

@@ -55,7 +55,8 @@ class EmbeddingStore(ABC):
 
     @abstractmethod
     def get(self, asin: str) -> VectorRecord | None:
-        """The live record, or None when missing or deleted."""
+        """The live record without its product document (most of a record's bytes; `get_doc` reads it),
+        or None when missing or deleted."""
 
     @abstractmethod
     def get_many(self, asins: Sequence[str]) -> list[VectorRecord | None]: ...
@@ -79,6 +80,19 @@ class EmbeddingStore(ABC):
     @abstractmethod
     def count(self) -> int:
         """Number of live records."""
+
+    @abstractmethod
+    def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
+        """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
+
+    # The active-namespace pointer (`m5core.stores.active_pointer`): a re-embed fills a new namespace and
+    # then moves the pointer; readers follow it. Pointers live outside any namespace.
+    @abstractmethod
+    def get_pointer(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def swap_pointer(self, name: str, value: str, prev_name: str) -> str | None:
+        """Set `name` to value and `prev_name` to its old value atomically; -> the old value."""
 
     @abstractmethod
     def ping(self) -> bool: ...

@@ -128,7 +128,6 @@ class LocalStore(EmbeddingStore):
             return self.db.execute("SELECT COUNT(*) FROM vectors WHERE ns=? AND del=0", (self.namespace,)).fetchone()[0]
 
     def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
-        """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
         last = ""
         while True:
             with self._lock:
@@ -149,7 +148,6 @@ class LocalStore(EmbeddingStore):
         return None if row is None else row[0]
 
     def swap_pointer(self, name: str, value: str, prev_name: str) -> str | None:
-        """Set `name` to value and `prev_name` to its old value in one transaction; -> the old value."""
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:

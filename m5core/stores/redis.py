@@ -94,7 +94,7 @@ class RedisStore(EmbeddingStore):
         return bool(self._delete(keys=[self._live, self.key(asin)], args=[product_version, repr(0.0)]))
 
     @staticmethod
-    def decode(asin: str, vals: Sequence[bytes | None], doc: bytes | None = None) -> VectorRecord | None:
+    def decode(asin: str, vals: Sequence[bytes | None]) -> VectorRecord | None:
         vec, scale, pv, bv, h, loc, pl, ts, deleted = vals
         if pv is None or deleted == b"1" or vec is None:
             return None
@@ -102,15 +102,10 @@ class RedisStore(EmbeddingStore):
             vector = dequantize_int8(np.frombuffer(vec, dtype=np.int8), float(scale))
         else:
             vector = np.frombuffer(vec, dtype="<f4")
-        return VectorRecord(asin, vector, int(pv), bv.decode(), h.decode(), loc.decode(), pl.decode(), float(ts), doc or None)
+        return VectorRecord(asin, vector, int(pv), bv.decode(), h.decode(), loc.decode(), pl.decode(), float(ts))
 
-    def get_raw(self, asin: str) -> list[bytes | None]:
-        """The stored fields as bytes, one round trip: the service's hot path decodes only what it returns."""
-        return self.client.hmget(self.key(asin), _FIELDS)
-
-    def get(self, asin: str, with_doc: bool = False) -> VectorRecord | None:
-        vals = self.client.hmget(self.key(asin), (*_FIELDS, "doc"))
-        return self.decode(asin, vals[:-1], vals[-1] if with_doc else None)
+    def get(self, asin: str) -> VectorRecord | None:
+        return self.decode(asin, self.client.hmget(self.key(asin), _FIELDS))
 
     def get_many(self, asins: Sequence[str]) -> list[VectorRecord | None]:
         pipe = self.client.pipeline(transaction=False)
@@ -151,7 +146,6 @@ class RedisStore(EmbeddingStore):
         return int(self.client.get(self._live) or 0)
 
     def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
-        """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
         prefix = f"{self.namespace}:v:"
         for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
             pipe = self.client.pipeline(transaction=False)
@@ -161,14 +155,12 @@ class RedisStore(EmbeddingStore):
                 if doc and deleted != b"1":
                     yield k.decode()[len(prefix):], doc
 
-    # The active-namespace pointer: `{base}:active` names the namespace the service reads; a
-    # re-embed fills a new namespace, then switches the pointer in one MULTI (prev kept for rollback).
     def get_pointer(self, name: str) -> str | None:
         v = self.client.get(name)
         return None if v is None else v.decode()
 
     def swap_pointer(self, name: str, value: str, prev_name: str) -> str | None:
-        """Set `name` to value and `prev_name` to its old value atomically; -> the old value."""
+        """One MULTI under WATCH: a concurrent swap retries instead of losing the previous value."""
         with self.client.pipeline(transaction=True) as pipe:
             while True:
                 try:

@@ -138,11 +138,12 @@ def test_train_from_the_packaged_checkpoint_for_a_few_steps(tmp_path, test_catal
         "distill": {"layers": 1, "hidden": 384, "heads": 12, "intermediate": 1536, "steps": 4, "batch": 16, "rank_bank": 64}})
     bundle = train_all(cfg)
     m = load_manifest(bundle)
-    assert (m.towers["product"].layers, m.towers["product"].hidden, m.dim) == (1, 384, 384)
+    assert (m.towers["product"].layers, m.towers["product"].hidden, m.dense_dim) == (1, 384, 384)
+    assert m.dim == 384 + cfg.export.lexical_dims
     assert m.training_config["model"]["init"] == "minilm"
     assert m.training_config["model"]["vocab_size"] > 30522 + len(FIELD_TOKENS)
     vecs = OnnxEncoder(bundle, "query").embed(["cordless drill", "Akkuschrauber"])
-    assert vecs.shape == (2, 384) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
+    assert vecs.shape == (2, m.dim) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
 
 
 def test_the_masked_only_mlm_loss_equals_the_full_one(tmp_path):

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+
+from m5core.bundle import BundleError, LexicalRef, Manifest, TowerSpec
+from m5core.lexical import LexicalBlock, words
+
+CORPUS = [
+    "Gardena Gartenschlauch 20m, 1/2 Zoll, knickfest, mit Spritze",
+    "Cast iron skillet 26 cm, pre-seasoned, oven safe",
+    "Cast iron grill pan, square, 28cm, enamel",
+    "خرطوم حديقة 15 متر مع مسدس رش",
+    "USB-C cable 2m braided, 60W fast charge",
+    "Katzenstreu klumpend 10 l, staubarm, Babypuder Duft",
+    "Sunscreen SPF 50+, water resistant, 200 ml",
+]
+QUERIES = ["cast iron skillet", "gartenschlauch 20m", "خرطوم حديقة", "usb-c cable braided", "katzenstreu staubarm", "spf 50 sunscreen"]
+
+
+def test_products_dot_queries_ranks_as_bm25_does():
+    """With buckets to spare (no collisions), the block's inner product orders products as the bm25s library does."""
+    import bm25s
+
+    block = LexicalBlock.fit(CORPUS, dims=1 << 16, share=0.4)
+    scores = block.queries(QUERIES) @ block.products(CORPUS).T  # (queries, products)
+    bm25 = bm25s.BM25(k1=1.2, b=0.75)
+    bm25.index([words(t) for t in CORPUS], show_progress=False)
+    for qi, q in enumerate(QUERIES):
+        ref = np.asarray(bm25.get_scores(words(q)))
+        assert np.argmax(scores[qi]) == np.argmax(ref) and ref.max() > 0, q
+        np.testing.assert_allclose(scores[qi] / 2.2, ref, rtol=1e-4, atol=1e-5)  # BM25 up to the constant k1 + 1
+
+
+def test_appended_vectors_are_unit_length_and_let_a_shared_word_decide():
+    """Two products the dense part cannot tell apart: the one sharing the query's rare word wins, in any script."""
+    block = LexicalBlock.fit(CORPUS, dims=512, share=0.4)
+    dense = np.tile(np.eye(1, 8, dtype=np.float32), (2, 1))  # identical dense vectors
+    for query, hit, miss in (("zorblax hose", "zorblax garden hose 20m", "garden hose 20m"),
+                             ("خرطوم", "خرطوم حديقة", "مسدس رش"), ("Akkuschrauber", "Akkuschrauber 18V", "Bohrmaschine 18V")):
+        p = block.append(dense, block.products([hit, miss]))
+        q = block.append(dense[:1], block.queries([query]))
+        np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-5)
+        assert p.shape == (2, 8 + 512)
+        s = (q @ p.T)[0]
+        assert s[0] > s[1], query
+
+
+def test_text_without_words_adds_nothing():
+    block = LexicalBlock.fit(CORPUS, dims=64, share=0.4)
+    assert not block.products(["", "--- !!"]).any() and not block.queries([""]).any()
+    dense = np.full((1, 4), 0.5, np.float32)
+    np.testing.assert_allclose(block.append(dense, block.queries([""]))[0, :4], dense[0], rtol=1e-6)
+
+
+def test_save_load_round_trip_and_bad_files_name_themselves(tmp_path):
+    block = LexicalBlock.fit(CORPUS, dims=32, share=0.3)
+    block.save(tmp_path / "lexical.json")
+    back = LexicalBlock.load(tmp_path / "lexical.json")
+    np.testing.assert_allclose(back.products(CORPUS), block.products(CORPUS), rtol=1e-5, atol=1e-6)
+    d = json.loads((tmp_path / "lexical.json").read_text())
+    (tmp_path / "short.json").write_text(json.dumps({**d, "idf": d["idf"][:5]}))
+    with pytest.raises(ValueError, match="short.json.*32.*5 idf"):
+        LexicalBlock.load(tmp_path / "short.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json: not a lexical block"):
+        LexicalBlock.load(tmp_path / "broken.json")
+    with pytest.raises(ValueError, match="dims"):
+        LexicalBlock.fit(CORPUS, dims=0, share=0.4)
+    with pytest.raises(ValueError, match="share"):
+        LexicalBlock.fit(CORPUS, dims=8, share=1.0)
+
+
+def test_manifest_refuses_a_lexical_block_that_leaves_no_dense_part():
+    with pytest.raises(ValueError, match="leaves no dense part"):
+        Manifest(version="t", created_at=0.0, dim=16, towers={"product": TowerSpec(onnx="p.onnx")}, lexical=LexicalRef(dims=16))
+    m = Manifest(version="t", created_at=0.0, dim=48, towers={"product": TowerSpec(onnx="p.onnx")}, lexical=LexicalRef(dims=16))
+    assert m.dense_dim == 32
+
+
+def test_trained_bundle_serves_dense_plus_lexical(trained_bundle, tmp_path):
+    """The exported bundle carries the block: both towers give dense + block dims; `off` gives the tower alone."""
+    import shutil
+
+    from m5core.bundle import load_manifest
+    from m5core.encoder import OnnxEncoder
+
+    m = load_manifest(trained_bundle)
+    assert m.lexical is not None and m.dim == m.dense_dim + m.lexical.dims
+    prod, query = OnnxEncoder(trained_bundle, "product"), OnnxEncoder(trained_bundle, "query")
+    dense = OnnxEncoder(trained_bundle, "product", lexical="off")
+    assert prod.dim == query.dim == m.dim and dense.dim == m.dense_dim
+    texts = ["zorblax garden hose 20m", "garden hose 20m"]
+    p, q = prod.embed(texts), query.embed(["zorblax hose"])
+    assert p.shape == (2, m.dim) and dense.embed(texts).shape == (2, m.dense_dim)
+    np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-5)
+    s = (q @ p.T)[0]
+    assert s[0] - s[1] > 0.01
+
+    copy = tmp_path / "b"
+    shutil.copytree(trained_bundle, copy)
+    (copy / "lexical.json").write_text("{}")
+    with pytest.raises(BundleError, match="lexical.json"):
+        OnnxEncoder(copy, "product")
