@@ -1,15 +1,24 @@
-"""Request and response models: the OpenAPI contract (with examples) and input validation."""
+"""Request and response models: the OpenAPI contract (with examples) and input validation.
+
+Limits a deployment sets (`ServiceSettings.max_k`, `max_queries`, `max_query_chars`, `max_batch_asins`) are
+checked by the handlers and written into the OpenAPI document by `openapi_limits`, never fixed here.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from m5core.schema import ASIN_PATTERN, Locale, ProductLine
 
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
+
 Asin = Annotated[str, StringConstraints(pattern=ASIN_PATTERN)]
-QueryText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+QueryText = Annotated[str, StringConstraints(min_length=1)]
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # strict: true/false are not numbers
 
 
@@ -28,7 +37,7 @@ class EmbeddingResponse(_Model):
 
 
 class AsinBatchRequest(_Model):
-    asins: list[Asin] = Field(min_length=1, max_length=1000, examples=[["B0000009IX", "B0017WE19M"]])
+    asins: list[Asin] = Field(min_length=1, examples=[["B0000009IX", "B0017WE19M"]])
 
 
 class AsinBatchResponse(_Model):
@@ -37,7 +46,7 @@ class AsinBatchResponse(_Model):
 
 
 class QueryEmbedRequest(_Model):
-    queries: list[QueryText] = Field(min_length=1, max_length=64, examples=[["red running shoes", "Laufschuhe rot"]])
+    queries: list[QueryText] = Field(min_length=1, examples=[["red running shoes", "Laufschuhe rot"]])
 
 
 class QueryEmbedResponse(_Model):
@@ -66,7 +75,7 @@ class SearchRequest(_Model):
     query: QueryText = Field(None, examples=["scarlet jogging sneakers"])  # type: ignore[assignment]
     vector: list[Finite] = Field(None, min_length=1, max_length=4096, description="raw query vector; normalised here")  # type: ignore[assignment]
     asin: Asin = Field(None, description="more like this product (it is excluded from the hits)")  # type: ignore[assignment]
-    k: int = Field(10, ge=1, le=1000)
+    k: int = Field(10, ge=1)
     filters: Filters | None = None
     effort: int | None = Field(None, ge=1, le=4096, description="nprobe (IVF) or efSearch (HNSW): higher is slower and more exact")
 
@@ -95,3 +104,17 @@ class SearchResponse(_Model):
 
 class Problem(_Model):
     detail: str
+
+
+def openapi_limits(doc: dict, s: ServiceSettings, dim: int | None = None) -> dict:
+    """Write the deployment's limits (and, once a bundle is loaded, the vector length) into the OpenAPI document."""
+    schemas = doc["components"]["schemas"]
+    search = schemas["SearchRequest"]["properties"]
+    search["k"]["maximum"] = s.max_k
+    search["query"]["maxLength"] = s.max_query_chars
+    schemas["QueryEmbedRequest"]["properties"]["queries"].update(maxItems=s.max_queries)
+    schemas["QueryEmbedRequest"]["properties"]["queries"]["items"]["maxLength"] = s.max_query_chars
+    schemas["AsinBatchRequest"]["properties"]["asins"]["maxItems"] = s.max_batch_asins
+    if dim is not None:
+        search["vector"]["minItems"] = search["vector"]["maxItems"] = dim
+    return doc

@@ -1,6 +1,6 @@
 """Event transports, chosen by `FeedConfig.events`: kafka (production) or local (JSON-lines files)."""
 
-from m5core.events.base import EventSink, EventSource, Message
+from m5core.events.base import EmptySource, EventSink, EventSource, Message
 from m5core.settings import FeedConfig
 
 
@@ -30,4 +30,4 @@ def open_sink(settings: FeedConfig) -> EventSink:
     return LocalSink(settings.local_events_dir)
 
 
-__all__ = ["EventSink", "EventSource", "Message", "open_sink", "open_source"]
+__all__ = ["EmptySource", "EventSink", "EventSource", "Message", "open_sink", "open_source"]

@@ -62,3 +62,19 @@ class EventSink(ABC):
 
     def close(self) -> None:  # noqa: B027
         pass
+
+
+class EmptySource(EventSource):
+    """A source with nothing in it: an index that follows no feed (bootstrapped from the store alone)."""
+
+    def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
+        return []
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        pass
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return {}
+
+    def end_offsets(self) -> dict[TopicPartition, int]:
+        return {}

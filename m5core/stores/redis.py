@@ -94,7 +94,7 @@ class RedisStore(EmbeddingStore):
         return bool(self._delete(keys=[self._live, self.key(asin)], args=[product_version, repr(0.0)]))
 
     @staticmethod
-    def decode(asin: str, vals: Sequence[bytes | None]) -> VectorRecord | None:
+    def _decode(asin: str, vals: Sequence[bytes | None]) -> VectorRecord | None:
         vec, scale, pv, bv, h, loc, pl, ts, deleted = vals
         if pv is None or deleted == b"1" or vec is None:
             return None
@@ -105,13 +105,13 @@ class RedisStore(EmbeddingStore):
         return VectorRecord(asin, vector, int(pv), bv.decode(), h.decode(), loc.decode(), pl.decode(), float(ts))
 
     def get(self, asin: str) -> VectorRecord | None:
-        return self.decode(asin, self.client.hmget(self.key(asin), _FIELDS))
+        return self._decode(asin, self.client.hmget(self.key(asin), _FIELDS))
 
     def get_many(self, asins: Sequence[str]) -> list[VectorRecord | None]:
         pipe = self.client.pipeline(transaction=False)
         for a in asins:
             pipe.hmget(self.key(a), _FIELDS)
-        return [self.decode(a, vals) for a, vals in zip(asins, pipe.execute())]
+        return [self._decode(a, vals) for a, vals in zip(asins, pipe.execute())]
 
     def get_doc(self, asin: str) -> bytes | None:
         doc, deleted = self.client.hmget(self.key(asin), ("doc", "del"))
@@ -138,7 +138,7 @@ class RedisStore(EmbeddingStore):
             for k in keys:
                 pipe.hmget(k, _FIELDS)
             for k, vals in zip(keys, pipe.execute()):
-                rec = self.decode(k.decode()[len(prefix):], vals)
+                rec = self._decode(k.decode()[len(prefix):], vals)
                 if rec is not None:
                     yield rec
 

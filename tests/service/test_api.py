@@ -177,7 +177,7 @@ async def test_feed_records_of_another_bundle_are_skipped(api):
     assert r.json()["hits"][0]["asin"] == "B000000009"
     assert (await h.client.post("/query/embed", json={"queries": ["shoes"]})).status_code == 200
     assert (await h.client.get("/readyz")).status_code == 200
-    assert h.app.state.m5.follower.other_bundle == 1
+    assert h.app.state.m5.serving.follower.other_bundle == 1
 
 
 async def test_ready_and_metrics_names(api):
@@ -226,3 +226,26 @@ async def test_search_hot_path_validates_like_fastapi(api):
     text = (await h.client.get("/metrics")).text
     assert any(line.startswith("m5_http_request_duration_seconds_count") and 'route="/search"' in line and float(line.split()[-1]) >= 5
                for line in text.splitlines())
+
+
+async def test_request_limits_come_from_the_settings(api):
+    """One home for limits: a deployment that raises or lowers them gets them in the handlers and in the schema."""
+    wide = await api(max_queries=100, max_k=2000, max_query_chars=2000, max_batch_asins=2)
+    r = await wide.client.post("/query/embed", json={"queries": [f"shoes {i}" for i in range(80)]})
+    assert r.status_code == 200 and len(r.json()["vectors"]) == 80
+    assert (await wide.client.post("/search", json={"query": "shoes " * 200, "k": 1500})).status_code == 200
+    r = await wide.client.post("/asin/embeddings", json={"asins": ["B000000001", "B000000002", "B000000003"]})
+    assert r.status_code == 422 and r.json()["detail"] == "asins: at most 2"
+    doc = (await wide.client.get("/openapi.json")).json()["components"]["schemas"]
+    assert doc["QueryEmbedRequest"]["properties"]["queries"]["maxItems"] == 100
+    assert doc["SearchRequest"]["properties"]["k"]["maximum"] == 2000
+    assert doc["SearchRequest"]["properties"]["query"]["maxLength"] == 2000
+    assert doc["SearchRequest"]["properties"]["vector"]["maxItems"] == ENC.dim
+
+    narrow = await api(max_queries=3, max_k=5, max_query_chars=10)
+    r = await narrow.client.post("/query/embed", json={"queries": ["a", "b", "c", "d"]})
+    assert r.status_code == 422 and r.json()["detail"] == "queries: at most 3"
+    r = await narrow.client.post("/search", json={"query": "red running shoes", "k": 1})
+    assert r.status_code == 422 and r.json()["detail"] == "query: longer than 10 characters"
+    r = await narrow.client.post("/search", json={"query": "shoes", "k": 6})
+    assert r.status_code == 422 and r.json()["detail"] == "k: at most 5"

@@ -1,6 +1,7 @@
 """The service over real parts: Redis store, the trained bundle's int8 query tower, snapshots, swaps, readiness."""
 
 import asyncio
+import dataclasses
 
 import httpx
 import numpy as np
@@ -88,15 +89,16 @@ async def test_starts_from_snapshot_and_swaps_without_failing_requests(tmp_path)
                 await asyncio.sleep(0)
             return out
 
-        async def swap():
+        async def swap():  # a new serving set with another index, swapped in by one assignment as a model switch does
             await asyncio.sleep(0.01)
-            state.swap_index(other)
+            state.serving.follower.index = other
+            state.serving = dataclasses.replace(state.serving, index=other)
 
         codes, _ = await asyncio.gather(hammer(), swap())
         assert set(codes) == {200}
         r = await c.post("/search", json={"query": "steel water bottle", "k": 1})
-        assert r.json()["hits"][0]["asin"] == "B000000077" and state.follower.index is other
-        state.swap_encoder(HashEncoder(dim=ENC.dim, version="hash-v2"))  # tower no longer matches the index
+        assert r.json()["hits"][0]["asin"] == "B000000077" and state.serving.follower.index is other
+        state.serving = dataclasses.replace(state.serving, encoder=HashEncoder(dim=ENC.dim, version="hash-v2"))  # tower no longer matches the index
         r = await c.post("/query/embed", json={"queries": ["steel water bottle"]})
         assert r.status_code == 409 and "hash-v2" in r.json()["detail"]
 

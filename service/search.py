@@ -1,0 +1,67 @@
+"""POST /search on one serving set: a query vector from text, a raw vector or a stored product, then the index."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from service import metrics as M
+from service.errors import ApiError, from_store
+from service.queries import check_queries, embed_queries
+from service.schemas import SearchRequest
+from service.serving import Serving
+from service.settings import ServiceSettings
+
+
+def unit_vector(values: list[float]) -> np.ndarray:
+    """(1, dim) float32 of a caller's raw vector, L2-normalised (scaled first, so huge components cannot overflow)."""
+    q64 = np.asarray(values, dtype=np.float64)[None]
+    q64 = q64 / max(1.0, float(np.abs(q64).max()))
+    norm = float(np.linalg.norm(q64))
+    if norm == 0:
+        raise ApiError(422, "vector: must not be all zeros")
+    return (q64 / norm).astype(np.float32)
+
+
+def query_vectors(g: Serving, texts: list[str], s: ServiceSettings, field: str = "query") -> np.ndarray:
+    """Texts -> (n, dim) through the cache; 409 when the query tower is not the indexed vectors' bundle.
+    `field`: the request field the texts came from, named in a 422."""
+    if len(texts) > s.max_queries:
+        raise ApiError(422, f"{field}: at most {s.max_queries}")
+    if (msg := g.mismatch()) is not None:
+        raise ApiError(409, f"bundle mismatch: {msg}; deploy the matching bundle or re-embed the catalog")
+    check_queries(texts, s.max_query_chars, field)
+    return embed_queries(g.encoder, g.cache, texts)
+
+
+def search(g: Serving, body: SearchRequest, s: ServiceSettings) -> dict:
+    """The response document (the caller reads `state.serving` once: a model switch cannot split a request)."""
+    index = g.index
+    t0 = time.perf_counter()
+    if body.k > s.max_k:
+        raise ApiError(422, f"k: at most {s.max_k}")
+    exclude = None
+    if body.query is not None:
+        q = query_vectors(g, [body.query], s)
+    elif body.vector is not None:
+        if len(body.vector) != index.dim:
+            raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {index.dim}")
+        q = unit_vector(body.vector)
+    else:
+        rec = from_store(g.store.get, body.asin)
+        if rec is None:
+            raise ApiError(404, f"asin {body.asin} is not in the catalog")
+        if rec.vector.shape[0] != index.dim:
+            raise ApiError(409, f"asin {body.asin} has a {rec.vector.shape[0]}-d vector, the index is {index.dim}-d (bundle mismatch)")
+        q, exclude = rec.vector[None], body.asin
+    if q.shape[1] != index.dim:
+        raise ApiError(409, f"the query tower gives {q.shape[1]}-d vectors, the index is {index.dim}-d (bundle mismatch)")
+    f = body.filters
+    t1 = time.perf_counter()
+    hits = index.search(q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None,
+                        exclude=exclude, effort=body.effort or s.effort)[0]
+    M.STAGE.labels("search").observe(time.perf_counter() - t1)
+    return {"hits": [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits],
+            "k": body.k, "index_size": len(index), "index_kind": index.kind,
+            "bundle_version": g.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}

@@ -1,0 +1,157 @@
+"""What the service serves, and how it follows a model switch without a restart.
+
+A `Serving` set is one bundle's query tower, its namespace's store, the index of its vectors and the
+feed follower that keeps that index current. A switch (`m5 index reembed` / `rollback` moved the
+active-namespace pointer) builds a new set beside the old one and swaps one reference, so a request
+that reads `state.serving` once sees either the old set or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from m5core.encoder import Encoder
+from m5core.events import EmptySource, EventSource, open_source
+from m5core.feed import FeedFollower
+from m5core.index import AnnIndex
+from m5core.stores import active_pointer, open_store
+from m5core.stores.base import EmbeddingStore
+from service import metrics as M
+from service.queries import QueryCache
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Serving:
+    namespace: str
+    encoder: Encoder
+    store: EmbeddingStore
+    index: AnnIndex
+    follower: FeedFollower
+    source: EventSource | None = None
+    """The feed consumer the follower runs on (None: the index follows nothing)."""
+    owns_store: bool = True
+    cache: QueryCache = field(default_factory=lambda: QueryCache(0))
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def mismatch(self, encoder: Encoder | None = None) -> str | None:
+        """A query tower from another bundle than the indexed vectors gives meaningless neighbours."""
+        enc = encoder or self.encoder
+        held = set(self.follower.bundle_versions)
+        if self.index.version:
+            held.add(self.index.version)
+        other = sorted(v for v in held if v != enc.version)
+        if other:
+            return f"indexed vectors come from bundle(s) {other}, the query tower is {enc.version}"
+        return None
+
+    def start(self) -> None:
+        if self.source is not None:
+            self.thread = threading.Thread(target=self.follower.run, args=(self.stop,), name="feed-follower", daemon=True)
+            self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join(timeout=5)
+        if self.source is not None:
+            self.source.close()
+        if self.owns_store:
+            self.store.close()
+
+
+def build_serving(s: ServiceSettings, namespace: str, encoder: Encoder, *, store: EmbeddingStore | None = None,
+                  index: AnnIndex | None = None, feed_source: EventSource | None = None, follow_feed: bool = True) -> Serving:
+    """Load a serving set: the index starts from the newest snapshot of this bundle, else a store scan,
+    and then follows the feed (records of other bundles on the feed are skipped). An injected index is used as is."""
+    st = store or open_store(s, namespace)
+    idx = index if index is not None else AnnIndex(encoder.dim, s.index_kind, encoder.version)
+    source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
+    follower = FeedFollower(source if source is not None else EmptySource(), idx, st, log, snapshot_dir=s.snapshot_dir,
+                            bundle_version=encoder.version)
+    if index is None:
+        follower.bootstrap()
+        idx = follower.index  # the snapshot's index when one was loaded
+    return Serving(namespace, encoder, st, idx, follower, source, owns_store=store is None, cache=QueryCache(s.query_cache_size))
+
+
+def bundle_dir_for(bundles_dir: Path, version: str) -> Path:
+    """The bundle directory holding `version` (bundles are `<bundles_dir>/<version>/`, as export writes them)."""
+    for cand in [bundles_dir / version, *sorted(p for p in bundles_dir.iterdir() if p.is_dir())]:
+        try:
+            if orjson.loads((cand / "manifest.json").read_bytes()).get("version") == version:
+                return cand
+        except (OSError, ValueError):
+            continue
+    raise FileNotFoundError(f"no bundle {version} under {bundles_dir}")
+
+
+def namespace_bundle(store: EmbeddingStore) -> str | None:
+    """The bundle version of a namespace's vectors: a re-embed fills one namespace per bundle.
+    (Batches of 1,000: a Redis SCAN with COUNT 1 would walk a large keyspace one bucket per round trip.)"""
+    return next((rec.bundle_version for rec in store.scan(1000)), None)
+
+
+@dataclass
+class State:
+    """The app's state: the current serving set, and the switch to the next one."""
+
+    settings: ServiceSettings
+    serving: Serving
+    load_tower: Callable[[str], Encoder]
+    """bundle version -> its query tower, for model switches."""
+    started: float = field(default_factory=time.time)
+
+    def follow_model(self, namespace: str) -> bool:
+        """Switch to `namespace` if the active-namespace pointer moved there. -> switched.
+
+        The new set (its bundle's query tower, store, index, feed follower) is built while the old one
+        serves; then one reference swap, and the old one is closed.
+        """
+        if namespace == self.serving.namespace:
+            return False
+        s = self.settings
+        probe = open_store(s, namespace)
+        try:
+            version = namespace_bundle(probe)
+        finally:
+            probe.close()
+        if version is None:
+            log.warning("active namespace %s holds no vectors yet; still serving %s", namespace, self.serving.namespace)
+            return False
+        encoder = self.load_tower(version)
+        new = build_serving(s, namespace, encoder)
+        if (msg := new.mismatch()) is not None:
+            new.close()
+            raise RuntimeError(f"namespace {namespace}: {msg}")
+        new.start()
+        old, self.serving = self.serving, new
+        M.BUNDLE_INFO.labels(old.encoder.version).set(0)
+        M.BUNDLE_INFO.labels(encoder.version).set(1)
+        log.info("model switch: %s (%s) -> %s (%s), %d vectors", old.namespace, old.encoder.version, namespace,
+                 encoder.version, len(new.index))
+        old.close()
+        gc.unfreeze()  # the startup freeze (app lifespan) holds the old set too: let the collector free it, then freeze again
+        gc.collect()
+        gc.freeze()
+        return True
+
+    def watch_model(self, stop: threading.Event) -> None:
+        """Thread body: poll the active-namespace pointer (one store read) every `model_poll_s`."""
+        pointer = active_pointer(self.settings)[0]
+        while not stop.wait(self.settings.model_poll_s):
+            try:  # the pointer lives outside any namespace: read it over the current store's connection
+                self.follow_model(self.serving.store.get_pointer(pointer) or self.settings.namespace)
+            except Exception:  # noqa: BLE001 - keep serving the current model; retry on the next tick
+                log.exception("model switch failed; still serving %s", self.serving.namespace)
