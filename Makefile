@@ -14,6 +14,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)-$(subst
 help:
 	@echo "make demo   - install, generate a catalog, train a tiny model, index it and serve on :8000"
 	@echo "make test   - install, start Kafka/Redis/Prometheus (deploy/local), run the whole suite"
+	@echo "make lint   - ruff check and ruff format --check"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,11 @@ services-status:
 
 test: services-start
 	CI=$${CI:-} $(PY) -m pytest -q -p no:cacheprovider
+
+# ruff: lint rules and the formatter's check, configured in pyproject.toml
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf .m5 .cache/m5 build *.egg-info

@@ -163,7 +163,6 @@ def main() -> None:
     args = ap.parse_args()
 
     from indexer import metrics as M
-    from indexer.backfill import backfill
     from indexer.pipeline import Indexer
     from indexer.settings import IndexerSettings
     from m5core.events.kafka import KafkaAssignedSource, KafkaSink, KafkaSource
@@ -326,7 +325,7 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
         for k, piece in enumerate(pieces):
             path = Path(tmp) / "products.jsonl"
             write_jsonl(path, piece)
-            out, _, cpu_share = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))
+            out, _, cpu_share = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))  # noqa: B023 - called here
             rate_after, _, alone_share = _cpu_split(lambda: encoder_rate(bf_batch), in_thread=True)
             probes.append(rate_after)
             out.update({"encoder_cpu_share": round(cpu_share, 3), "encoder_cpu_share_alone": round(alone_share, 3),

@@ -282,7 +282,7 @@ def main() -> int:
         faiss.omp_set_num_threads(1)  # as the service does (ServiceSettings.search_threads): one query, one thread
         if args.namespace:  # real vectors: the namespace and snapshot a backfill wrote, queries from the catalog
             from m5core.encoder import OnnxEncoder
-            from m5core.feed import latest_snapshot
+            from m5core.snapshots import latest_snapshot
             from m5core.stores.redis import RedisStore
 
             ns, snaps = args.namespace, args.snapshot_dir

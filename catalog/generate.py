@@ -358,7 +358,7 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         split = split_of(cid, seed)
         write("clusters", {"cluster_id": cid, "asins": asins, "split": split})
         pl = TYPES[item.type][0]
-        for a, b in zip(asins, asins[1:]):
+        for b in asins[1:]:
             write("duplicate_pairs", {"asin_a": asins[0], "asin_b": b, "label": 1, "product_line": pl, "cluster_a": cid, "cluster_b": cid, "split": split})
         if rng.random() < P_HARD_NEGATIVE and counts["products"] < products:
             # The sibling shares the split of its twin so no pair crosses splits.

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from m5core.lexical import words
+from m5core.settings import CacheConfig
 
 
 class RandomEncoder:
@@ -115,7 +116,7 @@ class MiniLMEncoder:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         model_dir = minilm_model_dir()
-        onnx = Path(os.environ.get("M5_CACHE_DIR", Path.cwd() / ".cache" / "m5")) / "minilm" / "all-MiniLM-L6-v2.fp32.onnx"
+        onnx = CacheConfig().cache_dir / "minilm" / "all-MiniLM-L6-v2.fp32.onnx"
         if not onnx.is_file():
             try:
                 _export_minilm_onnx(model_dir, onnx)

@@ -82,19 +82,19 @@ def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encode
     bar.close()
     out = {"written": n_written, "invalid": n_bad}
     if snapshot_root is not None:
-        out["snapshot"] = str(_snapshot(kept, encoder, settings, snapshot_root, feed_source))
+        out["snapshot"] = str(_snapshot(kept, encoder, settings, snapshot_root, feed_source, store.namespace))
     secs = time.perf_counter() - t0
     return {**out, "seconds": round(secs, 2), "products_per_s": round(n_written / max(secs, 1e-9), 1)}
 
 
-def _snapshot(kept: list[tuple], encoder, settings: IndexerSettings, root: Path, feed_source) -> Path:
-    from indexer.snapshot import save_snapshot
+def _snapshot(kept: list[tuple], encoder, settings: IndexerSettings, root: Path, feed_source, namespace: str) -> Path:
     from m5core.index import AnnIndex
+    from m5core.snapshots import save_snapshot
 
     asins, locales, lines, versions = ([x for part in kept for x in part[i]] for i in (0, 2, 3, 4))
     vectors = np.concatenate([part[1] for part in kept]) if kept else np.zeros((0, encoder.dim), np.float32)  # (n, dim)
     index = AnnIndex.build(encoder.dim, asins, vectors, locales, lines, versions, kind=settings.index_kind, version=encoder.version)
     offsets = feed_source.end_offsets() if feed_source is not None else {}
-    path = save_snapshot(index, root, offsets, settings.snapshots_keep, {"bundle_versions": [encoder.version]})
+    path = save_snapshot(index, root, offsets, settings.snapshots_keep, {"bundle_versions": [encoder.version], "namespace": namespace})
     log.info("backfill snapshot %s: %d vectors", path, len(index))
     return path

@@ -17,7 +17,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_run, parser=r)
     b = isub.add_parser("backfill", help="bulk-load a catalog's products.jsonl (much faster than events)")
     b.add_argument("catalog", type=Path, help="catalog directory or products.jsonl")
-    b.add_argument("--batch", type=int, default=512, help="encode batch size")
     add_settings_arguments(b, IndexerSettings)
     b.add_argument("--snapshot", action="store_true", help="also build the FAISS index and save it under --snapshot-dir")
     b.set_defaults(func=_backfill, parser=b)
@@ -31,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     re_.add_argument("--min-overlap", type=float, default=0.0, help="refuse below this old/new top-10 neighbour overlap")
     re_.add_argument("--min-coverage", type=float, default=0.999, help="refuse if the new namespace holds less of the old")
     re_.add_argument("--no-switch", action="store_true", help="fill and gate the new namespace, leave the pointer")
-    re_.add_argument("--batch", type=int, default=512, help="encode batch size")
     add_settings_arguments(re_, IndexerSettings)
     re_.set_defaults(func=_reembed, parser=re_)
     rb = isub.add_parser("rollback", help="point readers back at the namespace active before the last switch")
@@ -63,7 +61,7 @@ def _backfill(args) -> int:
 
     store, sink = open_store(s, active_namespace(s)), open_sink(s)
     feed = open_source(s, [s.embeddings_topic], None) if args.snapshot else None
-    out = backfill(path, store, sink, enc, s, manifest.render_scheme, args.batch,
+    out = backfill(path, store, sink, enc, s, manifest.render_scheme, s.batch,
                    snapshot_root=s.snapshot_dir if args.snapshot else None, feed_source=feed)
     if feed is not None:
         feed.close()
@@ -108,7 +106,7 @@ def _reembed(args) -> int:
     qenc = OnnxEncoder(s.bundle, "query", threads=s.encode_threads, manifest=manifest) if args.golden else None
     gates = Gates(min_coverage=args.min_coverage, min_overlap=args.min_overlap, min_recall=args.min_recall)
     try:
-        out = reembed(s, enc, manifest.render_scheme, qenc, args.golden, gates, args.batch, switch=not args.no_switch)
+        out = reembed(s, enc, manifest.render_scheme, qenc, args.golden, gates, s.batch, switch=not args.no_switch)
     except ReembedRefused as exc:
         print(f"reembed refused: {exc}")
         return 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +21,12 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
+from m5core.batching import batched
 from m5core.index import AnnIndex
 from m5core.schema import content_hash, render_product
 from m5core.settings import StoreConfig
 from m5core.stores import active_namespace, open_store, previous_namespace, switch_namespace
 from m5core.stores.base import EmbeddingStore, VectorRecord
-from m5core.batching import batched
 
 log = logging.getLogger(__name__)
 

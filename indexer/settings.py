@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
-
 from pydantic import Field
 
-from m5core.settings import BundleConfig, FeedConfig, StoreConfig
+from m5core.settings import BundleConfig, FeedConfig, IndexConfig, StoreConfig
 
 
-class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
+class IndexerSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     group_id: str = "m5-indexer"
     """Kafka consumer group: indexers in one group share the partitions of catalog.changes."""
     group_instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
@@ -18,7 +15,9 @@ class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
     """How long the group waits for a member that stopped heartbeating (a crash) before its partitions
     move; within the broker's group.{min,max}.session.timeout.ms (6 s-5 min by default)."""
     max_batch: int = 256
-    """Most events encoded and written together."""
+    """Most events encoded and written together by `m5 index run`."""
+    batch: int = Field(default=512, ge=1)
+    """Products encoded and written together by `m5 index backfill` and `reembed`."""
     max_wait_ms: int = 50
     """Longest a poll waits for a batch to fill (bounds the added freshness delay)."""
     encode_threads: int = 2
@@ -29,13 +28,9 @@ class IndexerSettings(StoreConfig, FeedConfig, BundleConfig):
     """Encoding attempts (with exponential back-off) before the events are dead-lettered."""
     metrics_port: int = 9108
     """Port of the indexer's Prometheus /metrics (0 disables)."""
-    snapshot_dir: Path = Path(".m5/snapshots")
-    """Where FAISS index snapshots (with the feed offsets they include) are written."""
     snapshot_interval_s: float = 60.0
     """Seconds between FAISS snapshots written by `m5 index snapshot` (one more at exit)."""
     snapshots_keep: int = 3
     """Snapshots kept on disk; older ones are deleted after each save."""
-    index_kind: Literal["auto", "flat", "hnsw", "ivf_sq8"] = "auto"
-    """FAISS index type of snapshots: auto = flat on small catalogs, IVF-SQ8 from 50k vectors."""
     store_retries: int = 5
     """Attempts at a batch when the store or the feed fails (exponential back-off); then the indexer exits non-zero."""

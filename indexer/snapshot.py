@@ -1,61 +1,21 @@
-"""Follow the `catalog.embeddings` feed into a FAISS index and save atomic snapshots of it.
-
-A snapshot is a directory `snap-<unix ms>` written by AnnIndex.save (temp dir + rename), whose
-meta holds the feed offsets it includes: {"offsets": {"topic:partition": next_offset}, ...}. A
-reader loads the newest snapshot and replays the feed from those offsets, so a service restart
-costs a file load plus the recent tail of the feed instead of a full store scan.
-"""
+"""`m5 index snapshot`: follow the `catalog.embeddings` feed into a FAISS index and save atomic snapshots
+of it (the format: `m5core.snapshots`), so a service restart costs a file load plus the feed's tail."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from m5core.events.base import EventSource, Message, TopicPartition
-from m5core.feed import SNAPSHOT_PREFIX as PREFIX
-from m5core.feed import FeedFollower, offsets_from_meta
+from m5core.feed import FeedFollower
 from m5core.index import AnnIndex
+from m5core.snapshots import offsets_to_meta, save_snapshot
 from m5core.stores.base import EmbeddingStore
 
 log = logging.getLogger(__name__)
-
-
-def offsets_to_meta(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
-    return {f"{t}:{p}": int(o) for (t, p), o in sorted(offsets.items())}
-
-
-def list_snapshots(root: Path) -> list[Path]:
-    """Complete snapshots, oldest first (half-written `.tmp` dirs are ignored)."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(".tmp")
-                  and (p / "index.json").is_file())
-
-
-def save_snapshot(index: AnnIndex, root: Path, offsets: Mapping[TopicPartition, int], keep: int = 3,
-                  extra: dict | None = None) -> Path:
-    """Save atomically, then drop all but the newest `keep` snapshots. -> the new snapshot dir."""
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"{PREFIX}{int(time.time() * 1000):013d}"
-    path = root / name
-    while path.exists():  # two saves within one millisecond
-        name = f"{PREFIX}{int(name[len(PREFIX):]) + 1:013d}"
-        path = root / name
-    meta = {"offsets": offsets_to_meta(offsets), "count": len(index), "created_at": time.time(), **(extra or {})}
-    index.save(path, meta)
-    for old in list_snapshots(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return path
-
-
-def load_latest(root: Path) -> tuple[AnnIndex, dict] | None:
-    """The newest snapshot and its meta, or None when there is none."""
-    snaps = list_snapshots(root)
-    return AnnIndex.load(snaps[-1]) if snaps else None
 
 
 class OffsetTracking(EventSource):
@@ -95,26 +55,21 @@ class Snapshotter:
                  interval_s: float = 60.0, keep: int = 3):
         self.source = OffsetTracking(source)
         self.store, self.root, self.interval_s, self.keep = store, Path(root), interval_s, keep
-        loaded = load_latest(self.root)
-        if loaded is not None:
-            self.index, meta = loaded
-            offsets = offsets_from_meta(meta.get("offsets", {}))
-            if offsets:
-                self.source.seek(offsets)
-            log.info("resumed from snapshot with %d vectors at %s", len(self.index), meta.get("offsets"))
-            self.follower = FeedFollower(self.source, self.index, store, log)
-        else:
-            self.index = AnnIndex(dim, kind)  # type: ignore[arg-type]
-            self.follower = FeedFollower(self.source, self.index, store, log)
-            # No snapshot: the store is the source of truth up to the feed's end offsets at this moment.
-            n = self.follower.bootstrap()  # seeks to (and so records) the end offsets taken before the scan
-            log.info("bootstrapped %d vectors from the store", n)
+        # The newest snapshot of this namespace, else the store up to the feed's end offsets at this moment:
+        # either way the follower seeks the source, and OffsetTracking records where the index stands.
+        self.follower = FeedFollower(self.source, AnnIndex(dim, kind), store, log, snapshot_dir=self.root)  # type: ignore[arg-type]
+        n = self.follower.bootstrap()
+        log.info("started from %s with %d vectors", "a snapshot" if self.follower.snapshot_meta else "the store", n)
         self.saved_at_applied = -1
         self.snapshots: list[Path] = []
 
+    @property
+    def index(self) -> AnnIndex:
+        return self.follower.index
+
     def snapshot(self) -> Path:
         path = save_snapshot(self.index, self.root, self.source.offsets, self.keep,
-                             {"bundle_versions": sorted(self.follower.bundle_versions)})
+                             {"bundle_versions": sorted(self.follower.bundle_versions), "namespace": self.store.namespace})
         self.saved_at_applied = self.follower.applied
         self.snapshots.append(path)
         log.info("snapshot %s: %d vectors, offsets %s", path.name, len(self.index), offsets_to_meta(self.source.offsets))

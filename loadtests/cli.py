@@ -27,12 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _loadtest(args) -> int:
-    import os
-
     from loadtests.gate import SlaError
     from loadtests.runner import LoadTestConfig, run
+    from loadtests.settings import WorkloadSettings
 
-    catalog = args.catalog or (Path(os.environ["M5_LOADTEST_CATALOG"]) if os.environ.get("M5_LOADTEST_CATALOG") else None)
+    catalog = args.catalog or WorkloadSettings().catalog
     if catalog is None:
         print("m5 loadtest: error: --catalog (or M5_LOADTEST_CATALOG) is required", file=sys.stderr)
         return 2

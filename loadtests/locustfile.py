@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import random
 import threading
 import urllib.request
@@ -22,6 +21,7 @@ from pathlib import Path
 from locust import FastHttpUser, between, events, task
 
 from loadtests import routes as R
+from loadtests.settings import WorkloadSettings
 from loadtests.stream import index_stream
 
 log = logging.getLogger("m5.loadtest")
@@ -82,13 +82,12 @@ def _fetch_vectors(host: str, asins: list[str], n: int = 64) -> list[list[float]
 @events.test_start.add_listener
 def _on_start(environment, **_):
     global WORKLOAD
-    catalog = os.environ.get("M5_LOADTEST_CATALOG")
-    if not catalog:
+    w = WorkloadSettings()
+    if w.catalog is None:
         raise SystemExit("M5_LOADTEST_CATALOG is not set: point it at a catalog dir (products.jsonl, queries.jsonl)")
-    seed = int(os.environ.get("M5_LOADTEST_SEED", "0"))
+    catalog, seed, rate = w.catalog, w.seed, w.index_rate
     WORKLOAD = Workload(Path(catalog), seed)
     WORKLOAD.vectors = _fetch_vectors(environment.host or "", WORKLOAD.asins) if environment.host else []
-    rate = float(os.environ.get("M5_LOADTEST_INDEX_RATE", "0") or 0)
     _stop.clear()
     if rate > 0:
         INDEXING.set()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from loadtests import gate
 from loadtests.routes import ROUTES
+from loadtests.settings import WorkloadSettings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +63,8 @@ def validate(cfg: LoadTestConfig) -> dict[str, gate.Budget]:
 def run(cfg: LoadTestConfig) -> LoadTestResult:
     budgets = validate(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **cfg.extra_env, "M5_LOADTEST_CATALOG": str(cfg.catalog.resolve()),
-           "M5_LOADTEST_INDEX_RATE": str(cfg.index_rate), "M5_LOADTEST_SEED": str(cfg.seed),
+    workload = WorkloadSettings(catalog=cfg.catalog.resolve(), index_rate=cfg.index_rate, seed=cfg.seed)
+    env = {**os.environ, **cfg.extra_env, **workload.to_env(),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     print(f"locust: {cfg.users} users against {cfg.host} for {cfg.run_time} (index stream {cfg.index_rate:g} events/s)", flush=True)
     proc = subprocess.run(locust_command(cfg), env=env)

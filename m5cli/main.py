@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+
+from pydantic import ValidationError
 
 from catalog import cli as catalog_cli
 from evaluation import cli as eval_cli
 from indexer import cli as indexer_cli
 from loadtests import cli as loadtest_cli
 from m5cli import demo
+from m5core.settings import FeedConfig, M5Settings, StoreConfig
 from service import cli as service_cli
 from trainer import cli as trainer_cli
 
@@ -49,15 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configured(cls: type[M5Settings], name: str) -> str:
+    """A setting as the failed command saw it (M5_* environment or the default), for the error message."""
+    try:
+        return str(getattr(cls(), name))
+    except ValidationError:
+        return str(cls.model_fields[name].default)
+
+
 def _unavailable(exc: BaseException) -> str | None:
     """A one-line message for a backing service that is not there, or None."""
     name = type(exc).__name__
     module = type(exc).__module__
     if module.startswith("redis") and name in {"ConnectionError", "TimeoutError"}:
-        url = os.environ.get("M5_REDIS_URL", "redis://127.0.0.1:6379/0")
+        url = _configured(StoreConfig, "redis_url")
         return f"cannot reach Redis at {url} ({exc}); start it with `{START_HINT['redis']}`"
     if module.startswith("kafka") and name in {"NoBrokersAvailable", "KafkaTimeoutError"}:
-        boot = os.environ.get("M5_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+        boot = _configured(FeedConfig, "kafka_bootstrap")
         return f"cannot reach Kafka at {boot} ({name}); start it with `{START_HINT['kafka']}`"
     return None
 

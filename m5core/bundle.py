@@ -68,7 +68,7 @@ class Manifest(BaseModel):
     """sha256 of every file in the bundle, checked on load."""
 
     @model_validator(mode="after")
-    def _dense_part_left(self) -> "Manifest":
+    def _dense_part_left(self) -> Manifest:
         if self.lexical and self.lexical.dims >= self.dim:
             raise ValueError(f"lexical.dims {self.lexical.dims} leaves no dense part of dim {self.dim}")
         return self

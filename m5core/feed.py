@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import TYPE_CHECKING
-from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
 
 from m5core.events.base import EventSource, TopicPartition
+from m5core.snapshots import latest_snapshot, offsets_from_meta
 from m5core.stores.base import EmbeddingStore, VectorRecord
 
 if TYPE_CHECKING:  # faiss is an `index` extra; the codec functions must import without it
@@ -57,28 +57,6 @@ def decode_feed_value(value: bytes) -> VectorRecord:
         )
     except (KeyError, TypeError, ValueError) as exc:  # JSON and base64 errors are ValueErrors
         raise ValueError(f"malformed feed value: {exc}") from exc
-
-
-SNAPSHOT_PREFIX = "snap-"
-
-
-def latest_snapshot(snapshot_dir: Path | str | None) -> Path | None:
-    """Newest complete snapshot directory (`snap-<unix ms>` with an index.json), or None."""
-    root = Path(snapshot_dir) if snapshot_dir else None
-    if root is None or not root.is_dir():
-        return None
-    snaps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(SNAPSHOT_PREFIX)
-                   and not p.name.endswith(".tmp") and (p / "index.json").is_file())
-    return snaps[-1] if snaps else None
-
-
-def offsets_from_meta(meta: Mapping[str, int]) -> dict[TopicPartition, int]:
-    """{"topic:partition": next_offset} (snapshot meta) -> {(topic, partition): next_offset}."""
-    out = {}
-    for key, off in meta.items():
-        topic, _, part = key.rpartition(":")
-        out[(topic, int(part))] = int(off)
-    return out
 
 
 class FeedFollower:
@@ -144,6 +122,10 @@ class FeedFollower:
             return False
         if index.dim != self.index.dim:
             self.log.warning("snapshot %s has dim %d, expected %d; bootstrapping from the store", snap, index.dim, self.index.dim)
+            return False
+        namespace = getattr(self.store, "namespace", None)
+        if meta.get("namespace") and namespace and meta["namespace"] != namespace:
+            self.log.info("snapshot %s is of namespace %s, not %s; bootstrapping from the store", snap.name, meta["namespace"], namespace)
             return False
         held = set(meta.get("bundle_versions") or ([index.version] if index.version else []))
         if self.bundle_version and held - {self.bundle_version}:

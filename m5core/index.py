@@ -16,12 +16,12 @@ import json
 import shutil
 import threading
 from pathlib import Path
-from typing import Literal
 
 import faiss
 import numpy as np
 
-IndexKind = Literal["auto", "flat", "hnsw", "ivf_sq8"]
+from m5core.settings import IndexKind
+
 IVF_THRESHOLD = 50_000
 IVF_MIN_TRAIN = 1_000
 DEFAULT_EFFORT = {"ivf_sq8": 32, "hnsw": 128, "flat": 0}  # ivf 32: recall@10 0.966 on 1M real vectors (16: 0.938)

@@ -56,7 +56,7 @@ class LexicalBlock:
     b: float = 0.75
 
     @classmethod
-    def fit(cls, texts: list[str], dims: int, share: float, k1: float = 1.2, b: float = 0.75) -> "LexicalBlock":
+    def fit(cls, texts: list[str], dims: int, share: float, k1: float = 1.2, b: float = 0.75) -> LexicalBlock:
         """Bucket idf and mean length from a catalog's rendered products (the BM25 statistics, frozen)."""
         if dims <= 0 or not 0 < share < 1:
             raise ValueError(f"lexical block: dims ({dims}) must be positive and share ({share}) between 0 and 1")
@@ -105,7 +105,7 @@ class LexicalBlock:
                                     "idf": [round(float(x), 6) for x in self.idf]}))
 
     @classmethod
-    def load(cls, path: Path) -> "LexicalBlock":
+    def load(cls, path: Path) -> LexicalBlock:
         """Raises ValueError naming the file when it is not a lexical block of consistent size."""
         try:
             d = json.loads(Path(path).read_text())

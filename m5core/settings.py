@@ -58,6 +58,23 @@ class FeedConfig(M5Settings):
     """Directory of the local event log (one JSON-lines file per topic), used when events=local."""
 
 
+IndexKind = Literal["auto", "flat", "hnsw", "ivf_sq8"]
+
+
+class IndexConfig(M5Settings):
+    index_kind: IndexKind = "auto"
+    """FAISS index type: auto is exact (flat) below 50k vectors and IVF-SQ8 from there; hnsw on request."""
+    snapshot_dir: Path = Path(".m5/snapshots")
+    """Index snapshots (`snap-<ms>` with the feed offsets they include): the indexer writes them (`m5 index snapshot`,
+    `backfill --snapshot`), the service starts from the newest one of its namespace and bundle and replays only the
+    feed after it; with none there, from a store scan."""
+
+
+class CacheConfig(M5Settings):
+    cache_dir: Path = Path(".cache/m5")
+    """Derived files worth keeping between runs (the MiniLM baseline's ONNX export, the test bundle)."""
+
+
 class BundleConfig(M5Settings):
     bundle: Path = Path(".m5/bundles/current")
     """Model bundle directory (manifest.json, tokenizer, int8 ONNX towers)."""

@@ -28,8 +28,17 @@ from service import metrics as M
 from service.errors import OCTET, ApiError, from_store, install_error_handlers, json_response
 from service.hotpath import HotPath, embedding_reply
 from service.middleware import ServiceMiddleware
-from service.schemas import (AsinBatchRequest, AsinBatchResponse, EmbeddingResponse, Problem, QueryEmbedRequest,
-                             QueryEmbedResponse, SearchRequest, SearchResponse, openapi_limits)
+from service.schemas import (
+    AsinBatchRequest,
+    AsinBatchResponse,
+    EmbeddingResponse,
+    Problem,
+    QueryEmbedRequest,
+    QueryEmbedResponse,
+    SearchRequest,
+    SearchResponse,
+    openapi_limits,
+)
 from service.search import query_vectors, search
 from service.serving import Serving, State, build_serving, bundle_dir_for
 from service.settings import ServiceSettings

@@ -6,9 +6,7 @@ checked by the handlers and written into the OpenAPI document by `openapi_limits
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 

@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import SecretStr
 
-from m5core.settings import BundleConfig, FeedConfig, StoreConfig
+from m5core.settings import BundleConfig, FeedConfig, IndexConfig, StoreConfig
 
 
-class ServiceSettings(StoreConfig, FeedConfig, BundleConfig):
+class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     host: str = "127.0.0.1"
     """Interface to listen on."""
     port: int = 8000
@@ -33,13 +32,8 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig):
     """Requests in progress beyond this get 503 with Retry-After instead of queueing without bound."""
     feed_lag_ready_bound: int = 10_000
     """/readyz fails while the index is more than this many feed messages behind."""
-    index_kind: Literal["auto", "flat", "hnsw", "ivf_sq8"] = "auto"
-    """FAISS index type; auto is exact below 50k products and IVF-SQ8 above."""
     effort: int | None = None
     """Default recall/latency knob: nprobe (IVF) or efSearch (HNSW); None uses the index default."""
-    snapshot_dir: Path | None = None
-    """Directory of index snapshots (`snap-<ms>`, written by the indexer's snapshotter): start from the newest
-    one and replay only the feed after it; unset or empty = build the index from a store scan."""
     search_threads: int = 1
     """FAISS (OpenMP) threads per worker. One query does not get faster with more, and idle OpenMP threads
     spinning next to uvicorn workers cost 10x latency on a busy box: keep 1 and scale with workers."""

@@ -14,7 +14,8 @@ import torch
 
 from m5core.bundle import LexicalRef, Manifest, TowerSpec, write_manifest
 from m5core.encoder import OnnxEncoder
-from m5core.lexical import FILE as LEXICAL_FILE, LexicalBlock
+from m5core.lexical import FILE as LEXICAL_FILE
+from m5core.lexical import LexicalBlock
 from trainer.model import EmbeddingModel
 
 log = logging.getLogger(__name__)

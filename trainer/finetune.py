@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tokenizers import Tokenizer
+from torch import nn
 from tqdm import tqdm
 
 from m5core.schema import render_product

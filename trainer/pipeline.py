@@ -8,16 +8,16 @@ import time
 from pathlib import Path
 
 import torch
-
 from tokenizers import Tokenizer
+from transformers import BertModel
 
 from catalog.io import CatalogError, load_catalog
 from m5core.lexical import LexicalBlock
 from m5core.schema import render_product
+from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.distill import distill, distill_products, query_like_texts
 from trainer.export import publish_bundle
-from trainer import checkpoint
 from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
 from trainer.model import EmbeddingModel, encoder_from_state, encoder_state
 from trainer.pretrain import pretrain
@@ -133,7 +133,7 @@ class Run:
     def _encoder(self):
         return encoder_from_state(torch.load(_need(self.dir / "pretrained.pt", "pretrain"), map_location="cpu", weights_only=False))
 
-    def finetune(self, encoder: Encoder | None = None):
+    def finetune(self, encoder: BertModel | None = None):
         self._load_tok()
         encoder = (encoder or self._encoder()).to(self.device)
         if self.cfg.finetune.towers == "cross_encoder":
@@ -144,7 +144,7 @@ class Run:
         self._save_metrics("finetune", m)
         return model
 
-    def _cross_encoder(self, encoder: Encoder):
+    def _cross_encoder(self, encoder: BertModel):
         text = {a: render_product(p, self.scheme) for a, p in self.products.items()}
 
         def pairs(split):

@@ -14,9 +14,9 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from trainer import checkpoint
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import PretrainCorpus, encode_batch, mask_tokens, seq_len_for_step
-from trainer import checkpoint
 from trainer.model import MLMModel, bert_config
 from trainer.tokenizer import special_ids
 

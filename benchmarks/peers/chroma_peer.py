@@ -72,7 +72,7 @@ class ChromaPeer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "ChromaPeer":
+    def __enter__(self) -> ChromaPeer:
         return self
 
     def __exit__(self, *exc) -> None:

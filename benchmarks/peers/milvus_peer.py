@@ -117,7 +117,7 @@ class MilvusLitePeer:
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> "MilvusLitePeer":
+    def __enter__(self) -> MilvusLitePeer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -12,7 +12,6 @@ from kafka.structs import OffsetAndMetadata
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.events.base import TopicPartition as TP
 
-
 # kafka-python caps its reconnect back-off at 30 s (the Java client at 1 s): after a broker outage our
 # clients would resume up to 30 s after the broker is back, which the freshness target cannot absorb.
 # One connection attempt a second per broker is cheap.

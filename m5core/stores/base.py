@@ -41,6 +41,9 @@ def dequantize_int8(q: np.ndarray, scale: float) -> np.ndarray:
 class EmbeddingStore(ABC):
     """Small on purpose: every backend passes the same contract tests (tests/m5core/test_store_contract.py)."""
 
+    namespace: str
+    """Key prefix of this store's records: one namespace per bundle's vectors (a re-embed fills a new one)."""
+
     @abstractmethod
     def put(self, records: Sequence[VectorRecord]) -> list[bool]:
         """Write records atomically per ASIN; True where written, False where a newer or equal version is held."""

@@ -13,8 +13,8 @@ from typing import Literal
 import numpy as np
 import redis
 
-from m5core.stores.base import EmbeddingStore, VectorRecord, dequantize_int8, quantize_int8
 from m5core.batching import batched
+from m5core.stores.base import EmbeddingStore, VectorRecord, dequantize_int8, quantize_int8
 
 _PUT = """
 local out = {}

@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 
 from catalog.io import load_catalog
+from m5core.bundle import load_manifest
 from m5core.encoder import OnnxEncoder
 from m5core.events.kafka import KafkaSink
 from m5core.schema import ChangeEvent, render_product
-from m5core.bundle import load_manifest
 from service.app import create_app
 from service.settings import ServiceSettings
 

@@ -1,7 +1,7 @@
 """Batch planning is pure: events + what the store holds -> embed / touch / delete / skip."""
 
-from m5core.schema import ChangeEvent, content_hash
 from indexer.plan import plan_batch
+from m5core.schema import ChangeEvent, content_hash
 from tests.indexer.conftest import product
 
 A, B = "B000000001", "B000000002"

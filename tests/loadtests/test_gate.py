@@ -100,7 +100,6 @@ def test_plots_from_history(tmp_path):
 
 
 def test_index_stream_sends_change_events_at_the_rate(tmp_path, monkeypatch, test_catalog):
-    import json
     import threading
 
     import catalog.events  # noqa: F401 - imported up front so the timed window is all sending

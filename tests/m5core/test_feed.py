@@ -8,8 +8,9 @@ import numpy as np
 from m5core.encoder import HashEncoder
 from m5core.events.base import EventSource, Message
 from m5core.events.local import LocalSink, LocalSource
-from m5core.feed import FeedFollower, encode_feed_value, latest_snapshot
+from m5core.feed import FeedFollower, encode_feed_value
 from m5core.index import AnnIndex
+from m5core.snapshots import latest_snapshot
 from m5core.stores.base import VectorRecord
 from m5core.stores.local import LocalStore
 

@@ -1,12 +1,11 @@
 import httpx
-import numpy as np
 import pytest
 
 from m5core.encoder import HashEncoder
 from m5core.events.local import LocalSink, LocalSource
 from m5core.feed import encode_feed_value
-from m5core.stores.local import LocalStore
 from m5core.stores.base import VectorRecord
+from m5core.stores.local import LocalStore
 from service.app import create_app
 from service.settings import ServiceSettings
 

@@ -1,7 +1,6 @@
 """DeepSpeed resume, checkpoint refusal, the parity gate, and bundles the runtime loads."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
