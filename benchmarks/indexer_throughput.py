@@ -38,7 +38,7 @@ from m5core.batching import batched
 
 def _products(catalog: Path | None, n: int) -> list[dict]:
     if catalog is not None:
-        from catalog.io import read_jsonl
+        from m5core.jsonl import read_jsonl
 
         out = []
         for d in read_jsonl(catalog / "products.jsonl"):
@@ -310,8 +310,8 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
     import itertools
     import tempfile
 
-    from catalog.io import write_jsonl
     from indexer.backfill import backfill
+    from m5core.jsonl import write_jsonl
     from m5core.stores.redis import RedisStore
 
     store = RedisStore(args.redis, ns + "-bf")

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from catalog.generate import content_words, listing_words
-from catalog.io import write_jsonl
+from m5core.jsonl import write_jsonl
 from m5core.schema import Product, asin_to_id, default_marketplace, id_to_asin, is_asin, shape_error
 
 IMPORTER_VERSION = "m5-import/1"

@@ -8,21 +8,7 @@ from pathlib import Path
 
 import orjson
 
-
-def read_jsonl(path: Path | str) -> Iterator[dict]:
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                yield orjson.loads(line)
-
-
-def write_jsonl(path: Path | str, docs) -> int:
-    n = 0
-    with open(path, "wb") as f:
-        for d in docs:
-            f.write(orjson.dumps(d) + b"\n")
-            n += 1
-    return n
+from m5core.jsonl import read_jsonl
 
 
 class CatalogError(FileNotFoundError):

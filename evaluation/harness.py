@@ -30,7 +30,7 @@ import orjson
 
 from catalog.generate import content_words, listing_words
 from catalog.io import CatalogError, load_catalog
-from evaluation.metrics import (
+from m5core.metrics import (
     average_precision,
     exact_share_at_k,
     ndcg_at_k,
@@ -40,6 +40,7 @@ from evaluation.metrics import (
     roc_auc,
     roc_curve,
 )
+from m5core.encoder import Encoder
 from m5core.schema import language_of, render_product
 
 log = logging.getLogger(__name__)
@@ -66,12 +67,6 @@ def handwritten_dir(override: Path | str | None = None) -> Path:
 def is_catalog(directory: Path | str) -> bool:
     """True when `directory` holds what the harness reads: products, queries and judgements."""
     return all((Path(directory) / f"{name}.jsonl").is_file() for name in ("products", "queries", "judgements"))
-
-
-class Encoder(Protocol):
-    version: str
-
-    def embed(self, texts: list[str]) -> np.ndarray: ...  # (n, dim) float32, L2-normalised
 
 
 class Scorer(Protocol):

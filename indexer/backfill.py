@@ -17,10 +17,10 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from catalog.io import read_jsonl
 from indexer.settings import IndexerSettings
 from m5core.events.base import EventSink
 from m5core.feed import encode_feed_value
+from m5core.jsonl import read_jsonl
 from m5core.schema import Product, content_hash, render_product
 from m5core.stores.base import EmbeddingStore, VectorRecord
 

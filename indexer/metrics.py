@@ -14,4 +14,4 @@ SKIPPED_UNCHANGED = Counter("m5_indexer_skipped_unchanged", "Changes that left t
 STALE = Counter("m5_indexer_stale_events", "Events older than what the store holds (skipped).")
 WRITES = Counter("m5_indexer_vectors_written", "Vectors written to the store and the feed.")
 BUNDLE_INFO = Gauge("m5_indexer_bundle_info", "Bundle the indexer encodes with.", ["version"])
-STORE_SIZE = Gauge("m5_indexer_index_size", "Live vectors in the store.")
+STORE_SIZE = Gauge("m5_indexer_store_size", "Live vectors in the store.")

@@ -120,7 +120,7 @@ def neighbour_overlap(old: EmbeddingStore, new: EmbeddingStore, sample: int = 20
 
 def golden_recall(store: EmbeddingStore, query_encoder, queries: list[dict], relevant: dict[str, set[str]], k: int = 10) -> float:
     """Mean recall@k of the golden queries against every live vector of `store` (query tower -> product tower)."""
-    from evaluation.metrics import recall_at_k
+    from m5core.metrics import recall_at_k
 
     recs = list(store.scan())
     idx = AnnIndex.build(recs[0].vector.shape[0], [r.asin for r in recs], np.stack([r.vector for r in recs]),
@@ -135,7 +135,7 @@ def golden_recall(store: EmbeddingStore, query_encoder, queries: list[dict], rel
 
 def load_golden(catalog_dir: Path, split: str = "test", limit: int = 200) -> tuple[list[dict], dict[str, set[str]]]:
     """Golden queries from a catalog directory: `split` queries and their exact ("E") matches."""
-    from catalog.io import read_jsonl
+    from m5core.jsonl import read_jsonl
 
     queries = [q for q in read_jsonl(catalog_dir / "queries.jsonl") if q.get("split") == split][:limit]
     ids = {q["query_id"] for q in queries}

@@ -18,8 +18,8 @@ def index_stream(rate: float, catalog: Path, seed: int, stop: threading.Event) -
     Transport and topic come from the usual settings (M5_EVENTS, M5_KAFKA_BOOTSTRAP, M5_CHANGES_TOPIC,
     M5_LOCAL_EVENTS_DIR). Returns the number of events sent."""
     from catalog.events import iter_change_events
-    from catalog.io import read_jsonl
     from m5core.events import open_sink
+    from m5core.jsonl import read_jsonl
     from m5core.settings import FeedConfig
 
     if rate <= 0:

@@ -107,6 +107,6 @@ Ready in {time.perf_counter() - t0:.0f} s. Try, in another shell:
 
 
 def _products(catalog: Path):
-    from catalog.io import read_jsonl
+    from m5core.jsonl import read_jsonl
 
     return read_jsonl(catalog / "products.jsonl")

@@ -133,7 +133,7 @@ def _report(args) -> int:
 def _partner(args) -> int:
     import sys
 
-    from trainer.toolkit import PairsError, finetune_on_pairs
+    from trainer.partner import PairsError, finetune_on_pairs
 
     try:
         bundle = finetune_on_pairs(args.run_dir, args.pairs, args.out, args.strategy, args.steps, args.name, args.catalog)

@@ -39,7 +39,7 @@ def export_onnx(model: EmbeddingModel, path: Path, opset: int = 17) -> None:
     )
 
 
-def quantize_int8(src: Path, dst: Path, per_channel: bool = True, keep_fp32: tuple[str, ...] = ()) -> None:
+def quantize_onnx(src: Path, dst: Path, per_channel: bool = True, keep_fp32: tuple[str, ...] = ()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -83,7 +83,7 @@ def quantize_within(staging: Path, manifest: Manifest, tower: str, ladder: list[
     reference = batched(OnnxEncoder(staging, tower, manifest=weights_of(manifest, "fp32")), texts)
     int8 = weights_of(manifest, "int8")
     for rungs in range(len(ladder) + 1):
-        quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs)))
+        quantize_onnx(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs)))
         cosine = float((batched(OnnxEncoder(staging, tower, manifest=int8), texts) * reference).sum(1).mean())
         if cosine >= target_cosine:
             break
@@ -107,7 +107,7 @@ def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, 
             for tower, ladder in ladders.items():
                 rungs = quantization[tower]["rungs"]
                 if rungs < len(ladder):
-                    quantize_int8(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs + 1)))
+                    quantize_onnx(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs + 1)))
                     quantization[tower] = {**quantization[tower], "rungs": rungs + 1, "kept_fp32": kept(ladder, rungs + 1),
                                            "raised_by_gate": True}
                     grown = True

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
+from m5core.metrics import roc_auc
 from m5core.schema import render_product
 from trainer.config import TrainConfig
 from trainer.data import encode_batch
@@ -236,7 +237,9 @@ def finetune_cross_encoder(cfg: TrainConfig, encoder, tok: Tokenizer, pairs: lis
     metrics = {"cross_encoder_steps": f.steps}
     if eval_pairs:
         scores = score_pairs(model, tok, [a for a, _, _ in eval_pairs], [b for _, b, _ in eval_pairs], 2 * f.max_product_len, device)
-        metrics["duplicate_auc"] = roc_auc(np.array([y for _, _, y in eval_pairs]), scores)
+        labels = [y for _, _, y in eval_pairs]
+        if 0 < sum(labels) < len(labels):  # AUC needs both classes
+            metrics["duplicate_auc"] = roc_auc(scores, labels)
     return model, metrics
 
 
@@ -250,12 +253,3 @@ def score_pairs(model: CrossEncoder, tok: Tokenizer, a: list[str], b: list[str],
         out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).float().cpu().numpy())
     model.train()
     return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Probability a random positive outscores a random negative (ties count half)."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if not len(pos) or not len(neg):
-        return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from catalog.events import bad_events, iter_change_events
 from catalog.generate import generate_catalog
-from catalog.io import load_catalog, read_jsonl
+from catalog.io import load_catalog
+from m5core.jsonl import read_jsonl
 from m5core.schema import ChangeEvent, apply_patch, content_hash
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from catalog.events import iter_change_events
 from catalog.generate import content_words, generate_catalog
-from catalog.io import CatalogError, load_catalog, read_jsonl
+from catalog.io import CatalogError, load_catalog
 from catalog.vocab import KEY_ATTRIBUTES, canonical_value
+from m5core.jsonl import read_jsonl
 from m5core.schema import ChangeEvent, Product
 
 

@@ -4,8 +4,9 @@ import orjson
 import pytest
 
 from catalog import importer as im
-from catalog.io import load_catalog, read_jsonl
+from catalog.io import load_catalog
 from m5cli.main import main as m5
+from m5core.jsonl import read_jsonl
 from m5core.schema import Product, is_asin
 
 SAMPLES = __import__("pathlib").Path(__file__).resolve().parent / "samples"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.io import write_jsonl
+from m5core.jsonl import write_jsonl
 from m5core.schema import render_product
 
 MARKETPLACE = {"en_US": "US", "de_DE": "DE", "fr_FR": "FR"}

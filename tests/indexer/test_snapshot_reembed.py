@@ -6,7 +6,6 @@ import numpy as np
 import orjson
 import pytest
 
-from catalog.io import write_jsonl
 from indexer.backfill import backfill
 from indexer.pipeline import Indexer
 from indexer.reembed import Gates, ReembedRefused, namespace_for, reembed, rollback
@@ -14,6 +13,7 @@ from indexer.settings import IndexerSettings
 from indexer.snapshot import Snapshotter
 from m5core.encoder import HashEncoder
 from m5core.events.local import LocalSink, LocalSource
+from m5core.jsonl import write_jsonl
 from m5core.snapshots import list_snapshots, load_latest, offsets_from_meta
 from m5core.stores import active_namespace, open_store
 from tests.indexer.conftest import delete, product, upsert

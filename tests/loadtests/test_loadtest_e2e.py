@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog.io import read_jsonl, write_jsonl
 from loadtests.routes import BATCH, EMBED_HEAD, EMBEDDING, SEARCH_QUERY, SEARCH_VECTOR
 from m5core.bundle import load_manifest
 from m5core.encoder import OnnxEncoder
+from m5core.jsonl import read_jsonl, write_jsonl
 from m5core.schema import content_hash, render_product
 from m5core.stores.base import VectorRecord
 from m5core.stores.local import LocalStore

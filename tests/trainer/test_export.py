@@ -5,7 +5,7 @@ import onnxruntime as ort
 import torch
 
 from trainer.config import ModelConfig
-from trainer.export import export_onnx, quantize_int8
+from trainer.export import export_onnx, quantize_onnx
 from trainer.model import EmbeddingModel
 
 
@@ -14,7 +14,7 @@ def test_onnx_matches_torch_and_int8_stays_within_tolerance(tmp_path):
     c = ModelConfig(vocab_size=1000, layers=2, hidden=64, heads=2, intermediate=128, proj_dim=32, dropout=0.0)
     model = EmbeddingModel(c).eval()
     export_onnx(model, tmp_path / "t.fp32.onnx")
-    quantize_int8(tmp_path / "t.fp32.onnx", tmp_path / "t.int8.onnx")
+    quantize_onnx(tmp_path / "t.fp32.onnx", tmp_path / "t.int8.onnx")
     rng = np.random.default_rng(0)
     ids = rng.integers(5, 1000, (6, 21)).astype(np.int64)  # other batch and seq than the export trace (2, 8)
     mask = np.ones_like(ids)

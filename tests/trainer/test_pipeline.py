@@ -94,7 +94,7 @@ def test_parity_gate_refuses_a_broken_int8_and_publishes_nothing(tmp_path, test_
                 init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).standard_normal(arr.shape).astype(np.float32), init.name))
         onnx.save(model, str(dst))
 
-    monkeypatch.setattr(export, "quantize_int8", broken)
+    monkeypatch.setattr(export, "quantize_onnx", broken)
     cfg = _cfg(tmp_path, test_catalog, pretrain={"steps": 2}, finetune={"steps": 2}, distill={"steps": 2})
     with pytest.raises(ParityError, match="parity gate"):
         train_all(cfg, resume=False)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from m5core.bundle import load_manifest
-from trainer.toolkit import PairsError, PartnerBundle, read_pairs
+from trainer.partner import PairsError, PartnerBundle, read_pairs
 
 
 def test_toolkit_embeds_products_and_queries_without_importing_torch(trained_bundle, test_catalog):
     code = f"""
 import sys, json
 from catalog.io import load_catalog
-from trainer.toolkit import PartnerBundle
+from trainer.partner import PartnerBundle
 b = PartnerBundle({str(trained_bundle)!r})
 products = [p for _, p in zip(range(10), load_catalog({str(test_catalog)!r}).products())]
 P = b.embed_products(products, batch=4)
@@ -69,7 +69,7 @@ def test_pairs_resolve_asins_and_negatives(tmp_path):
 def test_finetune_on_partner_pairs_publishes_a_loadable_bundle(tmp_path, trained_bundle, test_catalog):
     from catalog.io import load_catalog
     from m5core.schema import render_product
-    from trainer.toolkit import finetune_on_pairs
+    from trainer.partner import finetune_on_pairs
 
     cat = load_catalog(test_catalog)
     text = {p["asin"]: render_product(p, "fields") for p in cat.products()}

@@ -1,4 +1,5 @@
-"""Retrieval and classification metrics (pure numpy). Gains follow ESCI: E=1, S=0.1, C=0.01, I=0."""
+"""Retrieval and classification metrics (pure numpy), for the trainer, the evaluation harness and the
+indexer's re-embed gate alike. Gains follow ESCI: E=1, S=0.1, C=0.01, I=0."""
 
 from __future__ import annotations
 

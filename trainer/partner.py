@@ -11,7 +11,7 @@ Labelled pairs, one JSON object per line (blank lines ignored), either shape:
     {"query": "...", "product_text": "...", "label": 0}                  query/product text given inline
 label 1 = the pair matches, 0 = it does not (used as a hard negative for that anchor).
 
-    from trainer.toolkit import PartnerBundle, finetune_on_pairs
+    from trainer.partner import PartnerBundle, finetune_on_pairs
     b = PartnerBundle(".m5/bundles/current")
     P = b.embed_products(products)          # (n, dim) float32, L2-normalised
     Q = b.embed_queries(["red shoes"])      # same space as P

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from evaluation.metrics import (
+from m5core.metrics import (
     average_precision,
     exact_share_at_k,
     mlm_accuracy_by_language,
