@@ -64,17 +64,27 @@ def main() -> None:
     def rate(embed) -> float:
         t0 = time.perf_counter()
         for i in range(0, len(texts), args.batch):
-            embed(texts[i:i + args.batch])
+            embed(texts[i : i + args.batch])
         return len(texts) / (time.perf_counter() - t0)
 
     intra(texts[: args.batch]), side.embed(texts[: args.batch])  # warm-up
-    for busy in ([0.0, args.busy] if args.busy > 0 else [0.0]):
+    for busy in [0.0, args.busy] if args.busy > 0 else [0.0]:
         neighbour = subprocess.Popen([sys.executable, "-c", _BUSY, str(busy)]) if busy > 0 else None
         try:
             for r in range(args.rounds):
                 a, b = rate(intra), rate(side.embed)
-                print(json.dumps({"busy_core_share": busy, "round": r, "intra_op_per_s": round(a, 1),
-                                  "side_by_side_per_s": round(b, 1), "ratio": round(b / a, 3)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "busy_core_share": busy,
+                            "round": r,
+                            "intra_op_per_s": round(a, 1),
+                            "side_by_side_per_s": round(b, 1),
+                            "ratio": round(b / a, 3),
+                        }
+                    ),
+                    flush=True,
+                )
         finally:
             if neighbour is not None:
                 neighbour.kill()

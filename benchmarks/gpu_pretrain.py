@@ -44,22 +44,47 @@ def main() -> int:
     tok = train_tokenizer([render_product(p, "fields") for p in products], 32000)
     results = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "torch": torch.__version__}
     for seq, mb in ((128, args.micro_batch_128), (512, args.micro_batch_512)):
-        cfg = load_config(None, "scratch", {
-            "run_dir": str(args.out / f"run{seq}"), "device": "cuda",
-            "model": {"vocab_size": tok.get_vocab_size(), "layers": args.layers, "hidden": args.hidden, "heads": args.hidden // 64,
-                      "intermediate": 4 * args.hidden, "proj_dim": 256},
-            "pretrain": {"steps": args.steps, "micro_batch": mb, "precision": "bf16", "zero_stage": 1, "warmup": 5,
-                         "seq_schedule": [[seq, 1.0]], "save_every": 10**9, "lr": 1e-4},
-        })
+        cfg = load_config(
+            None,
+            "scratch",
+            {
+                "run_dir": str(args.out / f"run{seq}"),
+                "device": "cuda",
+                "model": {
+                    "vocab_size": tok.get_vocab_size(),
+                    "layers": args.layers,
+                    "hidden": args.hidden,
+                    "heads": args.hidden // 64,
+                    "intermediate": 4 * args.hidden,
+                    "proj_dim": 256,
+                },
+                "pretrain": {
+                    "steps": args.steps,
+                    "micro_batch": mb,
+                    "precision": "bf16",
+                    "zero_stage": 1,
+                    "warmup": 5,
+                    "seq_schedule": [[seq, 1.0]],
+                    "save_every": 10**9,
+                    "lr": 1e-4,
+                },
+            },
+        )
         t0 = time.perf_counter()
         _, metrics = pretrain(cfg, products, tok, resume=False)
         rows = [json.loads(x) for x in (args.out / f"run{seq}" / "metrics.jsonl").read_text().splitlines()]
         # steady state: samples over the last half of the steps
-        half = rows[len(rows) // 2:]
+        half = rows[len(rows) // 2 :]
         steady = (len(half) * mb) / max(1e-9, _span(args.out / f"run{seq}", half, mb, rows))
-        results[f"seq{seq}"] = {"micro_batch": mb, "steps": args.steps, "samples_per_s_overall": round(metrics["pretrain_samples_per_s"], 1),
-                                "samples_per_s_steady": round(steady, 1), "final_loss": metrics["final_loss"],
-                                "wall_s": round(time.perf_counter() - t0, 1), "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
+        results[f"seq{seq}"] = {
+            "micro_batch": mb,
+            "steps": args.steps,
+            "samples_per_s_overall": round(metrics["pretrain_samples_per_s"], 1),
+            "samples_per_s_steady": round(steady, 1),
+            "final_loss": metrics["final_loss"],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "max_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        }
         print(json.dumps(results[f"seq{seq}"]), flush=True)
         torch.cuda.reset_peak_memory_stats()
     (args.out / "gpu_pretrain.json").write_text(json.dumps(results, indent=2))

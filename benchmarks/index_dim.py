@@ -41,8 +41,11 @@ def main() -> None:
             idx.search(row[None], 10)
             lat.append(time.perf_counter() - t)
         ms = np.array(lat) * 1000
-        print(f"dim {dim}, {n:,} vectors, {idx.kind}: build {built:.1f} s; search p50 {np.percentile(ms, 50):.3f} ms, "
-              f"p99 {np.percentile(ms, 99):.3f} ms", flush=True)
+        print(
+            f"dim {dim}, {n:,} vectors, {idx.kind}: build {built:.1f} s; search p50 {np.percentile(ms, 50):.3f} ms, "
+            f"p99 {np.percentile(ms, 99):.3f} ms",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -46,13 +46,27 @@ def _products(catalog: Path | None, n: int) -> list[dict]:
             if len(out) == n:
                 break
         return out
-    return [{"asin": f"B{i:09d}", "marketplace": "US", "locale": "en_US", "product_line": "softlines",
-             "product_type": "running_shoes", "brand": "Acme", "title": f"red running shoes model {i}",
-             "attributes": {"colour": "red"}, "version": 1, "updated_at": 1.0} for i in range(n)]
+    return [
+        {
+            "asin": f"B{i:09d}",
+            "marketplace": "US",
+            "locale": "en_US",
+            "product_line": "softlines",
+            "product_type": "running_shoes",
+            "brand": "Acme",
+            "title": f"red running shoes model {i}",
+            "attributes": {"colour": "red"},
+            "version": 1,
+            "updated_at": 1.0,
+        }
+        for i in range(n)
+    ]
 
 
 def _cpu_split(fn, in_thread: bool = False):
-    """Run fn() (on a thread of its own when in_thread: the encoder alone); -> (its result, wall seconds, share of all cores the encoder's threads used).
+    """Run fn() (on a thread of its own when in_thread: the encoder alone).
+
+    -> (its result, wall seconds, share of all cores the encoder's threads used).
 
     The encoder's threads are its ONNX workers (named onnx-*), the backfill's encode worker (which
     tokenises) and any thread that is not a live Python thread afterwards (the tokenizer's pool, an
@@ -70,8 +84,9 @@ def _cpu_split(fn, in_thread: bool = False):
         return (int(f[11]) + int(f[12])) / tick
 
     def others() -> dict[int, float]:  # live Python threads that are not the encoder's
-        return {t.native_id: cpu(t.native_id) for t in threading.enumerate()
-                if t.native_id is not None and not t.name.startswith(("onnx-", "encode"))}
+        return {
+            t.native_id: cpu(t.native_id) for t in threading.enumerate() if t.native_id is not None and not t.name.startswith(("onnx-", "encode"))
+        }
 
     p0, th0, t0 = cpu("self"), others(), time.perf_counter()
     if in_thread:
@@ -108,8 +123,9 @@ def _events(products: list[dict], n: int, version: int) -> list[tuple[bytes, byt
         p["version"] = version + i // len(products)
         p["title"] = f"{p['title']} rev {p['version']}"
         p["updated_at"] = time.time()
-        out.append((p["asin"].encode(), orjson.dumps({"op": "upsert", "asin": p["asin"], "version": p["version"],
-                                                       "ts": p["updated_at"], "product": p})))
+        out.append(
+            (p["asin"].encode(), orjson.dumps({"op": "upsert", "asin": p["asin"], "version": p["version"], "ts": p["updated_at"], "product": p}))
+        )
     return out
 
 
@@ -120,8 +136,9 @@ def _topics(bootstrap: str, partitions: int) -> tuple[str, str, str]:
     tag = uuid.uuid4().hex[:8]
     names = (f"bench-changes-{tag}", f"bench-emb-{tag}", f"bench-dlq-{tag}")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(names[0], partitions, 1), NewTopic(names[1], partitions, 1, topic_configs={"cleanup.policy": "compact"}),
-                         NewTopic(names[2], 1, 1)])
+    admin.create_topics(
+        [NewTopic(names[0], partitions, 1), NewTopic(names[1], partitions, 1, topic_configs={"cleanup.policy": "compact"}), NewTopic(names[2], 1, 1)]
+    )
     admin.close()
     return names
 
@@ -155,8 +172,12 @@ def main() -> None:
     ap.add_argument("--fresh-seconds", type=float, default=15.0, help="length of the freshness run")
     ap.add_argument("--only", choices=["all", "backfill"], default="all", help="backfill: skip the pipeline and freshness runs")
     ap.add_argument("--backfill-file", type=Path, help="products.jsonl for the backfill run (default: --events products of --catalog)")
-    ap.add_argument("--chunk", type=int, default=0, help="with --backfill-file: backfill this many products at a time, "
-                    "measuring the encoder between chunks (0: one piece)")
+    ap.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="with --backfill-file: backfill this many products at a time, measuring the encoder between chunks (0: one piece)",
+    )
     ap.add_argument("--plot", type=Path, help="with --chunk: PNG of each chunk's rate against the encoder alone")
     ap.add_argument("--kafka", default="127.0.0.1:9092")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -177,7 +198,8 @@ def main() -> None:
 
         manifest = load_manifest(args.bundle)
         enc, scheme = OnnxEncoder(args.bundle, "product", threads=args.threads, manifest=manifest), manifest.render_scheme
-        label = f"bundle {manifest.version} (dim {manifest.dim}, {manifest.towers['product'].layers}x{manifest.towers['product'].hidden}, max_len {manifest.towers['product'].max_length})"
+        tower = manifest.towers["product"]
+        label = f"bundle {manifest.version} (dim {manifest.dim}, {tower.layers}x{tower.hidden}, max_len {tower.max_length})"
     else:
         from m5core.encoder import HashEncoder
 
@@ -194,19 +216,40 @@ def main() -> None:
     def encoder_rate(batch: int) -> float:
         t0 = time.perf_counter()
         for i in range(0, len(texts), batch):
-            enc.embed(texts[i:i + batch])
+            enc.embed(texts[i : i + batch])
         return len(texts) / (time.perf_counter() - t0)
 
     bf_batch = max(args.batch, 512)
     enc_rate, bf_enc_rate = encoder_rate(args.batch), encoder_rate(bf_batch)
-    print(json.dumps({"measure": "encoder", "products_per_s": round(enc_rate, 1), "n": len(texts), "batch": args.batch,
-                      f"products_per_s_batch_{bf_batch}": round(bf_enc_rate, 1)}))
+    print(
+        json.dumps(
+            {
+                "measure": "encoder",
+                "products_per_s": round(enc_rate, 1),
+                "n": len(texts),
+                "batch": args.batch,
+                f"products_per_s_batch_{bf_batch}": round(bf_enc_rate, 1),
+            }
+        )
+    )
 
     changes, emb, dlq = _topics(args.kafka, args.partitions)
     ns = f"bench-{uuid.uuid4().hex[:8]}"
-    s = IndexerSettings(store="redis", events="kafka", redis_url=args.redis, kafka_bootstrap=args.kafka, namespace=ns,
-                        changes_topic=changes, embeddings_topic=emb, dlq_topic=dlq, group_id=f"bench-{ns}",
-                        max_batch=args.batch, max_wait_ms=50, metrics_port=0, encode_threads=args.threads)
+    s = IndexerSettings(
+        store="redis",
+        events="kafka",
+        redis_url=args.redis,
+        kafka_bootstrap=args.kafka,
+        namespace=ns,
+        changes_topic=changes,
+        embeddings_topic=emb,
+        dlq_topic=dlq,
+        group_id=f"bench-{ns}",
+        max_batch=args.batch,
+        max_wait_ms=50,
+        metrics_port=0,
+        encode_threads=args.threads,
+    )
     try:
         if args.only == "backfill":
             _backfill_run(args, products, KafkaSink(args.kafka), s, enc, scheme, ns, bf_batch, bf_enc_rate, encoder_rate)
@@ -235,14 +278,35 @@ def main() -> None:
             secs = time.perf_counter() - t0
             probes.append(encoder_rate(args.batch))
             drained, drain_s = drained + n, drain_s + secs
-            print(json.dumps({"measure": "pipeline_round" if args.rounds > 1 else "pipeline", "round": r,
-                              "upserts_per_s": round(n / secs, 1), "events": n, "seconds": round(secs, 2),
-                              "encoder_before": round(probes[-2], 1), "encoder_after": round(probes[-1], 1),
-                              "share_of_encoder": round(n / secs / ((probes[-2] + probes[-1]) / 2), 3)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "measure": "pipeline_round" if args.rounds > 1 else "pipeline",
+                        "round": r,
+                        "upserts_per_s": round(n / secs, 1),
+                        "events": n,
+                        "seconds": round(secs, 2),
+                        "encoder_before": round(probes[-2], 1),
+                        "encoder_after": round(probes[-1], 1),
+                        "share_of_encoder": round(n / secs / ((probes[-2] + probes[-1]) / 2), 3),
+                    }
+                ),
+                flush=True,
+            )
         if args.rounds > 1:
             rate, pooled = drained / drain_s, _pooled(probes)
-            print(json.dumps({"measure": "pipeline", "upserts_per_s": round(rate, 1), "events": drained, "rounds": args.rounds,
-                              "encoder_pooled": round(pooled, 1), "share_pooled": round(rate / pooled, 3)}))
+            print(
+                json.dumps(
+                    {
+                        "measure": "pipeline",
+                        "upserts_per_s": round(rate, 1),
+                        "events": drained,
+                        "rounds": args.rounds,
+                        "encoder_pooled": round(pooled, 1),
+                        "share_pooled": round(rate / pooled, 3),
+                    }
+                )
+            )
 
         # 3. freshness at a fixed rate: event ts is set at produce time. Two clocks: the indexer's own
         # (event -> store + feed flushed) and the service's (event -> in the index /search answers from:
@@ -252,8 +316,7 @@ def main() -> None:
         M.FRESHNESS_SECONDS.observe = lambda v: (seen.append(v), real_observe(v))  # type: ignore[method-assign]
         idx.s = s.model_copy(update={"max_wait_ms": 20})
         searchable, pending, lock, stop = [], {}, threading.Lock(), threading.Event()
-        follower = FeedFollower(KafkaAssignedSource(args.kafka, [emb]), AnnIndex(enc.dim, "flat", enc.version), store,
-                                bundle_version=enc.version)
+        follower = FeedFollower(KafkaAssignedSource(args.kafka, [emb]), AnnIndex(enc.dim, "flat", enc.version), store, bundle_version=enc.version)
         follower.bootstrap()  # the backlog run's vectors from the store, then the feed from its end
 
         def follow() -> None:
@@ -290,12 +353,32 @@ def main() -> None:
         follower.source.close()
         M.FRESHNESS_SECONDS.observe = real_observe  # type: ignore[method-assign]
         q = np.percentile(seen, [50, 99]) if seen else [float("nan")] * 2
-        print(json.dumps({"measure": "freshness", "rate_per_s": args.rate, "events": n_fresh, "observed": len(seen),
-                          "p50_s": round(float(q[0]), 4), "p99_s": round(float(q[1]), 4)}))
+        print(
+            json.dumps(
+                {
+                    "measure": "freshness",
+                    "rate_per_s": args.rate,
+                    "events": n_fresh,
+                    "observed": len(seen),
+                    "p50_s": round(float(q[0]), 4),
+                    "p99_s": round(float(q[1]), 4),
+                }
+            )
+        )
         q = np.percentile(searchable, [50, 99, 100]) if searchable else [float("nan")] * 3
-        print(json.dumps({"measure": "freshness_searchable", "rate_per_s": args.rate, "asins": len(searchable),
-                          "never_seen": len(pending), "p50_s": round(float(q[0]), 4), "p99_s": round(float(q[1]), 4),
-                          "max_s": round(float(q[2]), 4)}))
+        print(
+            json.dumps(
+                {
+                    "measure": "freshness_searchable",
+                    "rate_per_s": args.rate,
+                    "asins": len(searchable),
+                    "never_seen": len(pending),
+                    "p50_s": round(float(q[0]), 4),
+                    "p99_s": round(float(q[1]), 4),
+                    "max_s": round(float(q[2]), 4),
+                }
+            )
+        )
         idx.source.close()
         idx.sink.close()
 
@@ -328,23 +411,40 @@ def _backfill_run(args, products, sink, s, enc, scheme, ns, bf_batch, rate_befor
             out, _, cpu_share = _cpu_split(lambda: backfill(path, store, sink, enc, s, scheme, batch=bf_batch))  # noqa: B023 - called here
             rate_after, _, alone_share = _cpu_split(lambda: encoder_rate(bf_batch), in_thread=True)
             probes.append(rate_after)
-            out.update({"encoder_cpu_share": round(cpu_share, 3), "encoder_cpu_share_alone": round(alone_share, 3),
-                        "cpu_share_of_encoder": round(cpu_share / alone_share, 3), "chunk": k,
-                        "encoder_before": round(probes[-2], 1), "encoder_after": round(rate_after, 1),
-                        "share_of_encoder": round(out["products_per_s"] / ((probes[-2] + rate_after) / 2), 3)})
+            out.update(
+                {
+                    "encoder_cpu_share": round(cpu_share, 3),
+                    "encoder_cpu_share_alone": round(alone_share, 3),
+                    "cpu_share_of_encoder": round(cpu_share / alone_share, 3),
+                    "chunk": k,
+                    "encoder_before": round(probes[-2], 1),
+                    "encoder_after": round(rate_after, 1),
+                    "share_of_encoder": round(out["products_per_s"] / ((probes[-2] + rate_after) / 2), 3),
+                }
+            )
             print(json.dumps({"measure": "backfill_chunk" if args.chunk else "backfill", **out}), flush=True)
             chunks.append(out)
     if args.chunk:
         n = max(1, sum(c["written"] for c in chunks))
         seconds = sum(c["seconds"] for c in chunks)
         rate, pooled = n / max(seconds, 1e-9), _pooled(probes)
-        print(json.dumps({"measure": "backfill", "written": n, "invalid": sum(c["invalid"] for c in chunks),
-                          "seconds": round(seconds, 1), "products_per_s": round(rate, 1), "encoder_pooled": round(pooled, 1),
-                          "share_pooled": round(rate / pooled, 3),
-                          "share_of_encoder": round(sum(c["written"] * c["share_of_encoder"] for c in chunks) / n, 3),
-                          "share_min": min(c["share_of_encoder"] for c in chunks),
-                          "cpu_share_of_encoder": round(sum(c["written"] * c["cpu_share_of_encoder"] for c in chunks) / n, 3),
-                          "chunks": len(chunks)}))
+        print(
+            json.dumps(
+                {
+                    "measure": "backfill",
+                    "written": n,
+                    "invalid": sum(c["invalid"] for c in chunks),
+                    "seconds": round(seconds, 1),
+                    "products_per_s": round(rate, 1),
+                    "encoder_pooled": round(pooled, 1),
+                    "share_pooled": round(rate / pooled, 3),
+                    "share_of_encoder": round(sum(c["written"] * c["share_of_encoder"] for c in chunks) / n, 3),
+                    "share_min": min(c["share_of_encoder"] for c in chunks),
+                    "cpu_share_of_encoder": round(sum(c["written"] * c["cpu_share_of_encoder"] for c in chunks) / n, 3),
+                    "chunks": len(chunks),
+                }
+            )
+        )
         if args.plot:
             plot_chunks(chunks, args.plot)
     sink.close()
@@ -360,8 +460,13 @@ def plot_chunks(chunks: list[dict], out: Path) -> None:
     done = np.cumsum([c["written"] for c in chunks]) / 1000  # k products at each chunk's end
     fig, ax = plt.subplots(figsize=(9, 4.2))
     ax.plot(done, [c["products_per_s"] for c in chunks], label="backfill (store + feed)", lw=1.6)
-    ax.plot(done, [(c["encoder_before"] + c["encoder_after"]) / 2 for c in chunks], label="encoder alone (mean of probes around the chunk)",
-            lw=1.0, alpha=0.7)
+    ax.plot(
+        done,
+        [(c["encoder_before"] + c["encoder_after"]) / 2 for c in chunks],
+        label="encoder alone (mean of probes around the chunk)",
+        lw=1.0,
+        alpha=0.7,
+    )
     ax.set_xlabel("products backfilled (thousands)")
     ax.set_ylabel("products/s")
     share = ax.twinx()

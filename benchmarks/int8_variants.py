@@ -61,10 +61,11 @@ def main() -> int:
                 shutil.copy(f, work / f.name)
 
         def encode(suffix: str) -> tuple[np.ndarray, np.ndarray]:  # (products, dim), (queries, dim)
-            m = man.model_copy(update={"towers": {t: s.model_copy(update={"onnx": f"{t}.{suffix}.onnx"})
-                                                  for t, s in man.towers.items()}})
-            return (batched(OnnxEncoder(work, "product", threads=2, manifest=m), val["product_texts"]),
-                    batched(OnnxEncoder(work, "query", threads=2, manifest=m), val["query_texts"]))
+            m = man.model_copy(update={"towers": {t: s.model_copy(update={"onnx": f"{t}.{suffix}.onnx"}) for t, s in man.towers.items()}})
+            return (
+                batched(OnnxEncoder(work, "product", threads=2, manifest=m), val["product_texts"]),
+                batched(OnnxEncoder(work, "query", threads=2, manifest=m), val["query_texts"]),
+            )
 
         def recall(q: np.ndarray, p: np.ndarray) -> float:
             return recall_at_10(q, p, val["asins"], val["relevant"])
@@ -78,8 +79,9 @@ def main() -> int:
             for t in towers:
                 src = work / f"{t}.fp32.onnx"
                 nodes = [n.name for n in onnx.load(str(src)).graph.node if any(n.name.endswith(k) for k in keep)]
-                quantize_dynamic(str(src), str(work / f"{t}.variant.onnx"), weight_type=QuantType.QInt8,
-                                 per_channel=True, nodes_to_exclude=nodes, **opts)
+                quantize_dynamic(
+                    str(src), str(work / f"{t}.variant.onnx"), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=nodes, **opts
+                )
             p8, q8 = encode("variant")
             r8 = recall(q8, p8)
             print(f"| {name} | {r8:.4f} | {100 * (base - r8) / base:.2f}% | {float((p8 * p32).sum(1).mean()):.5f} |")
@@ -93,11 +95,15 @@ def main() -> int:
             n = rng.standard_normal(p32.shape).astype(np.float32)
             pn = p32 + n * norms / np.linalg.norm(n, axis=1, keepdims=True)
             noisy.append(recall(q32, pn / np.linalg.norm(pn, axis=1, keepdims=True)))
-        print(f"| fp32 + random noise of int8's error norm ({args.noise_draws} draws) | {min(noisy):.4f}-{max(noisy):.4f} | "
-              f"{100 * (base - max(noisy)) / base:.2f} to {100 * (base - min(noisy)) / base:.2f}% | - |")
+        print(
+            f"| fp32 + random noise of int8's error norm ({args.noise_draws} draws) | {min(noisy):.4f}-{max(noisy):.4f} | "
+            f"{100 * (base - max(noisy)) / base:.2f} to {100 * (base - min(noisy)) / base:.2f}% | - |"
+        )
         top = -np.sort(-(q32 @ p32.T), axis=1)
-        print(f"\nmedian gap between ranks 10 and 11: {np.median(top[:, 9] - top[:, 10]):.4f}; "
-              f"median int8 error on a query-product dot: {np.median(np.abs(q32 @ shipped_err.T)):.4f}")
+        print(
+            f"\nmedian gap between ranks 10 and 11: {np.median(top[:, 9] - top[:, 10]):.4f}; "
+            f"median int8 error on a query-product dot: {np.median(np.abs(q32 @ shipped_err.T)):.4f}"
+        )
     return 0
 
 

@@ -25,8 +25,10 @@ async def embedding(request):
     vec, pv, bv = _client.hmget(f"{_ns}:v:{asin}", ("vec", "pv", "bv"))
     if vec is None:
         return Response(b'{"detail":"not found"}', 404, media_type="application/json")
-    body = orjson.dumps({"asin": asin, "vector": np.frombuffer(vec, "<f4"), "product_version": int(pv), "bundle_version": bv.decode()},
-                        option=orjson.OPT_SERIALIZE_NUMPY)
+    body = orjson.dumps(
+        {"asin": asin, "vector": np.frombuffer(vec, "<f4"), "product_version": int(pv), "bundle_version": bv.decode()},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
     return Response(body, media_type="application/json")
 
 

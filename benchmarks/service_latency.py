@@ -71,8 +71,9 @@ def load_redis(url: str, ns: str, asins: list[str], x: np.ndarray, version: str)
     store = RedisStore(url, ns)
     t0, n = time.time(), len(asins)
     for s in range(0, n, 2000):
-        recs = [VectorRecord(a, x[i], 1, version, "h", LOCALES[i % 3], LINES[i % 4], 1.0)
-                for i, a in zip(range(s, min(n, s + 2000)), asins[s: s + 2000])]
+        recs = [
+            VectorRecord(a, x[i], 1, version, "h", LOCALES[i % 3], LINES[i % 4], 1.0) for i, a in zip(range(s, min(n, s + 2000)), asins[s : s + 2000])
+        ]
         store.put(recs)
         if (s // 2000) % 20 == 0:
             done = s + len(recs)
@@ -111,9 +112,14 @@ def recall_and_search_latency(idx, x: np.ndarray, asins: list[str], queries: np.
         kth = scores[qi, t[-1]]
         tie_hits += sum(scores[qi, row[a]] >= kth - 1e-4 for a, _ in got)
     lat_ms = np.array(lat) * 1000
-    return {"recall_at_10": hits / (10 * len(queries)), "recall_at_10_ties": tie_hits / (10 * len(queries)),
-            "p50_ms": float(np.percentile(lat_ms, 50)), "p99_ms": float(np.percentile(lat_ms, 99)), "kind": idx.kind,
-            "effort": effort}
+    return {
+        "recall_at_10": hits / (10 * len(queries)),
+        "recall_at_10_ties": tie_hits / (10 * len(queries)),
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+        "kind": idx.kind,
+        "effort": effort,
+    }
 
 
 def query_tower_latency(bundle: Path, n: int = 400) -> dict:
@@ -138,8 +144,9 @@ _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 def wrk(url: str, script: Path, clients: int, duration: int) -> dict:
     threads = 1 if clients == 1 else 2
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{clients}", f"-d{duration}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{clients}", f"-d{duration}s", "--latency", "-s", str(script), url], capture_output=True, text=True, check=True
+    ).stdout
     pct = {}
     for p, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
         pct[p] = float(v) * _UNIT[u]
@@ -150,31 +157,37 @@ def wrk(url: str, script: Path, clients: int, duration: int) -> dict:
 
 def lua_get(asins: list[str], path: Path) -> Path:
     sample = ",".join(f'"{a}"' for a in asins)
-    path.write_text(f"local a = {{{sample}}}\nmath.randomseed(os.time())\n"
-                    "request = function() return wrk.format('GET', '/asin/' .. a[math.random(#a)] .. '/embedding') end\n")
+    path.write_text(
+        f"local a = {{{sample}}}\nmath.randomseed(os.time())\n"
+        "request = function() return wrk.format('GET', '/asin/' .. a[math.random(#a)] .. '/embedding') end\n"
+    )
     return path
 
 
 def lua_search(queries: np.ndarray, path: Path) -> Path:
     bodies = ",\n".join("[[" + json.dumps({"vector": [round(float(v), 6) for v in q], "k": 10}) + "]]" for q in queries)
-    path.write_text(f"local b = {{{bodies}}}\nmath.randomseed(os.time())\n"
-                    "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                    "request = function() return wrk.format(nil, nil, nil, b[math.random(#b)]) end\n")
+    path.write_text(
+        f"local b = {{{bodies}}}\nmath.randomseed(os.time())\n"
+        "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+        "request = function() return wrk.format(nil, nil, nil, b[math.random(#b)]) end\n"
+    )
     return path
 
 
 def lua_text(path: Path, body: str) -> Path:
     """POST bodies with a fresh query each time (words + a random number): every call is a cache miss."""
     words = ["red", "running", "shoes", "steel", "bottle", "coffee", "beans", "laufschuhe", "rot", "usb", "kids", "jacket"]
-    path.write_text("local w = {" + ",".join(f'"{x}"' for x in words) + "}\nmath.randomseed(os.time())\n"
-                    "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
-                    "request = function()\n"
-                    "  local q = w[math.random(#w)] .. ' ' .. w[math.random(#w)] .. ' ' .. w[math.random(#w)] .. ' ' .. math.random(1, 1000000000)\n"
-                    f"  return wrk.format(nil, nil, nil, string.format('{body}', q))\nend\n")
+    path.write_text(
+        "local w = {" + ",".join(f'"{x}"' for x in words) + "}\nmath.randomseed(os.time())\n"
+        "wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\n"
+        "request = function()\n"
+        "  local q = w[math.random(#w)] .. ' ' .. w[math.random(#w)] .. ' ' .. w[math.random(#w)] .. ' ' .. math.random(1, 1000000000)\n"
+        f"  return wrk.format(nil, nil, nil, string.format('{body}', q))\nend\n"
+    )
     return path
 
 
-_BUCKET = re.compile(r'^m5_http_request_duration_seconds_bucket\{(.*)\} ([\d.e+-]+)$', re.M)
+_BUCKET = re.compile(r"^m5_http_request_duration_seconds_bucket\{(.*)\} ([\d.e+-]+)$", re.M)
 
 
 def route_buckets(base: str, route: str) -> dict[float, float]:
@@ -206,9 +219,27 @@ def server_p99_ms(before: dict, after: dict) -> float | None:
 
 
 def start_server(args_list: list[str], env: dict, port: int, ready_path: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", *args_list, "--host", "127.0.0.1", "--port", str(port),
-                             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-                            cwd=REPO, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            *args_list,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env=env,
+    )
     deadline = time.time() + 600
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -248,11 +279,18 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--redis-url", default=os.environ.get("M5_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    ap.add_argument("--bundle", type=Path, default=None,
-                    help="bundle for the query-tower timing (default: newest test bundle); served over HTTP when its dim is --dim")
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="bundle for the query-tower timing (default: newest test bundle); served over HTTP when its dim is --dim",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "service_latency.png")
-    ap.add_argument("--namespace", help="measure real vectors already in Redis under this namespace (e.g. from `m5 index "
-                    "backfill --snapshot`) instead of synthetic ones; needs --snapshot-dir and --bundle")
+    ap.add_argument(
+        "--namespace",
+        help="measure real vectors already in Redis under this namespace (e.g. from `m5 index "
+        "backfill --snapshot`) instead of synthetic ones; needs --snapshot-dir and --bundle",
+    )
     ap.add_argument("--snapshot-dir", type=Path, help="the namespace's index snapshots (with --namespace)")
     ap.add_argument("--catalog", type=Path, help="catalog whose queries.jsonl gives the search queries (with --namespace)")
     ap.add_argument("--efforts", default="", help="comma list of extra efforts (nprobe/efSearch) for the in-process sweep")
@@ -268,8 +306,9 @@ def main() -> int:
     results: dict = {"n": args.n, "dim": args.dim, "workers": args.workers, "machine": "2-core x86-64, 24 GiB"}
     procs: list[subprocess.Popen] = []
     try:
-        bundle = args.bundle or max((REPO / ".cache" / "m5" / "test-bundle").glob("bundles-*/current/manifest.json"),
-                                    key=lambda p: p.stat().st_mtime, default=None)
+        bundle = args.bundle or max(
+            (REPO / ".cache" / "m5" / "test-bundle").glob("bundles-*/current/manifest.json"), key=lambda p: p.stat().st_mtime, default=None
+        )
         bundle = bundle if bundle is None or bundle.is_dir() else bundle.parent
         serve_bundle = None
         if bundle is not None:
@@ -301,8 +340,16 @@ def main() -> int:
             asins = [id_to_asin(36**9 + i) for i in range(args.n)]
             load_redis(args.redis_url, ns, asins, x, version)
             t0 = time.time()
-            idx = AnnIndex.build(args.dim, asins, x, [LOCALES[i % 3] for i in range(args.n)], [LINES[i % 4] for i in range(args.n)],
-                                 [1] * args.n, kind="auto", version=version)
+            idx = AnnIndex.build(
+                args.dim,
+                asins,
+                x,
+                [LOCALES[i % 3] for i in range(args.n)],
+                [LINES[i % 4] for i in range(args.n)],
+                [1] * args.n,
+                kind="auto",
+                version=version,
+            )
             results["index_build_s"] = round(time.time() - t0, 1)
             rng = np.random.default_rng(1)
             q = x[rng.integers(0, args.n, 200)] + 0.2 * rng.standard_normal((200, args.dim)).astype(np.float32)
@@ -321,9 +368,19 @@ def main() -> int:
             results["query_tower"] = query_tower_latency(bundle)
             log.info("query tower: %s", results["query_tower"])
 
-        env = {**os.environ, "M5_STORE": "redis", "M5_REDIS_URL": args.redis_url, "M5_NAMESPACE": ns, "M5_EVENTS": "local",
-               "M5_LOCAL_EVENTS_DIR": str(work / "ev"), "M5_SNAPSHOT_DIR": str(snaps), "M5_BENCH_DIM": str(args.dim),
-               "M5_MAX_IN_FLIGHT": "10000", "PYTHONPATH": str(REPO), "M5_BENCH_BUNDLE": str(serve_bundle or "")}
+        env = {
+            **os.environ,
+            "M5_STORE": "redis",
+            "M5_REDIS_URL": args.redis_url,
+            "M5_NAMESPACE": ns,
+            "M5_EVENTS": "local",
+            "M5_LOCAL_EVENTS_DIR": str(work / "ev"),
+            "M5_SNAPSHOT_DIR": str(snaps),
+            "M5_BENCH_DIM": str(args.dim),
+            "M5_MAX_IN_FLIGHT": "10000",
+            "PYTHONPATH": str(REPO),
+            "M5_BENCH_BUNDLE": str(serve_bundle or ""),
+        }
         if args.workers > 1:
             (work / "prom").mkdir()
             env["PROMETHEUS_MULTIPROC_DIR"] = str(work / "prom")
@@ -335,11 +392,15 @@ def main() -> int:
         results["rss_mib_per_worker"] = worker_rss_mib(proc)
         get_lua = lua_get(asins[:: max(1, args.n // 2000)], work / "get.lua")
         search_lua = lua_search(q[:50], work / "search.lua")
-        scenarios = [("get_embedding", get_lua, "/asin/{asin}/embedding", "/asin/B000000000/embedding"),
-                     ("search_vector_top10", search_lua, "/search", "/search")]
+        scenarios = [
+            ("get_embedding", get_lua, "/asin/{asin}/embedding", "/asin/B000000000/embedding"),
+            ("search_vector_top10", search_lua, "/search", "/search"),
+        ]
         if serve_bundle is not None:
-            scenarios += [("query_embed_miss", lua_text(work / "embed.lua", '{"queries": ["%s"]}'), "/query/embed", "/query/embed"),
-                          ("search_text_top10", lua_text(work / "text.lua", '{"query": "%s", "k": 10}'), "/search", "/search")]
+            scenarios += [
+                ("query_embed_miss", lua_text(work / "embed.lua", '{"queries": ["%s"]}'), "/query/embed", "/query/embed"),
+                ("search_text_top10", lua_text(work / "text.lua", '{"query": "%s", "k": 10}'), "/search", "/search"),
+            ]
         wrk(base + scenarios[0][3], scenarios[0][1], 32, 3)  # warm-up, discarded
         for name, script, route, path in scenarios:
             for clients in (1, 32):
@@ -350,8 +411,7 @@ def main() -> int:
                 log.info("%s c=%d: %s", name, clients, r)
         stop_server(procs.pop())
 
-        bare = start_server(["benchmarks.service_bare:app", "--workers", str(args.workers)], env, args.port + 1,
-                            f"/asin/{asins[0]}/embedding")
+        bare = start_server(["benchmarks.service_bare:app", "--workers", str(args.workers)], env, args.port + 1, f"/asin/{asins[0]}/embedding")
         procs.append(bare)
         for clients in (1, 32):
             r = wrk(f"http://127.0.0.1:{args.port + 1}/", get_lua, clients, args.duration)
@@ -381,9 +441,22 @@ def plot(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [k for k in ("get_embedding_c1", "bare_get_embedding_c1", "search_vector_top10_c1", "query_embed_miss_c1",
-                         "search_text_top10_c1", "get_embedding_c32", "bare_get_embedding_c32", "search_vector_top10_c32",
-                         "query_embed_miss_c32", "search_text_top10_c32") if k in results]
+    names = [
+        k
+        for k in (
+            "get_embedding_c1",
+            "bare_get_embedding_c1",
+            "search_vector_top10_c1",
+            "query_embed_miss_c1",
+            "search_text_top10_c1",
+            "get_embedding_c32",
+            "bare_get_embedding_c32",
+            "search_vector_top10_c32",
+            "query_embed_miss_c32",
+            "search_text_top10_c32",
+        )
+        if k in results
+    ]
     p50 = [results[k]["p50_ms"] for k in names]
     p99 = [results[k]["p99_ms"] for k in names]
     srv = [results[k].get("server_p99_ms") or 0 for k in names]

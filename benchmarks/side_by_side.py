@@ -140,10 +140,18 @@ def bench_annindex(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, fresh:
         a = id_to_asin(90_000_000 + i)
         idx.upsert([a], v[None], ["en_US"], ["media"], [1])
         visible(lambda: idx.search(v[None], 1, effort=effort)[0][0][0] == a)
+
     fresh_lat = timed(fresh_one, list(enumerate(fresh)))
-    return {"system": f"M5 AnnIndex ({idx.kind})", "role": "m5_inproc", "build_s": round(build_s, 2), "effort": effort,
-            "knob": {"ivf_sq8": "nprobe", "hnsw": "efSearch"}.get(idx.kind, "effort"), "recall_at_10": round(recall, 3),
-            **lat, "freshness_ms": fresh_lat["p50_ms"]}
+    return {
+        "system": f"M5 AnnIndex ({idx.kind})",
+        "role": "m5_inproc",
+        "build_s": round(build_s, 2),
+        "effort": effort,
+        "knob": {"ivf_sq8": "nprobe", "hnsw": "efSearch"}.get(idx.kind, "effort"),
+        "recall_at_10": round(recall, 3),
+        **lat,
+        "freshness_ms": fresh_lat["p50_ms"],
+    }
 
 
 def bench_usearch(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, fresh: np.ndarray) -> dict:
@@ -155,17 +163,27 @@ def bench_usearch(x: np.ndarray, queries: np.ndarray, truth: np.ndarray, fresh: 
     lat = timed(lambda q: peer.search(q[None], K, effort), queries)
 
     fresh_ms = peer_freshness_ms(peer, fresh, effort)
-    return {"system": peer.name, "role": "library", "build_s": round(build_s, 2), "knob": "expansion_search", "effort": effort,
-            "recall_at_10": round(recall, 3), **lat, "freshness_ms": fresh_ms}
+    return {
+        "system": peer.name,
+        "role": "library",
+        "build_s": round(build_s, 2),
+        "knob": "expansion_search",
+        "effort": effort,
+        "recall_at_10": round(recall, 3),
+        **lat,
+        "freshness_ms": fresh_ms,
+    }
 
 
 def peer_freshness_ms(peer, fresh: np.ndarray, effort) -> float | str:
     """Median ms from a peer's upsert to the vector's first appearance as its own top hit."""
+
     def fresh_one(i_v):
         i, v = i_v
         key = 90_000_000 + i
         peer.upsert(key, v)
         visible(lambda: peer.search(v[None], 1, effort)[0][0] == key)
+
     try:
         return timed(fresh_one, list(enumerate(fresh)))["p50_ms"]
     except TimeoutError as exc:
@@ -186,8 +204,16 @@ def bench_db_peer(make_peer, x: np.ndarray, queries: np.ndarray, truth: np.ndarr
         lat = timed(lambda q: peer.search(q[None], K, effort), queries)
 
         fresh_ms = peer_freshness_ms(peer, fresh, effort)
-        return {"system": peer.name, "role": "db", "build_s": round(build_s, 2), "effort": effort, "knob": peer.knob,
-                "recall_at_10": round(recall, 3), **lat, "freshness_ms": fresh_ms}
+        return {
+            "system": peer.name,
+            "role": "db",
+            "build_s": round(build_s, 2),
+            "effort": effort,
+            "knob": peer.knob,
+            "recall_at_10": round(recall, 3),
+            **lat,
+            "freshness_ms": fresh_ms,
+        }
     finally:
         peer.close()
 
@@ -234,15 +260,24 @@ def start_service(bundle: Path, work: Path, n: int, dim: int, seed: int) -> tupl
     version = load_manifest(bundle).version
     store = LocalStore(work / "store.sqlite", "sbs")
     for i in range(0, n, 5000):
-        store.put([VectorRecord(id_to_asin(10_000_000 + j), x[j], 1, version, "h", LOCALES[j % 3], LINES[j % 4], 1.0)
-                   for j in range(i, min(n, i + 5000))])
+        store.put(
+            [VectorRecord(id_to_asin(10_000_000 + j), x[j], 1, version, "h", LOCALES[j % 3], LINES[j % 4], 1.0) for j in range(i, min(n, i + 5000))]
+        )
     store.close()
     port = _free_port()
-    env = {**os.environ, "M5_STORE": "local", "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"), "M5_NAMESPACE": "sbs",
-           "M5_EVENTS": "local", "M5_LOCAL_EVENTS_DIR": str(work / "events"), "M5_BUNDLE": str(bundle),
-           "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "M5_STORE": "local",
+        "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"),
+        "M5_NAMESPACE": "sbs",
+        "M5_EVENTS": "local",
+        "M5_LOCAL_EVENTS_DIR": str(work / "events"),
+        "M5_BUNDLE": str(bundle),
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     _wait(f"{url}/readyz", proc, 600)
     return proc, url, x
@@ -277,8 +312,16 @@ def bench_service_search(client: httpx.Client, url: str, x: np.ndarray, work: Pa
             time.sleep(0.005)
         samples.append(time.perf_counter() - t)
     sink.close()
-    return {"system": "M5 service POST /search (HTTP, vector)", "role": "m5_service", "effort": effort, "knob": "effort", "recall_at_10": round(recall, 3), **lat,
-            "freshness_ms": percentiles(samples)["p50_ms"], "dim": x.shape[1]}
+    return {
+        "system": "M5 service POST /search (HTTP, vector)",
+        "role": "m5_service",
+        "effort": effort,
+        "knob": "effort",
+        "recall_at_10": round(recall, 3),
+        **lat,
+        "freshness_ms": percentiles(samples)["p50_ms"],
+        "dim": x.shape[1],
+    }
 
 
 def _asin_row(asin: str) -> int:
@@ -289,6 +332,7 @@ def _asin_row(asin: str) -> int:
 
 def concurrent(fn, items: list, clients: int) -> dict[str, float]:
     """p50/p99 per request and requests/s with `clients` threads, each its own httpx.Client, splitting items."""
+
     def worker(chunk):
         samples = []
         with httpx.Client(timeout=30) as c:
@@ -328,10 +372,20 @@ def bench_infinity(bundle: Path, work: Path, nq: int) -> tuple[list[dict], float
             if cos < 0.99:
                 raise SystemExit(f"infinity's vectors differ from ours (min cosine {cos:.4f} < 0.99): not the same model")
             server.embed(client, probe)  # warm
-            rows = [{"system": "infinity-emb 0.0.78 (same int8 ONNX, optimum engine)", "clients": 1,
-                     **timed(lambda q: server.embed(client, [q]), query_texts(nq, "inf1-"))}]
-        rows.append({"system": "infinity-emb 0.0.78 (same int8 ONNX, optimum engine)", "clients": CONCURRENCY,
-                     **concurrent(lambda c, q: server.embed(c, [q]), query_texts(nq * 2, f"inf{CONCURRENCY}-"), CONCURRENCY)})
+            rows = [
+                {
+                    "system": "infinity-emb 0.0.78 (same int8 ONNX, optimum engine)",
+                    "clients": 1,
+                    **timed(lambda q: server.embed(client, [q]), query_texts(nq, "inf1-")),
+                }
+            ]
+        rows.append(
+            {
+                "system": "infinity-emb 0.0.78 (same int8 ONNX, optimum engine)",
+                "clients": CONCURRENCY,
+                **concurrent(lambda c, q: server.embed(c, [q]), query_texts(nq * 2, f"inf{CONCURRENCY}-"), CONCURRENCY),
+            }
+        )
         return rows, cos
     finally:
         server.close()
@@ -344,25 +398,68 @@ def bench_query_embed(client: httpx.Client, service_url: str, bundle: Path, nq: 
     head = [" ".join(rng.choice(words, 2)) for _ in range(20)]
     rows = []
     client.post(f"{service_url}/query/embed", json={"queries": head}).raise_for_status()  # warm the LRU with the head
-    rows.append({"system": "M5 POST /query/embed (uncached)", "clients": 1,
-                 **timed(lambda q: client.post(f"{service_url}/query/embed", json={"queries": [q]}).raise_for_status(), unique)})
-    rows.append({"system": "M5 POST /query/embed (uncached)", "clients": CONCURRENCY,
-                 **concurrent(lambda c, q: c.post(f"{service_url}/query/embed", json={"queries": [q]}).raise_for_status(),
-                              query_texts(nq * 2, f"m5c{CONCURRENCY}-"), CONCURRENCY)})
-    rows.append({"system": "M5 POST /query/embed (head, cached)", "clients": 1,
-                 **timed(lambda q: client.post(f"{service_url}/query/embed", json={"queries": [q]}).raise_for_status(),
-                         [head[i % len(head)] for i in range(nq)])})
+    rows.append(
+        {
+            "system": "M5 POST /query/embed (uncached)",
+            "clients": 1,
+            **timed(lambda q: client.post(f"{service_url}/query/embed", json={"queries": [q]}).raise_for_status(), unique),
+        }
+    )
+    rows.append(
+        {
+            "system": "M5 POST /query/embed (uncached)",
+            "clients": CONCURRENCY,
+            **concurrent(
+                lambda c, q: c.post(f"{service_url}/query/embed", json={"queries": [q]}).raise_for_status(),
+                query_texts(nq * 2, f"m5c{CONCURRENCY}-"),
+                CONCURRENCY,
+            ),
+        }
+    )
+    rows.append(
+        {
+            "system": "M5 POST /query/embed (head, cached)",
+            "clients": 1,
+            **timed(
+                lambda q: client.post(f"{service_url}/query/embed", json={"queries": [q]}).raise_for_status(),
+                [head[i % len(head)] for i in range(nq)],
+            ),
+        }
+    )
     port = _free_port()
     env = {**os.environ, "M5_BUNDLE": str(bundle), "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "benchmarks.peers.onnx_server:app", "--port", str(port),
-                             "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.peers.onnx_server:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         _wait(f"{base}/docs", proc, 60)
         client.post(f"{base}/embed", json={"queries": head}).raise_for_status()
-        rows.append({"system": "bare FastAPI + onnxruntime (same model)", "clients": 1,
-                     **timed(lambda q: client.post(f"{base}/embed", json={"queries": [q]}).raise_for_status(), [u + "x" for u in unique])})
+        rows.append(
+            {
+                "system": "bare FastAPI + onnxruntime (same model)",
+                "clients": 1,
+                **timed(lambda q: client.post(f"{base}/embed", json={"queries": [q]}).raise_for_status(), [u + "x" for u in unique]),
+            }
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -402,8 +499,14 @@ def _ratio(a, b) -> str:
 
 
 def machine_description() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     return f"{MACHINE}; {cpu}; {platform.system()} {platform.release()}; Python {platform.python_version()}"
 
 
@@ -426,37 +529,59 @@ def markdown(res: dict, command: str) -> str:
     knn, embed = res["knn"], res["embed"]
     ann = next(r for r in knn if r["role"] == "m5_inproc")
     svc = next((r for r in knn if r["role"] == "m5_service"), None)
-    lines = ["## Side by side", "",
-             "M5 next to a real vector database that installs from PyPI and runs here (Milvus Lite, Chroma in local mode), "
-             "the usearch HNSW library, and, for query embedding, the infinity-emb server serving the same int8 ONNX query "
-             "tower as M5.", "",
-             f"Command: `{command}`  ", f"Machine: {res['machine']}  ", f"Versions: {res['versions']}  ",
-             f"When: {res['when']}; N={res['n']:,} synthetic clustered unit vectors, {res['queries']} single-query searches "
-             "per system, k=10. Each index is tuned to the smallest effort (its search knob: nprobe / efSearch / "
-             "expansion_search / ef / ef_search) reaching recall@10 >= 0.95 against exact search on the same queries; "
-             "p50/p99 are then timed one query at a time at that effort; freshness is the median time from an upsert call "
-             "to the first search returning the new vector (20 vectors).", "",
-             "| system | dim | build s | effort | recall@10 | p50 ms | p99 ms | freshness ms |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Side by side",
+        "",
+        "M5 next to a real vector database that installs from PyPI and runs here (Milvus Lite, Chroma in local mode), "
+        "the usearch HNSW library, and, for query embedding, the infinity-emb server serving the same int8 ONNX query "
+        "tower as M5.",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {res['machine']}  ",
+        f"Versions: {res['versions']}  ",
+        f"When: {res['when']}; N={res['n']:,} synthetic clustered unit vectors, {res['queries']} single-query searches "
+        "per system, k=10. Each index is tuned to the smallest effort (its search knob: nprobe / efSearch / "
+        "expansion_search / ef / ef_search) reaching recall@10 >= 0.95 against exact search on the same queries; "
+        "p50/p99 are then timed one query at a time at that effort; freshness is the median time from an upsert call "
+        "to the first search returning the new vector (20 vectors).",
+        "",
+        "| system | dim | build s | effort | recall@10 | p50 ms | p99 ms | freshness ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in knn:
         flag = "" if r["recall_at_10"] >= TARGET_RECALL else " (below 0.95 at its largest effort)"
-        lines.append(f"| {r['system']} | {r.get('dim', res['dim'])} | {r.get('build_s', '-')} | {r.get('knob', '')} {r['effort']} | "
-                     f"{r['recall_at_10']}{flag} | {r['p50_ms']} | {r['p99_ms']} | {r['freshness_ms']} |")
-    lines += ["", "Ratios M5 / peer at equal recall (below 1: M5 is faster). In-process rows are compared with the "
-              "M5 AnnIndex; the service row (HTTP + JSON, its freshness through the feed: local event log -> "
-              "FeedFollower -> index) with the database peers, since a database, not a bare index, is what the service "
-              "stands in for.", "",
-              "| M5 row / peer | p50 | p99 | build | freshness |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['system']} | {r.get('dim', res['dim'])} | {r.get('build_s', '-')} | {r.get('knob', '')} {r['effort']} | "
+            f"{r['recall_at_10']}{flag} | {r['p50_ms']} | {r['p99_ms']} | {r['freshness_ms']} |"
+        )
+    lines += [
+        "",
+        "Ratios M5 / peer at equal recall (below 1: M5 is faster). In-process rows are compared with the "
+        "M5 AnnIndex; the service row (HTTP + JSON, its freshness through the feed: local event log -> "
+        "FeedFollower -> index) with the database peers, since a database, not a bare index, is what the service "
+        "stands in for.",
+        "",
+        "| M5 row / peer | p50 | p99 | build | freshness |",
+        "|---|---|---|---|---|",
+    ]
     for p in (r for r in knn if r["role"] in ("library", "db")):
-        lines.append(f"| AnnIndex / {p['system']} | {_ratio(ann['p50_ms'], p['p50_ms'])} | {_ratio(ann['p99_ms'], p['p99_ms'])} | "
-                     f"{_ratio(ann['build_s'], p['build_s'])} | {_ratio(ann['freshness_ms'], p['freshness_ms'])} |")
+        lines.append(
+            f"| AnnIndex / {p['system']} | {_ratio(ann['p50_ms'], p['p50_ms'])} | {_ratio(ann['p99_ms'], p['p99_ms'])} | "
+            f"{_ratio(ann['build_s'], p['build_s'])} | {_ratio(ann['freshness_ms'], p['freshness_ms'])} |"
+        )
     if svc is not None:
         same_dim = svc["dim"] == res["dim"]
         for p in (r for r in knn if r["role"] == "db"):
             note = "" if same_dim else f" (service at {svc['dim']}-d, peer at {res['dim']}-d)"
-            lines.append(f"| service /search / {p['system']}{note} | {_ratio(svc['p50_ms'], p['p50_ms'])} | "
-                         f"{_ratio(svc['p99_ms'], p['p99_ms'])} | - | {_ratio(svc['freshness_ms'], p['freshness_ms'])} |")
-    lines += ["", "| query embedding (distinct short queries, no cache hits unless marked) | clients | p50 ms | p99 ms | req/s |",
-              "|---|---|---|---|---|"]
+            lines.append(
+                f"| service /search / {p['system']}{note} | {_ratio(svc['p50_ms'], p['p50_ms'])} | "
+                f"{_ratio(svc['p99_ms'], p['p99_ms'])} | - | {_ratio(svc['freshness_ms'], p['freshness_ms'])} |"
+            )
+    lines += [
+        "",
+        "| query embedding (distinct short queries, no cache hits unless marked) | clients | p50 ms | p99 ms | req/s |",
+        "|---|---|---|---|---|",
+    ]
     for r in embed:
         lines.append(f"| {r['system']} | {r['clients']} | {r['p50_ms']} | {r['p99_ms']} | {r.get('rps', '-')} |")
     ours = {r["clients"]: r for r in embed if r["system"] == "M5 POST /query/embed (uncached)"}
@@ -464,36 +589,47 @@ def markdown(res: dict, command: str) -> str:
     if inf:
         lines += ["", "| M5 POST /query/embed / infinity-emb | p50 | p99 | req/s (above 1: M5 serves more) |", "|---|---|---|---|"]
         for c in sorted(set(ours) & set(inf)):
-            lines.append(f"| {c} client{'s' if c > 1 else ''} | {_ratio(ours[c]['p50_ms'], inf[c]['p50_ms'])} | "
-                         f"{_ratio(ours[c]['p99_ms'], inf[c]['p99_ms'])} | {_ratio(ours[c].get('rps'), inf[c].get('rps'))} |")
-        lines += ["", f"infinity serves the bundle's own `query.int8.onnx` through its optimum engine: "
-                  "benchmarks/peers/infinity_peer.py appends one Unsqueeze so the graph's pooled, normalised `embedding` "
-                  "(batch, dim) becomes the `last_hidden_state` (batch, 1, dim) infinity reads, with CLS pooling, the "
-                  "bundle's tokenizer.json and max_length; before timing, its vectors matched OnnxEncoder's with min "
-                  f"cosine {res['infinity_min_cosine']:.6f} over 33 single queries. infinity pins numpy<2 and older "
-                  "transformers/uvicorn, so it runs from .venv-bench (`python benchmarks/peers/make_bench_venv.py`), never "
-                  "in the service's venv. Its single-query time is mostly its batching pipeline (infinity_emb/inference/"
-                  "batch_handler.py: a batching thread, then tokenise, model and post-process threads joined by queues, "
-                  "with a 5 ms batch_delay), which is built for batch throughput on a GPU rather than one short query; "
-                  "M5 runs the query straight through ONNX Runtime in the request."]
+            lines.append(
+                f"| {c} client{'s' if c > 1 else ''} | {_ratio(ours[c]['p50_ms'], inf[c]['p50_ms'])} | "
+                f"{_ratio(ours[c]['p99_ms'], inf[c]['p99_ms'])} | {_ratio(ours[c].get('rps'), inf[c].get('rps'))} |"
+            )
+        lines += [
+            "",
+            f"infinity serves the bundle's own `query.int8.onnx` through its optimum engine: "
+            "benchmarks/peers/infinity_peer.py appends one Unsqueeze so the graph's pooled, normalised `embedding` "
+            "(batch, dim) becomes the `last_hidden_state` (batch, 1, dim) infinity reads, with CLS pooling, the "
+            "bundle's tokenizer.json and max_length; before timing, its vectors matched OnnxEncoder's with min "
+            f"cosine {res['infinity_min_cosine']:.6f} over 33 single queries. infinity pins numpy<2 and older "
+            "transformers/uvicorn, so it runs from .venv-bench (`python benchmarks/peers/make_bench_venv.py`), never "
+            "in the service's venv. Its single-query time is mostly its batching pipeline (infinity_emb/inference/"
+            "batch_handler.py: a batching thread, then tokenise, model and post-process threads joined by queues, "
+            "with a 5 ms batch_delay), which is built for batch throughput on a GPU rather than one short query; "
+            "M5 runs the query straight through ONNX Runtime in the request.",
+        ]
     lines += ["", "Notes on the peers:"]
-    lines += [f"- {r['system']}: a freshly upserted vector (they lie away from the data's clusters) was not returned at "
-              f"top 1 within 5 s at {r.get('knob', 'effort')} {r['effort']}, so it has no freshness figure."
-              for r in knn if not isinstance(r["freshness_ms"], (int, float))]
     lines += [
-              "- Milvus Lite 3.2.2 runs as its own process (`python -m milvus_lite server`, gRPC), HNSW M=16, "
-              "efConstruction=128, IP. Build = insert in 5k batches + flush + wait until every row is indexed + reload: "
-              "in this version the background-built HNSW is only used after release/load (before that, search fell "
-              "back to brute force: recall 1.0 at any ef). Its search also walks every primary key in Python to "
-              "deduplicate across segments, so its latency grows with N whatever ef is.",
-              "- Chroma 1.5.9 in local mode (PersistentClient, the Rust core in the client process), HNSW M=16, "
-              "ef_construction=128, IP. A changed ef_search takes effect only after the client reopens the "
-              "collection, so tuning reopens it; timing runs at one setting.",
-              f"- usearch is a library (no persistence, no server), kept as the HNSW reference; M5's AnnIndex chose "
-              f"{ann['system'].split('(')[-1].rstrip(')')} at this size. Qdrant's local mode is brute-force numpy and "
-              "LanceDB was not tried.",
-              "- All systems share two cores with the benchmark client; numbers from busy periods are inflated for "
-              "whichever system ran then.", "", "![side by side](img/side_by_side.png)", ""]
+        f"- {r['system']}: a freshly upserted vector (they lie away from the data's clusters) was not returned at "
+        f"top 1 within 5 s at {r.get('knob', 'effort')} {r['effort']}, so it has no freshness figure."
+        for r in knn
+        if not isinstance(r["freshness_ms"], (int, float))
+    ]
+    lines += [
+        "- Milvus Lite 3.2.2 runs as its own process (`python -m milvus_lite server`, gRPC), HNSW M=16, "
+        "efConstruction=128, IP. Build = insert in 5k batches + flush + wait until every row is indexed + reload: "
+        "in this version the background-built HNSW is only used after release/load (before that, search fell "
+        "back to brute force: recall 1.0 at any ef). Its search also walks every primary key in Python to "
+        "deduplicate across segments, so its latency grows with N whatever ef is.",
+        "- Chroma 1.5.9 in local mode (PersistentClient, the Rust core in the client process), HNSW M=16, "
+        "ef_construction=128, IP. A changed ef_search takes effect only after the client reopens the "
+        "collection, so tuning reopens it; timing runs at one setting.",
+        f"- usearch is a library (no persistence, no server), kept as the HNSW reference; M5's AnnIndex chose "
+        f"{ann['system'].split('(')[-1].rstrip(')')} at this size. Qdrant's local mode is brute-force numpy and "
+        "LanceDB was not tried.",
+        "- All systems share two cores with the benchmark client; numbers from busy periods are inflated for whichever system ran then.",
+        "",
+        "![side by side](img/side_by_side.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -512,8 +648,9 @@ def main() -> int:
     ap.add_argument("--dim", type=int, default=256, help="dimension of the in-process comparison")
     ap.add_argument("--queries", type=int, default=300, help="timed single-query requests per system")
     ap.add_argument("--peers", default="milvus,chroma", help=f"vector databases to run, comma-separated, of {sorted(DB_PEERS)} ('' for none)")
-    ap.add_argument("--infinity", action=argparse.BooleanOptionalAction, default=True,
-                    help="run infinity-emb (from .venv-bench) on the same ONNX query tower")
+    ap.add_argument(
+        "--infinity", action=argparse.BooleanOptionalAction, default=True, help="run infinity-emb (from .venv-bench) on the same ONNX query tower"
+    )
     ap.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md", help="markdown file to update ('' to skip)")
     ap.add_argument("--img", type=Path, default=REPO / "docs" / "img" / "side_by_side.png")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
@@ -523,8 +660,7 @@ def main() -> int:
     if unknown:
         ap.error(f"--peers: unknown {unknown}; choose from {sorted(DB_PEERS)}")
     if args.infinity and not (BENCH_VENV / "bin" / "infinity_emb").exists():
-        ap.error(f"--infinity: {BENCH_VENV}/bin/infinity_emb missing; run `python benchmarks/peers/make_bench_venv.py` "
-                 "(or pass --no-infinity)")
+        ap.error(f"--infinity: {BENCH_VENV}/bin/infinity_emb missing; run `python benchmarks/peers/make_bench_venv.py` (or pass --no-infinity)")
     faiss.omp_set_num_threads(2)
 
     log(f"data: {args.n:,} x {args.dim}")
@@ -565,9 +701,17 @@ def main() -> int:
                 log(f"  {r}")
             embed[2:2] = rows  # after M5's uncached rows
 
-    res = {"n": args.n, "dim": args.dim, "queries": args.queries, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": machine_description(), "versions": versions(), "knn": knn, "embed": embed,
-           "infinity_min_cosine": cosine}
+    res = {
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine_description(),
+        "versions": versions(),
+        "knn": knn,
+        "embed": embed,
+        "infinity_min_cosine": cosine,
+    }
     args.img.parent.mkdir(parents=True, exist_ok=True)
     plot(knn, embed, args.img)
     if args.json:

@@ -33,16 +33,20 @@ def _non_negative(text: str) -> float:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("catalog", help="generate a synthetic catalog, import your own, or emit a change-event stream",
-                       description=__doc__)
+    p = sub.add_parser("catalog", help="generate a synthetic catalog, import your own, or emit a change-event stream", description=__doc__)
     csub = p.add_subparsers(dest="catalog_command", metavar="SUBCOMMAND", required=True)
     g = csub.add_parser("generate", help="write a deterministic multilingual catalog with ground truth")
     g.add_argument("--products", type=_positive, default=5000, help="number of products (default 5000)")
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     g.add_argument("--locales", type=_locales, default=["us", "de", "ae"], help="comma list of us,de,ae")
     g.add_argument("--out", type=Path, required=True, help="output directory")
-    g.add_argument("--train-queries-per-product", type=_non_negative, default=None, metavar="R",
-                   help="extra training-only queries per product (default 0.2; 0: only the judged evaluation queries)")
+    g.add_argument(
+        "--train-queries-per-product",
+        type=_non_negative,
+        default=None,
+        metavar="R",
+        help="extra training-only queries per product (default 0.2; 0: only the judged evaluation queries)",
+    )
     g.set_defaults(func=_generate)
     e = csub.add_parser("events", help="emit change events (upserts, patches, deletes) for a catalog")
     e.add_argument("--catalog", type=Path, required=True, help="catalog directory")
@@ -64,7 +68,9 @@ file and reason; a missing mapped column stops the import before anything is wri
 is built in a temporary directory beside OUT and renamed into place when complete.
 """
 
-ESCI_EPILOG = IMPORT_EPILOG + """
+ESCI_EPILOG = (
+    IMPORT_EPILOG
+    + """
 ESCI columns read: products product_id, product_title, product_description, product_bullet_point
 (one bullet per line), product_brand, product_color (-> attributes.colour), product_locale (us,
 es, jp -> en_US, es_ES, ja_JP; marketplace = the region); examples query_id, query, product_id,
@@ -77,8 +83,11 @@ example:
   m5 catalog import esci --products shopping_queries_dataset_products.parquet \\
       --examples shopping_queries_dataset_examples.parquet --subset small --out data/esci
 """
+)
 
-GENERIC_EPILOG = IMPORT_EPILOG + """
+GENERIC_EPILOG = (
+    IMPORT_EPILOG
+    + """
 Product fields, required: asin, title, brand, product_type, product_line, locale; optional:
 marketplace (default: the locale's region), description, bullet_points (a list, a JSON array or one bullet per
 line), attributes (a JSON object column) and attributes.NAME (one column per attribute), price,
@@ -103,6 +112,7 @@ example:
       --map brand=maker --map attributes.colour=colour --set locale=fr_FR --set product_type=chair \\
       --set product_line=furniture --out data/mine
 """
+)
 
 
 def _share(text: str) -> float:
@@ -116,48 +126,87 @@ def _common_import_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--out", type=Path, required=True, help="catalog directory to write (must not exist or be empty, unless --force)")
     a.add_argument("--force", action="store_true", help="replace an existing catalog at --out (only once the new one is complete)")
     a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a product field's value for every row (repeatable)")
-    a.add_argument("--default", action="append", default=[], metavar="FIELD=VALUE",
-                   help="a product field's value where its cell is empty (repeatable)")
-    a.add_argument("--valid-share", type=_share, default=None, metavar="S",
-                   help="share of the source's train queries moved to valid by a hash of query_id (default 0.05)")
-    a.add_argument("--truncate", action="store_true",
-                   help="cut oversize title, description, bullets and attributes to the schema's bounds instead of rejecting the row")
+    a.add_argument(
+        "--default", action="append", default=[], metavar="FIELD=VALUE", help="a product field's value where its cell is empty (repeatable)"
+    )
+    a.add_argument(
+        "--valid-share",
+        type=_share,
+        default=None,
+        metavar="S",
+        help="share of the source's train queries moved to valid by a hash of query_id (default 0.05)",
+    )
+    a.add_argument(
+        "--truncate",
+        action="store_true",
+        help="cut oversize title, description, bullets and attributes to the schema's bounds instead of rejecting the row",
+    )
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _register_import(csub: argparse._SubParsersAction) -> None:
-    imp = csub.add_parser("import", help="import your own catalog (ESCI, or JSONL/CSV/Parquet with a field map)",
-                          description="Import a catalog from files into a catalog directory. Two layouts: esci, generic.",
-                          epilog=IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp = csub.add_parser(
+        "import",
+        help="import your own catalog (ESCI, or JSONL/CSV/Parquet with a field map)",
+        description="Import a catalog from files into a catalog directory. Two layouts: esci, generic.",
+        epilog=IMPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     isub = imp.add_subparsers(dest="layout", metavar="LAYOUT", required=True)
-    e = isub.add_parser("esci", help="the Shopping Queries (ESCI) products and examples tables",
-                        description="Import the Shopping Queries (ESCI) dataset: products and examples, as Parquet, CSV or JSONL.",
-                        epilog=ESCI_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e = isub.add_parser(
+        "esci",
+        help="the Shopping Queries (ESCI) products and examples tables",
+        description="Import the Shopping Queries (ESCI) dataset: products and examples, as Parquet, CSV or JSONL.",
+        epilog=ESCI_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     e.add_argument("--products", type=Path, required=True, help="products table (shopping_queries_dataset_products.parquet)")
     e.add_argument("--examples", type=Path, required=True, help="examples table (shopping_queries_dataset_examples.parquet)")
-    e.add_argument("--subset", choices=["all", "small", "large"], default="all",
-                   help="examples to read: the small (Task 1) or large version, or all rows (default all)")
+    e.add_argument(
+        "--subset",
+        choices=["all", "small", "large"],
+        default="all",
+        help="examples to read: the small (Task 1) or large version, or all rows (default all)",
+    )
     _common_import_flags(e)
     e.set_defaults(func=_import)
-    g = isub.add_parser("generic", help="any JSONL, CSV/TSV or Parquet products table, with a field map",
-                        description="Import products (and optionally queries and judgements) from JSONL, CSV/TSV or Parquet, "
-                                    "mapping each field to a column or a constant.",
-                        epilog=GENERIC_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = isub.add_parser(
+        "generic",
+        help="any JSONL, CSV/TSV or Parquet products table, with a field map",
+        description="Import products (and optionally queries and judgements) from JSONL, CSV/TSV or Parquet, "
+        "mapping each field to a column or a constant.",
+        epilog=GENERIC_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g.add_argument("--products", type=Path, required=True, help="products table (.jsonl, .csv, .tsv, .parquet; .gz for text)")
     g.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="product field <- source column (repeatable)")
     g.add_argument("--map-file", type=Path, help="YAML/JSON map file (sections products, queries, judgements; see below)")
-    g.add_argument("--ids", choices=["asin", "hash"], default="asin",
-                   help="asin: the id column holds ASINs (others are rejected); hash: a stable 10-character id derived from it, "
-                        "the source id kept in id_map.jsonl (default asin)")
+    g.add_argument(
+        "--ids",
+        choices=["asin", "hash"],
+        default="asin",
+        help="asin: the id column holds ASINs (others are rejected); hash: a stable 10-character id derived from it, "
+        "the source id kept in id_map.jsonl (default asin)",
+    )
     g.add_argument("--queries", type=Path, help="queries table (optional)")
     g.add_argument("--query-map", action="append", default=[], metavar="FIELD=COLUMN", help="query field <- column (repeatable)")
     g.add_argument("--query-set", action="append", default=[], metavar="FIELD=VALUE", help="query field constant (repeatable)")
     g.add_argument("--judgements", type=Path, help="judgements table (optional; may be the queries file)")
     g.add_argument("--judgement-map", action="append", default=[], metavar="FIELD=COLUMN", help="judgement field <- column (repeatable)")
-    g.add_argument("--judgement-set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="judgement field constant, e.g. label=E for a table of matches only (repeatable)")
-    g.add_argument("--negatives-per-group", type=int, default=1, metavar="N",
-                   help="negative duplicate pairs per multi-listing group, other groups of the same product_type (default 1)")
+    g.add_argument(
+        "--judgement-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="judgement field constant, e.g. label=E for a table of matches only (repeatable)",
+    )
+    g.add_argument(
+        "--negatives-per-group",
+        type=int,
+        default=1,
+        metavar="N",
+        help="negative duplicate pairs per multi-listing group, other groups of the same product_type (default 1)",
+    )
     _common_import_flags(g)
     g.set_defaults(func=_import)
 
@@ -172,20 +221,44 @@ def _import(args) -> int:
             extra = {}
         else:
             base = im.load_map_file(args.map_file) if args.map_file else {}
-            products = im.Source(args.products, im.generic_map("products", base.get("products"), im.parse_assignments(args.map, "--map"),
-                                                               sets, defaults))
+            products = im.Source(
+                args.products, im.generic_map("products", base.get("products"), im.parse_assignments(args.map, "--map"), sets, defaults)
+            )
             queries = judgements = None
             if args.queries:
-                queries = im.Source(args.queries, im.generic_map("queries", base.get("queries"), im.parse_assignments(args.query_map, "--query-map"),
-                                                                 im.parse_assignments(args.query_set, "--query-set")))
+                queries = im.Source(
+                    args.queries,
+                    im.generic_map(
+                        "queries",
+                        base.get("queries"),
+                        im.parse_assignments(args.query_map, "--query-map"),
+                        im.parse_assignments(args.query_set, "--query-set"),
+                    ),
+                )
             if args.judgements:
-                judgements = im.Source(args.judgements, im.generic_map(
-                    "judgements", base.get("judgements"), im.parse_assignments(args.judgement_map, "--judgement-map"),
-                    im.parse_assignments(args.judgement_set, "--judgement-set")))
+                judgements = im.Source(
+                    args.judgements,
+                    im.generic_map(
+                        "judgements",
+                        base.get("judgements"),
+                        im.parse_assignments(args.judgement_map, "--judgement-map"),
+                        im.parse_assignments(args.judgement_set, "--judgement-set"),
+                    ),
+                )
             extra = {"ids": args.ids, "negatives_per_cluster": args.negatives_per_group}
         valid_share = im.DEFAULT_VALID_SHARE if args.valid_share is None else args.valid_share
-        m = im.import_catalog(args.out, products, queries, judgements, layout=args.layout, valid_share=valid_share,
-                              truncate=args.truncate, force=args.force, show_progress=not args.no_progress, **extra)
+        m = im.import_catalog(
+            args.out,
+            products,
+            queries,
+            judgements,
+            layout=args.layout,
+            valid_share=valid_share,
+            truncate=args.truncate,
+            force=args.force,
+            show_progress=not args.no_progress,
+            **extra,
+        )
     except im.CatalogImportError as exc:
         print(f"m5 catalog import: error: {exc}", file=sys.stderr)
         return 2
@@ -200,8 +273,10 @@ def _generate(args) -> int:
 
     extra = {} if args.train_queries_per_product is None else {"train_queries_per_product": args.train_queries_per_product}
     m = generate_catalog(args.out, args.products, args.seed, args.locales, **extra)
-    print(f"wrote {m['products']} products, {m['counts'].get('queries', 0)} queries, {m['counts'].get('duplicate_pairs', 0)} "
-          f"duplicate pairs to {args.out} in {m['seconds']} s (lexical-gap share {m['lexical_gap_share']:.1%})")
+    print(
+        f"wrote {m['products']} products, {m['counts'].get('queries', 0)} queries, {m['counts'].get('duplicate_pairs', 0)} "
+        f"duplicate pairs to {args.out} in {m['seconds']} s (lexical-gap share {m['lexical_gap_share']:.1%})"
+    )
     return 0
 
 

@@ -49,8 +49,38 @@ MAX_QUERIES, MAX_TRAIN_QUERIES = 10_000, 10_000  # enough to measure and to trai
 EXACT_CAP = 1000  # Exact judgements per query: every true Exact up to this, so recall is not a pooled lower bound
 BASE_TS = 1_760_000_000.0
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
-STOPWORDS = {"a", "an", "the", "for", "and", "of", "in", "with", "by", "is", "to", "you", "this", "our", "will", "it",
-             "für", "und", "mit", "die", "der", "das", "diese", "unsere", "sie", "von", "من", "في", "هذا", "مع"}
+STOPWORDS = {
+    "a",
+    "an",
+    "the",
+    "for",
+    "and",
+    "of",
+    "in",
+    "with",
+    "by",
+    "is",
+    "to",
+    "you",
+    "this",
+    "our",
+    "will",
+    "it",
+    "für",
+    "und",
+    "mit",
+    "die",
+    "der",
+    "das",
+    "diese",
+    "unsere",
+    "sie",
+    "von",
+    "من",
+    "في",
+    "هذا",
+    "مع",
+}
 
 
 def content_words(text: str) -> set[str]:
@@ -123,8 +153,7 @@ class _World:
             attrs[name] = r.choice(choices)
         if "material" in attrs and "material" not in TYPES[t][3]:
             attrs.pop("material")
-        return Item(cluster, t, r.choices(self.brands, cum_weights=self.brand_cum)[0], attrs,
-                    r.choices(self.locales, cum_weights=self.locale_cum)[0])
+        return Item(cluster, t, r.choices(self.brands, cum_weights=self.brand_cum)[0], attrs, r.choices(self.locales, cum_weights=self.locale_cum)[0])
 
     def sibling(self, item: Item, cluster: str) -> Item:
         """Hard negative: same brand and type, a different colour or key attribute."""
@@ -230,7 +259,7 @@ def _query_text(item: Item, qattrs: dict[str, str], form: str, lang: str, rng: r
     text = " ".join(words)
     if form == "misspelled" and len(text) > 4:
         i = rng.randrange(1, len(text) - 2)
-        text = text[:i] + text[i + 1] + text[i] + text[i + 2:]
+        text = text[:i] + text[i + 1] + text[i] + text[i + 2 :]
     return text
 
 
@@ -256,8 +285,9 @@ class _Pool:
         return [self.items[i] for i in sorted(sets[0].intersection(*sets[1:]))]
 
 
-def _judge(query_attrs: dict[str, str], qtype: str, locale: str, pool: _Pool, rng: random.Random,
-           complements: bool = True) -> tuple[list[tuple[str, str]], list[Compact]]:
+def _judge(
+    query_attrs: dict[str, str], qtype: str, locale: str, pool: _Pool, rng: random.Random, complements: bool = True
+) -> tuple[list[tuple[str, str]], list[Compact]]:
     out = []
     by_type = pool.by_type
     exact = pool.exact(query_attrs, qtype, locale)
@@ -302,12 +332,29 @@ def _make_query(qid: str, pool: _Pool, head_pool: list[Compact], rng: random.Ran
     judged, exact = _judge(qattrs, item.type, locale, pool, rng, complements)
     qwords = content_words(text)
     gap = bool(exact) and all(not (qwords & c.words) for c in exact)
-    return ({"query_id": qid, "text": text, "locale": locale, "lexical_gap": gap, "head": head, "form": form,
-             "attributes": qattrs, "product_type": item.type}, judged)
+    return (
+        {
+            "query_id": qid,
+            "text": text,
+            "locale": locale,
+            "lexical_gap": gap,
+            "head": head,
+            "form": form,
+            "attributes": qattrs,
+            "product_type": item.type,
+        },
+        judged,
+    )
 
 
-def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales: Sequence[str] = ("us", "de", "ae"),
-                     show_progress: bool = True, train_queries_per_product: float = TRAIN_QUERIES_PER_PRODUCT) -> dict:
+def generate_catalog(
+    out_dir: Path | str,
+    products: int,
+    seed: int = 0,
+    locales: Sequence[str] = ("us", "de", "ae"),
+    show_progress: bool = True,
+    train_queries_per_product: float = TRAIN_QUERIES_PER_PRODUCT,
+) -> dict:
     """Write a catalog directory (products, queries, judgements, pairs, clusters, co-purchases).
 
     Raises:
@@ -359,7 +406,10 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
         write("clusters", {"cluster_id": cid, "asins": asins, "split": split})
         pl = TYPES[item.type][0]
         for b in asins[1:]:
-            write("duplicate_pairs", {"asin_a": asins[0], "asin_b": b, "label": 1, "product_line": pl, "cluster_a": cid, "cluster_b": cid, "split": split})
+            write(
+                "duplicate_pairs",
+                {"asin_a": asins[0], "asin_b": b, "label": 1, "product_line": pl, "cluster_a": cid, "cluster_b": cid, "split": split},
+            )
         if rng.random() < P_HARD_NEGATIVE and counts["products"] < products:
             # The sibling shares the split of its twin so no pair crosses splits.
             sid = f"c{n_cluster:08d}"
@@ -367,10 +417,33 @@ def generate_catalog(out_dir: Path | str, products: int, seed: int = 0, locales:
             sib = world.sibling(item, sid)
             s_asin = emit(sib, sib.locale, "base")
             write("clusters", {"cluster_id": sid, "asins": [s_asin], "split": split})
-            write("duplicate_pairs", {"asin_a": asins[0], "asin_b": s_asin, "label": 0, "product_line": pl, "cluster_a": cid, "cluster_b": sid, "split": split, "hard": True})
+            write(
+                "duplicate_pairs",
+                {
+                    "asin_a": asins[0],
+                    "asin_b": s_asin,
+                    "label": 0,
+                    "product_line": pl,
+                    "cluster_a": cid,
+                    "cluster_b": sid,
+                    "split": split,
+                    "hard": True,
+                },
+            )
         for other_asin, other, other_split in recent[-50:]:
             if TYPES[other.type][0] == pl and other.cluster != cid and other_split == split and rng.random() < 0.02:
-                write("duplicate_pairs", {"asin_a": asins[0], "asin_b": other_asin, "label": 0, "product_line": pl, "cluster_a": cid, "cluster_b": other.cluster, "split": split})
+                write(
+                    "duplicate_pairs",
+                    {
+                        "asin_a": asins[0],
+                        "asin_b": other_asin,
+                        "label": 0,
+                        "product_line": pl,
+                        "cluster_a": cid,
+                        "cluster_b": other.cluster,
+                        "split": split,
+                    },
+                )
                 break
         recent.append((asins[0], item, split))
         if len(recent) > 200:

@@ -43,14 +43,32 @@ LABELS = {"e": "E", "exact": "E", "s": "S", "substitute": "S", "c": "C", "comple
 SPLITS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "test": "test"}
 DEFAULT_VALID_SHARE = 0.05  # of the source's train queries, moved to valid by a hash of query_id
 
-PRODUCT_FIELDS = ("asin", "title", "brand", "product_type", "product_line", "locale", "marketplace", "description",
-                  "bullet_points", "attributes", "price", "stock", "version", "updated_at", "group")
+PRODUCT_FIELDS = (
+    "asin",
+    "title",
+    "brand",
+    "product_type",
+    "product_line",
+    "locale",
+    "marketplace",
+    "description",
+    "bullet_points",
+    "attributes",
+    "price",
+    "stock",
+    "version",
+    "updated_at",
+    "group",
+)
 QUERY_FIELDS = ("query_id", "text", "locale", "split", "head", "form", "product_type")
 JUDGEMENT_FIELDS = ("query_id", "asin", "label")
 FIELDS = {"products": PRODUCT_FIELDS, "queries": QUERY_FIELDS, "judgements": JUDGEMENT_FIELDS}
 # Fields every row needs that no rule fills (marketplace follows the locale, version is 1, updated_at the import time).
-REQUIRED = {"products": ("asin", "title", "brand", "product_type", "product_line", "locale"),
-            "queries": ("query_id", "text", "locale"), "judgements": ("query_id", "asin", "label")}
+REQUIRED = {
+    "products": ("asin", "title", "brand", "product_type", "product_line", "locale"),
+    "queries": ("query_id", "text", "locale"),
+    "judgements": ("query_id", "asin", "label"),
+}
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
@@ -84,13 +102,16 @@ class TableMap:
         for name in [*self.columns, *self.constants, *self.defaults]:
             attribute = self.kind == "products" and name.startswith("attributes.") and len(name) > len("attributes.")
             if name not in allowed and not attribute:
-                raise CatalogImportError(f"{self.kind} map: unknown field {name!r}; the fields are {', '.join(allowed)}"
-                                         + (", attributes.NAME" if self.kind == "products" else ""))
+                raise CatalogImportError(
+                    f"{self.kind} map: unknown field {name!r}; the fields are {', '.join(allowed)}"
+                    + (", attributes.NAME" if self.kind == "products" else "")
+                )
         if "group" in self.constants or "group" in self.defaults:
             raise CatalogImportError("products map: group must be a column (one constant group would make the whole catalog one cluster)")
 
-    def merged(self, columns: dict[str, str] | None = None, constants: dict[str, Any] | None = None,
-               defaults: dict[str, Any] | None = None) -> TableMap:
+    def merged(
+        self, columns: dict[str, str] | None = None, constants: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None
+    ) -> TableMap:
         """This map with later settings on top: a new column for a field drops its constant and vice versa."""
         cols, consts = dict(self.columns), dict(self.constants)
         for f, c in (columns or {}).items():
@@ -115,14 +136,27 @@ class TableMap:
         return {"map": self.columns, "set": self.constants, "default": self.defaults}
 
 
-ESCI_PRODUCTS = TableMap("products", columns={
-    "asin": "product_id", "title": "product_title", "description": "product_description",
-    "bullet_points": "product_bullet_point", "brand": "product_brand", "attributes.colour": "product_color",
-    "locale": "product_locale"}, constants={"product_type": UNKNOWN, "product_line": UNKNOWN},
-    defaults={"brand": UNKNOWN}, locale_codes=ESCI_LOCALES)
-ESCI_QUERIES = TableMap("queries", columns={"query_id": "query_id", "text": "query", "locale": "product_locale",
-                                            "split": "split"}, constants={"form": "esci", "head": False},
-                        locale_codes=ESCI_LOCALES)
+ESCI_PRODUCTS = TableMap(
+    "products",
+    columns={
+        "asin": "product_id",
+        "title": "product_title",
+        "description": "product_description",
+        "bullet_points": "product_bullet_point",
+        "brand": "product_brand",
+        "attributes.colour": "product_color",
+        "locale": "product_locale",
+    },
+    constants={"product_type": UNKNOWN, "product_line": UNKNOWN},
+    defaults={"brand": UNKNOWN},
+    locale_codes=ESCI_LOCALES,
+)
+ESCI_QUERIES = TableMap(
+    "queries",
+    columns={"query_id": "query_id", "text": "query", "locale": "product_locale", "split": "split"},
+    constants={"form": "esci", "head": False},
+    locale_codes=ESCI_LOCALES,
+)
 ESCI_JUDGEMENTS = TableMap("judgements", columns={"query_id": "query_id", "asin": "product_id", "label": "esci_label"})
 ESCI_SUBSETS = {"all": None, "small": "small_version", "large": "large_version"}  # column marking the subset's rows
 
@@ -290,9 +324,13 @@ def to_bool(name: str, v: Any) -> bool:
 def _limits() -> dict[str, int]:
     """The schema's size bounds, read from the model so they have one home (m5core.schema)."""
     props = Product.model_json_schema()["properties"]
-    return {"title": props["title"]["maxLength"], "description": props["description"]["maxLength"],
-            "bullets": props["bullet_points"]["maxItems"], "bullet": props["bullet_points"]["items"]["maxLength"],
-            "attributes": props["attributes"]["maxProperties"]}
+    return {
+        "title": props["title"]["maxLength"],
+        "description": props["description"]["maxLength"],
+        "bullets": props["bullet_points"]["maxItems"],
+        "bullet": props["bullet_points"]["items"]["maxLength"],
+        "attributes": props["attributes"]["maxProperties"],
+    }
 
 
 _LIMITS = _limits()
@@ -300,8 +338,9 @@ _LIMITS = _limits()
 
 def reason_of(exc: ValidationError, quiet: set[str] = frozenset()) -> str:
     """A pydantic error as one line naming each field: `brand: String should have at least 1 character`."""
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'product'}: {e['msg']}" for e in exc.errors()
-                     if not (e["loc"] and e["loc"][0] in quiet))
+    return "; ".join(
+        f"{'.'.join(str(x) for x in e['loc']) or 'product'}: {e['msg']}" for e in exc.errors() if not (e["loc"] and e["loc"][0] in quiet)
+    )
 
 
 # ----------------------------------------------------------------------------------- rows -> documents
@@ -336,13 +375,20 @@ def map_product(row: dict, m: TableMap, ids: str = "asin", truncate: bool = Fals
     marketplace = _text(m.get(row, "marketplace"))
     derived = marketplace is None and locale is not None and shape_error("locale", locale) is None
     doc: dict[str, Any] = {
-        "asin": asin, "locale": locale, "marketplace": default_marketplace(locale) if derived else marketplace,
-        "product_line": _text(m.get(row, "product_line")), "product_type": _text(m.get(row, "product_type")),
-        "brand": _text(m.get(row, "brand")), "title": _text(m.get(row, "title")),
-        "description": _text(m.get(row, "description")) or "", "bullet_points": to_bullets(m.get(row, "bullet_points")),
-        "attributes": attrs, "version": _number("version", m.get(row, "version"), int),
+        "asin": asin,
+        "locale": locale,
+        "marketplace": default_marketplace(locale) if derived else marketplace,
+        "product_line": _text(m.get(row, "product_line")),
+        "product_type": _text(m.get(row, "product_type")),
+        "brand": _text(m.get(row, "brand")),
+        "title": _text(m.get(row, "title")),
+        "description": _text(m.get(row, "description")) or "",
+        "bullet_points": to_bullets(m.get(row, "bullet_points")),
+        "attributes": attrs,
+        "version": _number("version", m.get(row, "version"), int),
         "updated_at": to_timestamp(m.get(row, "updated_at")),
-        "price": _number("price", m.get(row, "price"), float), "stock": _number("stock", m.get(row, "stock"), int),
+        "price": _number("price", m.get(row, "price"), float),
+        "stock": _number("stock", m.get(row, "stock"), int),
     }
     truncated = False
     if truncate:
@@ -362,12 +408,12 @@ def _truncated(doc: dict) -> tuple[dict, bool]:
     lim = _LIMITS
     out = dict(doc)
     if out["title"] and len(out["title"]) > lim["title"]:
-        out["title"] = out["title"][:lim["title"]]
+        out["title"] = out["title"][: lim["title"]]
     if len(out["description"]) > lim["description"]:
-        out["description"] = out["description"][:lim["description"]]
-    out["bullet_points"] = [b[:lim["bullet"]] for b in out["bullet_points"][:lim["bullets"]]]
+        out["description"] = out["description"][: lim["description"]]
+    out["bullet_points"] = [b[: lim["bullet"]] for b in out["bullet_points"][: lim["bullets"]]]
     if len(out["attributes"]) > lim["attributes"]:
-        out["attributes"] = dict(list(out["attributes"].items())[:lim["attributes"]])
+        out["attributes"] = dict(list(out["attributes"].items())[: lim["attributes"]])
     return out, out != doc
 
 
@@ -410,10 +456,17 @@ def map_query(row: dict, m: TableMap, valid_share: float = DEFAULT_VALID_SHARE) 
     err = shape_error("locale", locale)
     if err:
         raise RowError(f"locale: {err}")
-    return {"query_id": qid, "text": text, "locale": locale,
-            "split": split_of_query(m.get(row, "split"), qid, text, valid_share),
-            "lexical_gap": False, "head": to_bool("head", m.get(row, "head")), "form": _text(m.get(row, "form")) or "generic",
-            "attributes": {}, "product_type": _text(m.get(row, "product_type"))}
+    return {
+        "query_id": qid,
+        "text": text,
+        "locale": locale,
+        "split": split_of_query(m.get(row, "split"), qid, text, valid_share),
+        "lexical_gap": False,
+        "head": to_bool("head", m.get(row, "head")),
+        "form": _text(m.get(row, "form")) or "generic",
+        "attributes": {},
+        "product_type": _text(m.get(row, "product_type")),
+    }
 
 
 def map_judgement(row: dict, m: TableMap, ids: str = "asin") -> dict:
@@ -558,8 +611,14 @@ class _Run:
         st = FileStats(table, str(src.path))
         if report:
             self.stats.append(st)
-        bar = tqdm(total=count_rows(src.path), desc=f"{table} <- {src.path.name}", unit=" rows",
-                   mininterval=1.0, disable=not self.show_progress, file=sys.stderr)
+        bar = tqdm(
+            total=count_rows(src.path),
+            desc=f"{table} <- {src.path.name}",
+            unit=" rows",
+            mininterval=1.0,
+            disable=not self.show_progress,
+            file=sys.stderr,
+        )
         try:
             for n, row in enumerate(read_rows(src.path, src.needed_columns()), start=1):
                 bar.update()
@@ -618,9 +677,20 @@ def _swap_in(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)  # replaces an empty directory too
 
 
-def import_catalog(out: Path | str, products: Source, queries: Source | None = None, judgements: Source | None = None, *,
-                   layout: str = "generic", ids: str = "asin", valid_share: float = DEFAULT_VALID_SHARE, truncate: bool = False,
-                   force: bool = False, show_progress: bool = True, negatives_per_cluster: int = 1) -> dict:
+def import_catalog(
+    out: Path | str,
+    products: Source,
+    queries: Source | None = None,
+    judgements: Source | None = None,
+    *,
+    layout: str = "generic",
+    ids: str = "asin",
+    valid_share: float = DEFAULT_VALID_SHARE,
+    truncate: bool = False,
+    force: bool = False,
+    show_progress: bool = True,
+    negatives_per_cluster: int = 1,
+) -> dict:
     """Write a catalog directory from source tables; returns its manifest.
 
     Passes: queries (kept in memory: one small record each), judgements once for the Exact pairs (two
@@ -650,14 +720,25 @@ def import_catalog(out: Path | str, products: Source, queries: Source | None = N
         run = _Run(tmp, show_progress)
         with open(tmp / "rejects.jsonl", "wb") as run.rejects:
             manifest = _build(run, products, queries, judgements, ids, valid_share, truncate, negatives_per_cluster)
-        manifest |= {"importer_version": IMPORTER_VERSION, "layout": layout, "ids": ids, "valid_share": valid_share,
-                     "truncate": truncate, "updated_at": products.map.constants.get("updated_at"),
-                     "sources": {t: {"file": str(s.path), **s.map.describe(), **({"where": s.where} if s.where else {})}
-                                 for t, s in (("products", products), ("queries", queries), ("judgements", judgements)) if s},
-                     "files": [vars(s) for s in run.stats], "seconds": round(time.perf_counter() - t0, 2)}
+        manifest |= {
+            "importer_version": IMPORTER_VERSION,
+            "layout": layout,
+            "ids": ids,
+            "valid_share": valid_share,
+            "truncate": truncate,
+            "updated_at": products.map.constants.get("updated_at"),
+            "sources": {
+                t: {"file": str(s.path), **s.map.describe(), **({"where": s.where} if s.where else {})}
+                for t, s in (("products", products), ("queries", queries), ("judgements", judgements))
+                if s
+            },
+            "files": [vars(s) for s in run.stats],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         if manifest["products"] == 0:
-            raise CatalogImportError(f"no product imported ({manifest['counts']['rejected']} rows rejected; first reasons: "
-                                     + "; ".join(run.reject_samples) + ")")
+            raise CatalogImportError(
+                f"no product imported ({manifest['counts']['rejected']} rows rejected; first reasons: " + "; ".join(run.reject_samples) + ")"
+            )
         (tmp / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         _check_out(out, force)
         _swap_in(tmp, out)
@@ -667,8 +748,16 @@ def import_catalog(out: Path | str, products: Source, queries: Source | None = N
     return manifest
 
 
-def _build(run: _Run, products: Source, queries: Source | None, judgements: Source | None, ids: str,
-           valid_share: float, truncate: bool, negatives_per_cluster: int) -> dict:
+def _build(
+    run: _Run,
+    products: Source,
+    queries: Source | None,
+    judgements: Source | None,
+    ids: str,
+    valid_share: float,
+    truncate: bool,
+    negatives_per_cluster: int,
+) -> dict:
     counts: Counter = Counter()
     # 1. Queries: one per query_id; a repeated id (ESCI repeats it on every example) must agree with its first row.
     qdocs: list[dict] = []
@@ -727,8 +816,9 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
                 aid = asin_to_id(doc["asin"])
                 if aid in locale_of:
                     why = "the hash of another source id, or a repeated id" if ids == "hash" else "a repeated id"
-                    run.reject(st, n, f"asin: {doc['asin']!r} was already imported ({why}; ids are one per catalog, "
-                                      f"the first row wins)", mp.source_id)
+                    run.reject(
+                        st, n, f"asin: {doc['asin']!r} was already imported ({why}; ids are one per catalog, the first row wins)", mp.source_id
+                    )
                     continue
                 locale = sys.intern(doc["locale"])
                 locale_of[aid] = locale
@@ -767,8 +857,10 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
                     if plocale is None:
                         raise RowError(f"asin: {j['asin']!r} is not an imported product (rejected or not in the products table)")
                     if plocale != qdocs[qi]["locale"]:
-                        raise RowError(f"asin: {j['asin']!r} was imported in {plocale}, the query is in {qdocs[qi]['locale']} "
-                                       "(judgements stay within a marketplace)")
+                        raise RowError(
+                            f"asin: {j['asin']!r} was imported in {plocale}, the query is in {qdocs[qi]['locale']} "
+                            "(judgements stay within a marketplace)"
+                        )
                 except RowError as exc:
                     run.reject(st, n, str(exc), _text(judgements.map.get(row, "asin")) if isinstance(row, dict) else None)
                     continue
@@ -790,14 +882,20 @@ def _build(run: _Run, products: Source, queries: Source | None, judgements: Sour
 
     # 6. Clusters and duplicate pairs from the group column; copurchase is never in a source table.
     pairs = duplicate_pairs(clusters, cluster_meta, negatives_per_cluster)
-    counts["clusters"] = write_jsonl(run.tmp / "clusters.jsonl",
-                                     ({"cluster_id": g, "asins": a, "split": cluster_split(g)} for g, a in clusters.items()))
+    counts["clusters"] = write_jsonl(
+        run.tmp / "clusters.jsonl", ({"cluster_id": g, "asins": a, "split": cluster_split(g)} for g, a in clusters.items())
+    )
     counts["duplicate_pairs"] = write_jsonl(run.tmp / "duplicate_pairs.jsonl", pairs)
     counts["copurchase"] = write_jsonl(run.tmp / "copurchase.jsonl", [])
     counts["rejected"] = sum(s.rejected for s in run.stats)
     gap = int(sum(q["lexical_gap"] for q in qdocs))
-    return {"products": counts["products"], "locales": sorted(locales), "products_by_locale": dict(sorted(locales.items())),
-            "counts": dict(counts), "lexical_gap_share": round(gap / counts["queries_with_exact"], 4) if counts["queries_with_exact"] else 0.0}
+    return {
+        "products": counts["products"],
+        "locales": sorted(locales),
+        "products_by_locale": dict(sorted(locales.items())),
+        "counts": dict(counts),
+        "lexical_gap_share": round(gap / counts["queries_with_exact"], 4) if counts["queries_with_exact"] else 0.0,
+    }
 
 
 def cluster_split(group: str) -> str:
@@ -827,14 +925,24 @@ def duplicate_pairs(clusters: dict[str, list[str]], meta: dict[str, tuple[str, s
         start = _bucket(f"neg:{g}", len(peers) - 1)
         for k in range(min(negatives, len(peers) - 1)):
             other = peers[(pos_of[g] + 1 + (start + k) % (len(peers) - 1)) % len(peers)]
-            out.append({"asin_a": asins[0], "asin_b": clusters[other][0], "label": 0, "product_line": line,
-                        "cluster_a": g, "cluster_b": other, "split": split})
+            out.append(
+                {
+                    "asin_a": asins[0],
+                    "asin_b": clusters[other][0],
+                    "label": 0,
+                    "product_line": line,
+                    "cluster_a": g,
+                    "cluster_b": other,
+                    "split": split,
+                }
+            )
     return out
 
 
 # ---------------------------------------------------------------------------------------- front ends
-def esci_sources(products: Path, examples: Path, subset: str = "all", product_constants: dict | None = None,
-                 product_defaults: dict | None = None) -> tuple[Source, Source, Source]:
+def esci_sources(
+    products: Path, examples: Path, subset: str = "all", product_constants: dict | None = None, product_defaults: dict | None = None
+) -> tuple[Source, Source, Source]:
     """The Shopping Queries (ESCI) layout: products table + examples table (queries and judgements in one)."""
     if subset not in ESCI_SUBSETS:
         raise CatalogImportError(f"--subset: {subset!r} is not one of {', '.join(ESCI_SUBSETS)}")
@@ -856,11 +964,18 @@ def summary(manifest: dict) -> str:
         extra = f", skipped {s['skipped']} outside the subset" if s["skipped"] else ""
         lines.append(f"  {s['table']:<10} {s['file']}: read {s['read']} rows, imported {s['imported']}, rejected {s['rejected']}{extra}")
     c = manifest["counts"]
-    queries = (f"{c['queries']} queries ({c['queries_train']}/{c['queries_valid']}/{c['queries_test']} train/valid/test, "
-               f"{c['queries_with_exact']} with an Exact, lexical-gap share {manifest['lexical_gap_share']:.1%}), "
-               f"{c['judgements']} judgements") if c["queries"] else "no queries"
-    lines.append(f"  catalog: {c['products']} products ({', '.join(f'{k} {v}' for k, v in manifest['products_by_locale'].items())}), "
-                 f"{queries}, {c['clusters']} clusters, {c['duplicate_pairs']} duplicate pairs"
-                 + (f", {c['truncated']} products truncated" if c.get("truncated") else ""))
+    queries = (
+        (
+            f"{c['queries']} queries ({c['queries_train']}/{c['queries_valid']}/{c['queries_test']} train/valid/test, "
+            f"{c['queries_with_exact']} with an Exact, lexical-gap share {manifest['lexical_gap_share']:.1%}), "
+            f"{c['judgements']} judgements"
+        )
+        if c["queries"]
+        else "no queries"
+    )
+    lines.append(
+        f"  catalog: {c['products']} products ({', '.join(f'{k} {v}' for k, v in manifest['products_by_locale'].items())}), "
+        f"{queries}, {c['clusters']} clusters, {c['duplicate_pairs']} duplicate pairs"
+        + (f", {c['truncated']} products truncated" if c.get("truncated") else "")
+    )
     return "\n".join(lines)
-

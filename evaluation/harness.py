@@ -30,6 +30,7 @@ import orjson
 
 from catalog.generate import content_words, listing_words
 from catalog.io import CatalogError, load_catalog
+from m5core.encoder import Encoder
 from m5core.metrics import (
     average_precision,
     exact_share_at_k,
@@ -40,7 +41,6 @@ from m5core.metrics import (
     roc_auc,
     roc_curve,
 )
-from m5core.encoder import Encoder
 from m5core.schema import language_of, render_product
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _embed_all(encoder: Encoder, texts: list[str], batch: int) -> tuple[np.ndarr
     t0 = time.perf_counter()
     chunks, last = [], t0
     for i in range(0, len(texts), batch):
-        chunks.append(encoder.embed(texts[i:i + batch]))
+        chunks.append(encoder.embed(texts[i : i + batch]))
         now = time.perf_counter()
         if now - last > 10:
             done = i + batch
@@ -118,9 +118,19 @@ def _auc_by(keys: list[str], scores: list[float], labels: list[int]) -> dict[str
     return {key: round(roc_auc(s, y), 4) for key, (s, y) in sorted(groups.items()) if 0 < sum(y) < len(y)}
 
 
-def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "test", *, product_encoder: Encoder | None = None,
-             query_encoder: Encoder | None = None, scorer_factory=None, scheme: str = "plain", k: int = 100,
-             batch_size: int = 256, scope: str = "marketplace") -> dict:
+def evaluate(
+    encoder: Encoder | None,
+    catalog_dir: Path | str,
+    split: str = "test",
+    *,
+    product_encoder: Encoder | None = None,
+    query_encoder: Encoder | None = None,
+    scorer_factory=None,
+    scheme: str = "plain",
+    k: int = 100,
+    batch_size: int = 256,
+    scope: str = "marketplace",
+) -> dict:
     """Report dict (metrics plus `curves` for the plots) for an encoder, a tower pair, or a sparse scorer.
 
     scorer_factory(texts) -> Scorer builds a sparse retriever over the rendered products (BM25).
@@ -134,8 +144,9 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
     judg = cat.judgements()  # raises CatalogError naming judgements.jsonl when missing
     queries = [q for q in cat.queries(split) if any(lbl == "E" for lbl in judg.get(q["query_id"], {}).values())]
     if not queries:
-        raise CatalogError(f"catalog at {catalog_dir} has no judged queries in split {split!r}: nothing to evaluate "
-                           "(generate one with `m5 catalog generate`)")
+        raise CatalogError(
+            f"catalog at {catalog_dir} has no judged queries in split {split!r}: nothing to evaluate (generate one with `m5 catalog generate`)"
+        )
     product_encoder = product_encoder or encoder
     query_encoder = query_encoder or encoder
     if scorer_factory is None and (product_encoder is None or query_encoder is None):
@@ -149,8 +160,8 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
     # Candidate groups: one per marketplace (locale), or the whole catalog under one key.
     group_of = (lambda locale: locale) if scope == "marketplace" else (lambda locale: "all")
     members: dict[str, np.ndarray] = {
-        g: np.array([i for i, p in enumerate(products) if group_of(p["locale"]) == g])
-        for g in sorted({group_of(p["locale"]) for p in products})}
+        g: np.array([i for i, p in enumerate(products) if group_of(p["locale"]) == g]) for g in sorted({group_of(p["locale"]) for p in products})
+    }
     t0 = time.perf_counter()
     scorer = None
     ranked: list[list[str]] = [[] for _ in queries]
@@ -186,20 +197,32 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
         labels = judg[q["query_id"]]
         exact = {a for a, lbl in labels.items() if lbl == "E"}
         gap = q["lexical_gap"] if "lexical_gap" in q else lexical_gap(q["text"], [by_asin[a] for a in exact if a in by_asin])
-        rows.append({"gap": bool(gap), "head": q.get("head"), "language": language_of(q["locale"]),
-                     "recall_at_10": recall_at_k(r, exact, 10), "recall_at_100": recall_at_k(r, exact, k), "map": average_precision(r, exact, k),
-                     "ndcg_at_10": ndcg_at_k(r, labels, 10), "exact_share_at_10": exact_share_at_k(r, labels, 10),
-                     "recall_curve": [recall_at_k(r, exact, kk) for kk in RECALL_KS]})
-    slices = {"search": lambda x: True, "search_lexical_gap": lambda x: x["gap"], "search_head": lambda x: x["head"] is True,
-              "search_tail": lambda x: x["head"] is False}
+        rows.append(
+            {
+                "gap": bool(gap),
+                "head": q.get("head"),
+                "language": language_of(q["locale"]),
+                "recall_at_10": recall_at_k(r, exact, 10),
+                "recall_at_100": recall_at_k(r, exact, k),
+                "map": average_precision(r, exact, k),
+                "ndcg_at_10": ndcg_at_k(r, labels, 10),
+                "exact_share_at_10": exact_share_at_k(r, labels, 10),
+                "recall_curve": [recall_at_k(r, exact, kk) for kk in RECALL_KS],
+            }
+        )
+    slices = {
+        "search": lambda x: True,
+        "search_lexical_gap": lambda x: x["gap"],
+        "search_head": lambda x: x["head"] is True,
+        "search_tail": lambda x: x["head"] is False,
+    }
     curves: dict = {"recall_at_k": {"k": list(RECALL_KS)}}
     for name, sel in slices.items():
         sub = [x for x in rows if sel(x)]
         report[name] = _mean_metrics(sub)
         if sub:
             curves["recall_at_k"][name] = [float(v) for v in np.mean([x["recall_curve"] for x in sub], axis=0)]
-    report["search_by_language"] = {lang: _mean_metrics([x for x in rows if x["language"] == lang])
-                                    for lang in sorted({x["language"] for x in rows})}
+    report["search_by_language"] = {lang: _mean_metrics([x for x in rows if x["language"] == lang]) for lang in sorted({x["language"] for x in rows})}
 
     text_of = dict(zip(asins, texts))
     pairs = [d for d in cat.duplicate_pairs(split) if d["asin_a"] in text_of and d["asin_b"] in text_of]
@@ -215,11 +238,17 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
             scores = np.einsum("nd,nd->n", pvec[a_idx], pvec[b_idx]).tolist()  # (n_pairs,) cosine
             score_kind = "cosine"
         labels = [d["label"] for d in pairs]
-        dup = {"pairs": len(pairs), "positives": int(sum(labels)), "score": score_kind,
-               "auc": round(roc_auc(scores, labels), 4), "recall_at_p90": round(recall_at_precision(scores, labels, 0.9), 4)}
+        dup = {
+            "pairs": len(pairs),
+            "positives": int(sum(labels)),
+            "score": score_kind,
+            "auc": round(roc_auc(scores, labels), 4),
+            "recall_at_p90": round(recall_at_precision(scores, labels, 0.9), 4),
+        }
         dup["auc_by_product_line"] = _auc_by([d["product_line"] for d in pairs], scores, labels)
-        dup["auc_by_language"] = _auc_by([pair_language(by_asin[d["asin_a"]]["locale"], by_asin[d["asin_b"]]["locale"]) for d in pairs],
-                                         scores, labels)
+        dup["auc_by_language"] = _auc_by(
+            [pair_language(by_asin[d["asin_a"]]["locale"], by_asin[d["asin_b"]]["locale"]) for d in pairs], scores, labels
+        )
         report["duplicates"] = dup
         curves["roc"] = roc_curve(scores, labels)
         curves["pr"] = pr_curve(scores, labels)
@@ -228,8 +257,19 @@ def evaluate(encoder: Encoder | None, catalog_dir: Path | str, split: str = "tes
     return report
 
 
-MAIN_COLUMNS = ("Recall@10", "Recall@100", "MAP", "nDCG@10", "Exact@10", "gap Recall@100", "gap nDCG@10", "head nDCG@10", "tail nDCG@10",
-                "dup AUC", "dup R@P90")
+MAIN_COLUMNS = (
+    "Recall@10",
+    "Recall@100",
+    "MAP",
+    "nDCG@10",
+    "Exact@10",
+    "gap Recall@100",
+    "gap nDCG@10",
+    "head nDCG@10",
+    "tail nDCG@10",
+    "dup AUC",
+    "dup R@P90",
+)
 LANGUAGE_COLUMNS = ("language", "queries", "Recall@10", "Recall@100", "MAP", "nDCG@10", "Exact@10", "dup AUC")
 
 
@@ -255,8 +295,19 @@ def markdown_row(name: str, r: dict, set_name: str | None = None) -> str:
     """One row under HEADER, or under SET_HEADER when `set_name` is given."""
     s, g, d = r["search"], r.get("search_lexical_gap", {}), r.get("duplicates", {})
     h, t = r.get("search_head", {}), r.get("search_tail", {})
-    cells = [s.get("recall_at_10"), s.get("recall_at_100"), s.get("map"), s.get("ndcg_at_10"), s.get("exact_share_at_10"), g.get("recall_at_100"),
-             g.get("ndcg_at_10"), h.get("ndcg_at_10"), t.get("ndcg_at_10"), d.get("auc"), d.get("recall_at_p90")]
+    cells = [
+        s.get("recall_at_10"),
+        s.get("recall_at_100"),
+        s.get("map"),
+        s.get("ndcg_at_10"),
+        s.get("exact_share_at_10"),
+        g.get("recall_at_100"),
+        g.get("ndcg_at_10"),
+        h.get("ndcg_at_10"),
+        t.get("ndcg_at_10"),
+        d.get("auc"),
+        d.get("recall_at_p90"),
+    ]
     return _lead(name, set_name) + _cells(cells) + " |"
 
 
@@ -266,8 +317,10 @@ def language_rows(name: str, r: dict, set_name: str | None = None) -> list[str]:
     dup AUC is that of the pairs whose two listings are both in the language (cross-language pairs are
     in `duplicates.auc_by_language` only)."""
     dup = r.get("duplicates", {}).get("auc_by_language", {})
-    return [_lead(name, set_name) + f"{lang} | {m['queries']} | " + _cells([m.get(x) for x in SEARCH_METRICS] + [dup.get(lang)]) + " |"
-            for lang, m in r.get("search_by_language", {}).items()]
+    return [
+        _lead(name, set_name) + f"{lang} | {m['queries']} | " + _cells([m.get(x) for x in SEARCH_METRICS] + [dup.get(lang)]) + " |"
+        for lang, m in r.get("search_by_language", {}).items()
+    ]
 
 
 def comparison_tables(results: list[tuple[str, str, dict | str]]) -> list[str]:
@@ -286,15 +339,20 @@ def comparison_tables(results: list[tuple[str, str, dict | str]]) -> list[str]:
 
 
 def _describe(r: dict) -> str:
-    return (f"{r['products']} products, {r['queries']} judged queries ({r['search_lexical_gap']['queries']} lexical-gap), "
-            f"render scheme `{r['scheme']}`, {r['scope']} scope")
+    return (
+        f"{r['products']} products, {r['queries']} judged queries ({r['search_lexical_gap']['queries']} lexical-gap), "
+        f"render scheme `{r['scheme']}`, {r['scope']} scope"
+    )
 
 
 def _duplicates_line(r: dict) -> str:
     d = r["duplicates"]
-    return (f"Duplicates: {d['pairs']} pairs ({d['positives']} positive), score {d['score']}; AUC by product line: "
-            + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_product_line"].items()) or "-")
-            + "; by language: " + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_language"].items()) or "-"))
+    return (
+        f"Duplicates: {d['pairs']} pairs ({d['positives']} positive), score {d['score']}; AUC by product line: "
+        + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_product_line"].items()) or "-")
+        + "; by language: "
+        + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_language"].items()) or "-")
+    )
 
 
 def _throughput_line(r: dict) -> str:
@@ -304,8 +362,18 @@ def _throughput_line(r: dict) -> str:
 
 def to_markdown(name: str, r: dict) -> str:
     """One report: the metrics row, the per-language rows, duplicates and throughput."""
-    lines = [f"# Evaluation: {name} on split {r['split']}", "", _describe(r) + ".", "", HEADER, markdown_row(name, r), "",
-             table_header("encoder", *LANGUAGE_COLUMNS), *language_rows(name, r), ""]
+    lines = [
+        f"# Evaluation: {name} on split {r['split']}",
+        "",
+        _describe(r) + ".",
+        "",
+        HEADER,
+        markdown_row(name, r),
+        "",
+        table_header("encoder", *LANGUAGE_COLUMNS),
+        *language_rows(name, r),
+        "",
+    ]
     if "duplicates" in r:
         lines += [_duplicates_line(r), ""]
     lines.append(_throughput_line(r))
@@ -378,13 +446,28 @@ def build_encoders(kind: str, bundle: Path | None = None, threads: int = 2):
         if bundle is None:
             raise ValueError("bundle: --bundle PATH is required for --encoder bundle")
         m = load_manifest(bundle)
-        return (f"bundle {m.version}", {"encoder": None, "product_encoder": OnnxEncoder(bundle, "product", threads=threads, manifest=m),
-                                        "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m)}, m.render_scheme)
+        return (
+            f"bundle {m.version}",
+            {
+                "encoder": None,
+                "product_encoder": OnnxEncoder(bundle, "product", threads=threads, manifest=m),
+                "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m),
+            },
+            m.render_scheme,
+        )
     raise ValueError(f"encoder: unknown {kind!r} (choose bm25, random, minilm, bundle)")
 
 
-def run_eval(catalog_dir: Path | None, encoder: str, bundle: Path | None, split: str, out: Path | None, threads: int = 2,
-             scope: str = "marketplace", handwritten: Path | None = None) -> dict:
+def run_eval(
+    catalog_dir: Path | None,
+    encoder: str,
+    bundle: Path | None,
+    split: str,
+    out: Path | None,
+    threads: int = 2,
+    scope: str = "marketplace",
+    handwritten: Path | None = None,
+) -> dict:
     """Evaluate one encoder kind on the synthetic catalog's `split` and/or the hand-written set's test split.
 
     The same encoder (and render scheme) scores every set. Returns {"encoder", "sets": {SYNTHETIC|HANDWRITTEN:
@@ -413,7 +496,8 @@ def run_eval(catalog_dir: Path | None, encoder: str, bundle: Path | None, split:
         out.mkdir(parents=True, exist_ok=True)
         for key, r in sets.items():
             r["plots"] = [p.name for p in write_plots(f"{name}, {r['set']}", r, out, prefix=f"{key}_")]
-        (out / "report.json").write_bytes(orjson.dumps({key: {k: v for k, v in r.items() if k != "curves"} for key, r in sets.items()},
-                                                       option=orjson.OPT_INDENT_2))
+        (out / "report.json").write_bytes(
+            orjson.dumps({key: {k: v for k, v in r.items() if k != "curves"} for key, r in sets.items()}, option=orjson.OPT_INDENT_2)
+        )
         (out / "report.md").write_text(result["markdown"])
     return result

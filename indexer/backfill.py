@@ -27,8 +27,17 @@ from m5core.stores.base import EmbeddingStore, VectorRecord
 log = logging.getLogger(__name__)
 
 
-def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encoder, settings: IndexerSettings,
-             scheme: str = "fields", batch: int = 512, snapshot_root: Path | None = None, feed_source=None) -> dict:
+def backfill(
+    products_file: Path,
+    store: EmbeddingStore,
+    sink: EventSink,
+    encoder,
+    settings: IndexerSettings,
+    scheme: str = "fields",
+    batch: int = 512,
+    snapshot_root: Path | None = None,
+    feed_source=None,
+) -> dict:
     """products.jsonl -> store + feed (+ one FAISS snapshot). -> counts, seconds and products/s.
 
     feed_source: an EventSource on the embeddings topic, used only for its end offsets (snapshot meta).
@@ -40,15 +49,26 @@ def backfill(products_file: Path, store: EmbeddingStore, sink: EventSink, encode
 
     def write(docs: list[dict], vecs: np.ndarray) -> None:
         nonlocal n_written
-        recs = [VectorRecord(d["asin"], v, d["version"], encoder.version, content_hash(d), d["locale"], d["product_line"],
-                             d["updated_at"], orjson.dumps(d)) for d, v in zip(docs, vecs)]
+        recs = [
+            VectorRecord(
+                d["asin"], v, d["version"], encoder.version, content_hash(d), d["locale"], d["product_line"], d["updated_at"], orjson.dumps(d)
+            )
+            for d, v in zip(docs, vecs)
+        ]
         written = [i for i, ok in enumerate(store.put(recs)) if ok]
         for i in written:
             sink.send(settings.embeddings_topic, recs[i].asin.encode(), encode_feed_value(recs[i]))
         n_written += len(written)
         if snapshot_root is not None and written:  # a few arrays per batch, not objects per product
-            kept.append(([recs[i].asin for i in written], vecs[written], [recs[i].locale for i in written],
-                         [recs[i].product_line for i in written], [recs[i].product_version for i in written]))
+            kept.append(
+                (
+                    [recs[i].asin for i in written],
+                    vecs[written],
+                    [recs[i].locale for i in written],
+                    [recs[i].product_line for i in written],
+                    [recs[i].product_version for i in written],
+                )
+            )
         bar.update(len(docs))
 
     def batches():

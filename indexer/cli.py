@@ -61,8 +61,9 @@ def _backfill(args) -> int:
 
     store, sink = open_store(s, active_namespace(s)), open_sink(s)
     feed = open_source(s, [s.embeddings_topic], None) if args.snapshot else None
-    out = backfill(path, store, sink, enc, s, manifest.render_scheme, s.batch,
-                   snapshot_root=s.snapshot_dir if args.snapshot else None, feed_source=feed)
+    out = backfill(
+        path, store, sink, enc, s, manifest.render_scheme, s.batch, snapshot_root=s.snapshot_dir if args.snapshot else None, feed_source=feed
+    )
     if feed is not None:
         feed.close()
     sink.close()

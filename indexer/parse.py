@@ -19,13 +19,15 @@ class DeadLetter:
 
     def payload(self) -> bytes:
         m = self.message
-        return orjson.dumps({
-            "reason": self.reason,
-            "error": self.error,
-            "payload": (m.value or b"").decode("utf-8", "replace")[:10_000],
-            "payload_bytes": len(m.value or b""),
-            "source": {"topic": m.topic, "partition": m.partition, "offset": m.offset},
-        })
+        return orjson.dumps(
+            {
+                "reason": self.reason,
+                "error": self.error,
+                "payload": (m.value or b"").decode("utf-8", "replace")[:10_000],
+                "payload_bytes": len(m.value or b""),
+                "source": {"topic": m.topic, "partition": m.partition, "offset": m.offset},
+            }
+        )
 
 
 def parse_event(msg: Message, max_bytes: int) -> ChangeEvent | DeadLetter:

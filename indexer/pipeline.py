@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class Indexer:
-    def __init__(self, settings: IndexerSettings, source: EventSource, sink: EventSink, store: EmbeddingStore,
-                 encoder: Encoder, render_scheme: str = "fields"):
+    def __init__(
+        self, settings: IndexerSettings, source: EventSource, sink: EventSink, store: EmbeddingStore, encoder: Encoder, render_scheme: str = "fields"
+    ):
         self.s = settings
         self.source, self.sink, self.store, self.encoder = source, sink, store, encoder
         self.scheme = render_scheme
@@ -72,8 +73,7 @@ class Indexer:
             except Exception as exc:  # noqa: BLE001 - redis/kafka errors have no common base class
                 if attempt == self.s.store_retries or self.stop.is_set():
                     raise
-                log.warning("batch attempt %d/%d failed (%s: %s); retrying in %.1fs", attempt, self.s.store_retries,
-                            type(exc).__name__, exc, delay)
+                log.warning("batch attempt %d/%d failed (%s: %s); retrying in %.1fs", attempt, self.s.store_retries, type(exc).__name__, exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -126,8 +126,9 @@ class Indexer:
             if m.key:
                 by_asin_msg[m.key.decode("utf-8", "replace")] = m
         for e in plan.unknown:
-            self._dead(DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held",
-                                  by_asin_msg.get(e.asin, msgs[0])))
+            self._dead(
+                DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held", by_asin_msg.get(e.asin, msgs[0]))
+            )
         for asin, tomb in plan.republish:
             rec = None if tomb else self.store.get(asin)
             if tomb or rec is not None:
@@ -162,8 +163,12 @@ class Indexer:
         M.STORE_SIZE.set(self.store.count())
 
     def _write(self, docs: list[dict], vectors: np.ndarray) -> None:
-        records = [VectorRecord(d["asin"], v, d["version"], self.encoder.version, content_hash(d), d["locale"], d["product_line"],
-                                d["updated_at"], orjson.dumps(d)) for d, v in zip(docs, vectors)]
+        records = [
+            VectorRecord(
+                d["asin"], v, d["version"], self.encoder.version, content_hash(d), d["locale"], d["product_line"], d["updated_at"], orjson.dumps(d)
+            )
+            for d, v in zip(docs, vectors)
+        ]
         written = self.store.put(records)
         for r, ok in zip(records, written):
             if ok:
@@ -178,7 +183,7 @@ class Indexer:
                 t0 = time.perf_counter()
                 out = []
                 for i in range(0, len(texts), self.s.max_batch):
-                    out.append(self.encoder.embed(texts[i:i + self.s.max_batch]))
+                    out.append(self.encoder.embed(texts[i : i + self.s.max_batch]))
                 M.ENCODE_SECONDS.observe(time.perf_counter() - t0)
                 return np.concatenate(out)
             except Exception as exc:  # noqa: BLE001 - the encoder is a black box; retry, then dead-letter

@@ -47,8 +47,7 @@ def fold(events: list[ChangeEvent], stored_docs: dict[str, dict | None]) -> dict
     return out
 
 
-def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, str | None, bool]],
-               stored_docs: dict[str, dict | None]) -> Plan:
+def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, str | None, bool]], stored_docs: dict[str, dict | None]) -> Plan:
     """stored: asin -> (version, content hash, tombstone) as the store holds it."""
     plan = Plan()
     for asin, (state, doc, version, ts, orphans) in fold(events, stored_docs).items():

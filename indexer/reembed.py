@@ -54,8 +54,20 @@ def namespace_for(base: str, bundle_version: str) -> str:
 
 def embed_docs(docs: list[dict], encoder, scheme: str) -> list[VectorRecord]:
     vectors = encoder.embed([render_product(d, scheme) for d in docs])  # (n, dim)
-    return [VectorRecord(d["asin"], v, d["version"], encoder.version, content_hash(d), d["locale"], d["product_line"],
-                         float(d.get("updated_at", 0.0)), orjson.dumps(d)) for d, v in zip(docs, vectors)]
+    return [
+        VectorRecord(
+            d["asin"],
+            v,
+            d["version"],
+            encoder.version,
+            content_hash(d),
+            d["locale"],
+            d["product_line"],
+            float(d.get("updated_at", 0.0)),
+            orjson.dumps(d),
+        )
+        for d, v in zip(docs, vectors)
+    ]
 
 
 def copy_namespace(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, batch: int = 512) -> int:
@@ -87,13 +99,19 @@ def catch_up(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, bat
 def _sample_index(store: EmbeddingStore, asins: list[str]) -> tuple[AnnIndex, np.ndarray]:
     recs = [r for r in store.get_many(asins) if r is not None]
     vecs = np.stack([r.vector for r in recs]).astype(np.float32)  # (n, dim)
-    idx = AnnIndex.build(vecs.shape[1], [r.asin for r in recs], vecs, [r.locale for r in recs],
-                         [r.product_line for r in recs], [r.product_version for r in recs], kind="flat")
+    idx = AnnIndex.build(
+        vecs.shape[1],
+        [r.asin for r in recs],
+        vecs,
+        [r.locale for r in recs],
+        [r.product_line for r in recs],
+        [r.product_version for r in recs],
+        kind="flat",
+    )
     return idx, vecs
 
 
-def neighbour_overlap(old: EmbeddingStore, new: EmbeddingStore, sample: int = 200, k: int = 10, pool: int = 20_000,
-                      seed: int = 0) -> float:
+def neighbour_overlap(old: EmbeddingStore, new: EmbeddingStore, sample: int = 200, k: int = 10, pool: int = 20_000, seed: int = 0) -> float:
     """Mean |top-k(old) & top-k(new)| / k for `sample` products, searched among a `pool` of shared products."""
     asins = sorted(a for a, _ in new.iter_docs())
     if len(asins) < 2:
@@ -123,8 +141,15 @@ def golden_recall(store: EmbeddingStore, query_encoder, queries: list[dict], rel
     from m5core.metrics import recall_at_k
 
     recs = list(store.scan())
-    idx = AnnIndex.build(recs[0].vector.shape[0], [r.asin for r in recs], np.stack([r.vector for r in recs]),
-                         [r.locale for r in recs], [r.product_line for r in recs], [r.product_version for r in recs], kind="flat")
+    idx = AnnIndex.build(
+        recs[0].vector.shape[0],
+        [r.asin for r in recs],
+        np.stack([r.vector for r in recs]),
+        [r.locale for r in recs],
+        [r.product_line for r in recs],
+        [r.product_version for r in recs],
+        kind="flat",
+    )
     qs = [q for q in queries if relevant.get(q["query_id"])]
     if not qs:
         raise ReembedRefused("golden queries: none has a relevant product in the store")
@@ -146,8 +171,16 @@ def load_golden(catalog_dir: Path, split: str = "test", limit: int = 200) -> tup
     return queries, relevant
 
 
-def reembed(settings: StoreConfig, encoder, scheme: str = "fields", query_encoder=None, golden: Path | None = None,
-            gates: Gates = Gates(), batch: int = 512, switch: bool = True) -> dict:
+def reembed(
+    settings: StoreConfig,
+    encoder,
+    scheme: str = "fields",
+    query_encoder=None,
+    golden: Path | None = None,
+    gates: Gates = Gates(),
+    batch: int = 512,
+    switch: bool = True,
+) -> dict:
     """Fill the new namespace, gate it, switch the active pointer. Raises ReembedRefused on a failed gate."""
     t0 = time.perf_counter()
     old_ns = active_namespace(settings)
@@ -158,8 +191,7 @@ def reembed(settings: StoreConfig, encoder, scheme: str = "fields", query_encode
     try:
         written = copy_namespace(old, new, encoder, scheme, batch)
         caught = catch_up(old, new, encoder, scheme, batch)
-        report: dict = {"from": old_ns, "to": new_ns, "written": written, "catch_up": caught,
-                        "old_count": old.count(), "new_count": new.count()}
+        report: dict = {"from": old_ns, "to": new_ns, "written": written, "catch_up": caught, "old_count": old.count(), "new_count": new.count()}
         report["coverage"] = report["new_count"] / max(report["old_count"], 1)
         report["overlap_at_k"] = neighbour_overlap(old, new, gates.sample, gates.k)
         if golden is not None and query_encoder is not None:

@@ -18,8 +18,7 @@ def build_indexer(s: IndexerSettings, encoder=None) -> Indexer:
     manifest = load_manifest(s.bundle)
     encoder = encoder or OnnxEncoder(s.bundle, "product", threads=s.encode_threads, manifest=manifest)
     store = open_store(s, active_namespace(s))  # follows a re-embed's switch
-    source = open_source(s, [s.changes_topic], s.group_id, group_instance_id=s.group_instance_id,
-                         session_timeout_ms=s.session_timeout_ms)
+    source = open_source(s, [s.changes_topic], s.group_id, group_instance_id=s.group_instance_id, session_timeout_ms=s.session_timeout_ms)
     sink = open_sink(s)
     return Indexer(s, source, sink, store, encoder, manifest.render_scheme)
 

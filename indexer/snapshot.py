@@ -51,8 +51,7 @@ class OffsetTracking(EventSource):
 class Snapshotter:
     """FeedFollower + periodic snapshots. Resumes from the newest snapshot, else from the store."""
 
-    def __init__(self, source: EventSource, store: EmbeddingStore, root: Path, dim: int, kind: str = "auto",
-                 interval_s: float = 60.0, keep: int = 3):
+    def __init__(self, source: EventSource, store: EmbeddingStore, root: Path, dim: int, kind: str = "auto", interval_s: float = 60.0, keep: int = 3):
         self.source = OffsetTracking(source)
         self.store, self.root, self.interval_s, self.keep = store, Path(root), interval_s, keep
         # The newest snapshot of this namespace, else the store up to the feed's end offsets at this moment:
@@ -68,8 +67,13 @@ class Snapshotter:
         return self.follower.index
 
     def snapshot(self) -> Path:
-        path = save_snapshot(self.index, self.root, self.source.offsets, self.keep,
-                             {"bundle_versions": sorted(self.follower.bundle_versions), "namespace": self.store.namespace})
+        path = save_snapshot(
+            self.index,
+            self.root,
+            self.source.offsets,
+            self.keep,
+            {"bundle_versions": sorted(self.follower.bundle_versions), "namespace": self.store.namespace},
+        )
         self.saved_at_applied = self.follower.applied
         self.snapshots.append(path)
         log.info("snapshot %s: %d vectors, offsets %s", path.name, len(self.index), offsets_to_meta(self.source.offsets))

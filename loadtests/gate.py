@@ -68,7 +68,7 @@ def _number(value, where: str, *, integer: bool = False) -> float:
 def parse_sla(doc, known_routes: Iterable[str] | None = None) -> dict[str, Budget]:
     """Validate a parsed sla.yaml: {"routes": {route: {p50_ms, p95_ms, p99_ms, max_error_rate, min_requests}}}."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("routes"), Mapping) or not doc["routes"]:
-        raise SlaError("SLA needs a non-empty mapping `routes: {\"GET /asin/{asin}/embedding\": {p99_ms: ...}}`")
+        raise SlaError('SLA needs a non-empty mapping `routes: {"GET /asin/{asin}/embedding": {p99_ms: ...}}`')
     known = set(known_routes) if known_routes is not None else None
     budgets = {}
     for route, spec in doc["routes"].items():
@@ -114,9 +114,15 @@ def read_stats(path: Path | str) -> dict[str, RouteStats]:
             raise SlaError(f"{path} is not a locust stats CSV (missing column {sorted(missing)[0]!r})")
         for row in rows:
             route = f"{row['Type']} {row['Name']}".strip()
-            out[route] = RouteStats(route=route, requests=int(row["Request Count"]), failures=int(row["Failure Count"]),
-                                    p50_ms=_ms(row["50%"]), p95_ms=_ms(row["95%"]), p99_ms=_ms(row["99%"]),
-                                    rps=float(row["Requests/s"]))
+            out[route] = RouteStats(
+                route=route,
+                requests=int(row["Request Count"]),
+                failures=int(row["Failure Count"]),
+                p50_ms=_ms(row["50%"]),
+                p95_ms=_ms(row["95%"]),
+                p99_ms=_ms(row["99%"]),
+                rps=float(row["Requests/s"]),
+            )
     return out
 
 
@@ -149,8 +155,11 @@ def table(stats: Mapping[str, RouteStats], budgets: Mapping[str, Budget], violat
 
     for route in sorted(set(stats) | set(budgets), key=lambda r: (r == "Aggregated", r)):
         s, b = stats.get(route), budgets.get(route)
-        cols = (f"{s.requests:>7} {s.rps:>7.1f} {100 * s.error_rate:>6.2f} {fmt(s.p50_ms):>6} {fmt(s.p95_ms):>6} {fmt(s.p99_ms):>6}"
-                if s else f"{0:>7} {'-':>7} {'-':>6} {'-':>6} {'-':>6} {'-':>6}")
+        cols = (
+            f"{s.requests:>7} {s.rps:>7.1f} {100 * s.error_rate:>6.2f} {fmt(s.p50_ms):>6} {fmt(s.p95_ms):>6} {fmt(s.p99_ms):>6}"
+            if s
+            else f"{0:>7} {'-':>7} {'-':>6} {'-':>6} {'-':>6} {'-':>6}"
+        )
         bud = f"{fmt(b.p50_ms)}/{fmt(b.p95_ms)}/{fmt(b.p99_ms)} {100 * b.max_error_rate:g}" if b else ""
         result = ("FAIL" if route in broken else "PASS") if b else ""
         lines.append(f"{route:<34} {cols}  {bud:<26} {result}")

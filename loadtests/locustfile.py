@@ -46,8 +46,7 @@ class Workload:
             raise SystemExit(f"M5_LOADTEST_CATALOG: {catalog / 'products.jsonl'} has no products")
         rng.shuffle(self.asins)  # popularity rank independent of file order
         self.cum_weights = list(itertools.accumulate(1.0 / (r + 1) ** ZIPF_S for r in range(len(self.asins))))
-        queries = [json.loads(line) for line in (catalog / "queries.jsonl").open() if line.strip()] \
-            if (catalog / "queries.jsonl").is_file() else []
+        queries = [json.loads(line) for line in (catalog / "queries.jsonl").open() if line.strip()] if (catalog / "queries.jsonl").is_file() else []
         self.head = [q["text"] for q in queries if q.get("head")] or [q["text"] for q in queries[:50]] or ["red running shoes"]
         self.tail = [q["text"] for q in queries if not q.get("head")] or ["blau Trinkflasche 20 l"]
         self.vectors: list[list[float]] = []
@@ -115,8 +114,9 @@ class ServiceUser(FastHttpUser):
 
     @task(3)
     def batch(self):
-        self.client.post("/asin/embeddings", json={"asins": [WORKLOAD.asin(self.rng) for _ in range(self.rng.randint(5, 50))]},
-                         name=R.locust_name(R.BATCH))
+        self.client.post(
+            "/asin/embeddings", json={"asins": [WORKLOAD.asin(self.rng) for _ in range(self.rng.randint(5, 50))]}, name=R.locust_name(R.BATCH)
+        )
 
     @task(8)
     def embed_head(self):
@@ -142,8 +142,9 @@ class ServiceUser(FastHttpUser):
 
     @task(3)
     def search_asin(self):
-        with self.client.post("/search", json={"asin": WORKLOAD.asin(self.rng), "k": 10}, name=R.locust_name(R.SEARCH_ASIN),
-                              catch_response=True) as r:
+        with self.client.post(
+            "/search", json={"asin": WORKLOAD.asin(self.rng), "k": 10}, name=R.locust_name(R.SEARCH_ASIN), catch_response=True
+        ) as r:
             _deleted_is_ok(r)
 
 

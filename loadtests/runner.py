@@ -44,10 +44,34 @@ class LoadTestResult:
 
 def locust_command(cfg: LoadTestConfig) -> list[str]:
     prefix = cfg.out / "loadtest"
-    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", cfg.host,
-            "--users", str(cfg.users), "--spawn-rate", str(cfg.spawn_rate), "--run-time", cfg.run_time,
-            "--csv", str(prefix), "--csv-full-history", "--html", str(prefix) + ".html",
-            "--only-summary", "--exit-code-on-error", "0", "--stop-timeout", "5", "--loglevel", "WARNING"]
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        cfg.host,
+        "--users",
+        str(cfg.users),
+        "--spawn-rate",
+        str(cfg.spawn_rate),
+        "--run-time",
+        cfg.run_time,
+        "--csv",
+        str(prefix),
+        "--csv-full-history",
+        "--html",
+        str(prefix) + ".html",
+        "--only-summary",
+        "--exit-code-on-error",
+        "0",
+        "--stop-timeout",
+        "5",
+        "--loglevel",
+        "WARNING",
+    ]
 
 
 def validate(cfg: LoadTestConfig) -> dict[str, gate.Budget]:
@@ -64,8 +88,7 @@ def run(cfg: LoadTestConfig) -> LoadTestResult:
     budgets = validate(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     workload = WorkloadSettings(catalog=cfg.catalog.resolve(), index_rate=cfg.index_rate, seed=cfg.seed)
-    env = {**os.environ, **cfg.extra_env, **workload.to_env(),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, **cfg.extra_env, **workload.to_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     print(f"locust: {cfg.users} users against {cfg.host} for {cfg.run_time} (index stream {cfg.index_rate:g} events/s)", flush=True)
     proc = subprocess.run(locust_command(cfg), env=env)
     prefix = cfg.out / "loadtest"

@@ -56,8 +56,15 @@ def run(args) -> int:
     d = settings_from_args(DemoSettings, args, args.parser)
     work = d.workdir.resolve()
     catalog, bundles = work / "catalog", work / "bundles"
-    env = {**os.environ, "M5_STORE": d.store, "M5_EVENTS": d.events, "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"),
-           "M5_LOCAL_EVENTS_DIR": str(work / "events"), "M5_BUNDLE": str(bundles / "current"), "M5_METRICS_PORT": "0"}
+    env = {
+        **os.environ,
+        "M5_STORE": d.store,
+        "M5_EVENTS": d.events,
+        "M5_LOCAL_STORE_PATH": str(work / "store.sqlite"),
+        "M5_LOCAL_EVENTS_DIR": str(work / "events"),
+        "M5_BUNDLE": str(bundles / "current"),
+        "M5_METRICS_PORT": "0",
+    }
     indexed = work / f"indexed-{d.store}-{d.events}"  # backfill done for this backend pair
     t0 = time.perf_counter()
     if not (catalog / "manifest.json").exists():
@@ -81,24 +88,27 @@ def run(args) -> int:
     step("starting the indexer on the local event log (m5 index run)")
     indexer = subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env)
     first = next(iter(_products(catalog)))
-    target = (f"--kafka {os.environ.get('M5_KAFKA_BOOTSTRAP', '127.0.0.1:9092')}" if d.events == "kafka"
-              else f"--local-events-dir {work / 'events'}")
+    target = f"--kafka {os.environ.get('M5_KAFKA_BOOTSTRAP', '127.0.0.1:9092')}" if d.events == "kafka" else f"--local-events-dir {work / 'events'}"
     base = f"http://{d.host}:{d.port}"
-    print(f"""
+    print(
+        f"""
 Ready in {time.perf_counter() - t0:.0f} s. Try, in another shell:
 
-  curl -s {base}/asin/{first['asin']}/embedding | head -c 300; echo
+  curl -s {base}/asin/{first["asin"]}/embedding | head -c 300; echo
   curl -s -X POST {base}/query/embed -H 'content-type: application/json' -d '{{"queries": ["red running shoes"]}}' | head -c 300; echo
   curl -s -X POST {base}/search -H 'content-type: application/json' -d '{{"query": "scarlet jogging sneakers", "k": 5}}'; echo
-  curl -s -X POST {base}/search -H 'content-type: application/json' -d '{{"asin": "{first['asin']}", "k": 5, "filters": {{"locale": "{first['locale']}"}}}}'; echo
+  curl -s -X POST {base}/search -H 'content-type: application/json' -d '{{"asin": "{first["asin"]}", "k": 5, "filters": {{"locale": "{first["locale"]}"}}}}'; echo
   curl -s {base}/readyz; echo
   # change the catalog and watch it follow within a second:
   {sys.executable} -m m5cli catalog events --catalog {catalog} --count 200 {target}
-""", flush=True)
+""",
+        flush=True,
+    )
     step(f"serving on {base} (Ctrl-C stops the server and the indexer)")
     try:
-        return subprocess.run([sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port),
-                               "--workers", str(d.workers)], env=env).returncode
+        return subprocess.run(
+            [sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port), "--workers", str(d.workers)], env=env
+        ).returncode
     except KeyboardInterrupt:
         return 0
     finally:

@@ -56,8 +56,14 @@ class OnnxEncoder:
     process busy 20% of one core, 802-985 against 892-1,186 (benchmarks/encoder_threads.py).
     """
 
-    def __init__(self, bundle_dir: Path | str, tower: Tower = "product", threads: int = 1, manifest: Manifest | None = None,
-                 lexical: Tower | Literal["off"] | None = None):
+    def __init__(
+        self,
+        bundle_dir: Path | str,
+        tower: Tower = "product",
+        threads: int = 1,
+        manifest: Manifest | None = None,
+        lexical: Tower | Literal["off"] | None = None,
+    ):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -76,8 +82,10 @@ class OnnxEncoder:
             except ValueError as exc:
                 raise BundleError(f"bundle {self.version}: {exc}") from exc
             if self.lexical.dims != self.manifest.lexical.dims:
-                raise BundleError(f"bundle {self.version}: {self.manifest.lexical.file} has {self.lexical.dims} dims, "
-                                  f"the manifest says {self.manifest.lexical.dims}")
+                raise BundleError(
+                    f"bundle {self.version}: {self.manifest.lexical.file} has {self.lexical.dims} dims, "
+                    f"the manifest says {self.manifest.lexical.dims}"
+                )
         self.dense_dim = self.manifest.dense_dim
         self.dim = self.manifest.dim if self.lexical else self.dense_dim
         self.max_length = spec.max_length
@@ -135,7 +143,7 @@ class OnnxEncoder:
         encs = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
         size = min(SUB_BATCH, -(-len(texts) // self.threads))  # a small batch still uses every thread
-        parts = [order[lo:lo + size] for lo in range(0, len(order), size)]
+        parts = [order[lo : lo + size] for lo in range(0, len(order), size)]
         out = np.empty((len(texts), self.dense_dim), dtype=np.float32)  # (n, dense_dim)
 
         def one(rows: list[int]) -> None:

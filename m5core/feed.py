@@ -71,8 +71,16 @@ class FeedFollower:
     includes (what a snapshot of it records); malformed values are counted and skipped, never fatal.
     """
 
-    def __init__(self, source: EventSource, index: AnnIndex, store: EmbeddingStore | None = None, log=None, *,
-                 snapshot_dir: Path | str | None = None, bundle_version: str | None = None):
+    def __init__(
+        self,
+        source: EventSource,
+        index: AnnIndex,
+        store: EmbeddingStore | None = None,
+        log=None,
+        *,
+        snapshot_dir: Path | str | None = None,
+        bundle_version: str | None = None,
+    ):
         """`bundle_version`: apply only that bundle's feed records and snapshots. During a model switch the
         feed carries two bundles' vectors; each index keeps to its own, so neither becomes a mix."""
         import logging
@@ -129,8 +137,7 @@ class FeedFollower:
             return False
         held = set(meta.get("bundle_versions") or ([index.version] if index.version else []))
         if self.bundle_version and held - {self.bundle_version}:
-            self.log.info("snapshot %s holds bundle(s) %s, not %s; bootstrapping from the store", snap.name, sorted(held),
-                          self.bundle_version)
+            self.log.info("snapshot %s holds bundle(s) %s, not %s; bootstrapping from the store", snap.name, sorted(held), self.bundle_version)
             return False
         offsets = offsets_from_meta(meta.get("offsets", {}))
         if offsets:
@@ -146,8 +153,13 @@ class FeedFollower:
         if not recs:
             return 0
         self.bundle_versions.update(r.bundle_version for r in recs)
-        self.index.upsert([r.asin for r in recs], np.stack([r.vector for r in recs]), [r.locale for r in recs],
-                          [r.product_line for r in recs], [r.product_version for r in recs])
+        self.index.upsert(
+            [r.asin for r in recs],
+            np.stack([r.vector for r in recs]),
+            [r.locale for r in recs],
+            [r.product_line for r in recs],
+            [r.product_version for r in recs],
+        )
         return len(recs)
 
     def _check(self, rec: VectorRecord) -> None:

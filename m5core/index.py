@@ -180,8 +180,7 @@ class AnnIndex:
         """auto: flat -> ivf_sq8 past the threshold; hnsw: rebuild when too many masked nodes."""
         n_live = len(self)
         grow = self.kind == "flat" and (
-            (self.requested_kind == "auto" and n_live >= 2 * IVF_THRESHOLD)
-            or (self.requested_kind == "ivf_sq8" and n_live >= IVF_MIN_TRAIN)
+            (self.requested_kind == "auto" and n_live >= 2 * IVF_THRESHOLD) or (self.requested_kind == "ivf_sq8" and n_live >= IVF_MIN_TRAIN)
         )
         stale = self.kind == "hnsw" and self._index.ntotal > 1000 and (self._index.ntotal - n_live) > _REBUILD_DELETED_SHARE * self._index.ntotal
         if grow or stale:
@@ -239,8 +238,15 @@ class AnnIndex:
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(effort / max(share, 0.05)))
         return faiss.SearchParameters(sel=sel) if sel is not None else None
 
-    def search(self, queries: np.ndarray, k: int, locale: str | None = None, product_line: str | None = None,
-               exclude: str | None = None, effort: int | None = None) -> list[list[tuple[str, float]]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        locale: str | None = None,
+        product_line: str | None = None,
+        exclude: str | None = None,
+        effort: int | None = None,
+    ) -> list[list[tuple[str, float]]]:
         """Top-k by cosine. (n, dim) float32 -> per query [(asin, score)], best first."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
@@ -275,10 +281,14 @@ class AnnIndex:
         with self._lock:
             faiss.write_index(self._index, str(tmp / "index.faiss"))
             n = len(self._asins)
-            np.savez(tmp / "meta.npz", asins=np.array(self._asins, dtype="U10"), live=self._live[:n],
-                     versions=self._versions[:n],
-                     mask_keys=np.array(["\t".join(k) for k in self._masks], dtype=object),
-                     masks=np.stack([m[:n] for m in self._masks.values()]) if self._masks else np.zeros((0, n), bool))
+            np.savez(
+                tmp / "meta.npz",
+                asins=np.array(self._asins, dtype="U10"),
+                live=self._live[:n],
+                versions=self._versions[:n],
+                mask_keys=np.array(["\t".join(k) for k in self._masks], dtype=object),
+                masks=np.stack([m[:n] for m in self._masks.values()]) if self._masks else np.zeros((0, n), bool),
+            )
             info = {"dim": self.dim, "kind": self.kind, "requested_kind": self.requested_kind, "version": self.version, "meta": meta or {}}
         (tmp / "index.json").write_text(json.dumps(info))
         shutil.rmtree(path, ignore_errors=True)

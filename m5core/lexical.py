@@ -101,8 +101,18 @@ class LexicalBlock:
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"dims": self.dims, "share": self.share, "k1": self.k1, "b": self.b, "avgdl": self.avgdl,
-                                    "idf": [round(float(x), 6) for x in self.idf]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "dims": self.dims,
+                    "share": self.share,
+                    "k1": self.k1,
+                    "b": self.b,
+                    "avgdl": self.avgdl,
+                    "idf": [round(float(x), 6) for x in self.idf],
+                }
+            )
+        )
 
     @classmethod
     def load(cls, path: Path) -> LexicalBlock:

@@ -25,7 +25,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
         j = i
         while j + 1 < len(allv) and allv[j + 1] == allv[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 

@@ -35,10 +35,11 @@ KEY_SHAPES: dict[str, tuple[str, str]] = {  # field -> (pattern, what the error 
     # language (ISO 639, 2-3 letters) _ region (ISO 3166 alpha-2 or UN M.49 digits: es_419). `en-US` is
     # refused, not rewritten: the tag is a filter key, and one spelling per locale keeps filters exact.
     "locale": (r"^[a-z]{2,3}_(?:[A-Z]{2}|[0-9]{3})$", "an ll_CC tag such as en_US or fr_FR"),
-    "marketplace": (r"^[A-Z0-9]{%d,%d}$" % MARKETPLACE_CHARS,
-                    "%d-%d capital letters or digits such as US or FR" % MARKETPLACE_CHARS),
-    "product_line": (r"^[a-z][a-z0-9_]{%d,%d}$" % (PRODUCT_LINE_CHARS[0] - 1, PRODUCT_LINE_CHARS[1] - 1),
-                     "%d-%d lowercase letters, digits or _ (a letter first) such as softlines or garden" % PRODUCT_LINE_CHARS),
+    "marketplace": (r"^[A-Z0-9]{%d,%d}$" % MARKETPLACE_CHARS, "%d-%d capital letters or digits such as US or FR" % MARKETPLACE_CHARS),
+    "product_line": (
+        r"^[a-z][a-z0-9_]{%d,%d}$" % (PRODUCT_LINE_CHARS[0] - 1, PRODUCT_LINE_CHARS[1] - 1),
+        "%d-%d lowercase letters, digits or _ (a letter first) such as softlines or garden" % PRODUCT_LINE_CHARS,
+    ),
 }
 
 
@@ -90,9 +91,7 @@ class Product(BaseModel):
     brand: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     title: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TITLE)]
     description: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = ""
-    bullet_points: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
-        default_factory=list, max_length=MAX_BULLETS
-    )
+    bullet_points: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=MAX_BULLETS)
     attributes: dict[str, str] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
     version: int = Field(ge=0)
     updated_at: float = Field(ge=0, description="Unix seconds of the change.")

@@ -42,8 +42,9 @@ def list_snapshots(root: Path | str | None) -> list[Path]:
     root = Path(root) if root else None
     if root is None or not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(".tmp")
-                  and (p / "index.json").is_file())
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and not p.name.endswith(".tmp") and (p / "index.json").is_file()
+    )
 
 
 def latest_snapshot(root: Path | str | None) -> Path | None:
@@ -51,14 +52,13 @@ def latest_snapshot(root: Path | str | None) -> Path | None:
     return snaps[-1] if snaps else None
 
 
-def save_snapshot(index: AnnIndex, root: Path, offsets: Mapping[TopicPartition, int], keep: int = 3,
-                  extra: dict | None = None) -> Path:
+def save_snapshot(index: AnnIndex, root: Path, offsets: Mapping[TopicPartition, int], keep: int = 3, extra: dict | None = None) -> Path:
     """Save atomically, then drop all but the newest `keep` snapshots. -> the new snapshot dir."""
     root.mkdir(parents=True, exist_ok=True)
     name = f"{PREFIX}{int(time.time() * 1000):013d}"
     path = root / name
     while path.exists():  # two saves within one millisecond
-        name = f"{PREFIX}{int(name[len(PREFIX):]) + 1:013d}"
+        name = f"{PREFIX}{int(name[len(PREFIX) :]) + 1:013d}"
         path = root / name
     meta = {"offsets": offsets_to_meta(offsets), "count": len(index), "created_at": time.time(), **(extra or {})}
     index.save(path, meta)

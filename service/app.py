@@ -46,8 +46,16 @@ from service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | None = None, store: EmbeddingStore | None = None,
-               index: AnnIndex | None = None, feed_source=None, follow_feed: bool = True, load_tower=None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings | None = None,
+    *,
+    encoder: Encoder | None = None,
+    store: EmbeddingStore | None = None,
+    index: AnnIndex | None = None,
+    feed_source=None,
+    follow_feed: bool = True,
+    load_tower=None,
+) -> FastAPI:
     """Build the app; injected parts (encoder, store, index, feed source) make tests fast and hermetic.
 
     Unless a store is injected (or `load_tower` is, for tests), a watcher follows the active-namespace
@@ -70,8 +78,7 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         if s.model_poll_s > 0 and (store is None or load_tower is not None):
             watcher = threading.Thread(target=state.watch_model, args=(watch_stop,), name="model-watch", daemon=True)
             watcher.start()
-        log.info("service up: %d vectors (%s index), query tower %s, namespace %s", len(serving.index), serving.index.kind,
-                 enc.version, namespace)
+        log.info("service up: %d vectors (%s index), query tower %s, namespace %s", len(serving.index), serving.index.kind, enc.version, namespace)
         M.BUNDLE_INFO.labels(enc.version).set(1)
         app.state.m5 = state
         # The index's million ASIN strings and dicts live as long as the worker: move them out of the
@@ -84,11 +91,13 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
             watcher.join(timeout=5)
         state.serving.close()
 
-    app = FastAPI(title="M5", version="0.1.0", lifespan=lifespan,
-                  description="Product and query embeddings and kNN search. Errors are `{\"detail\": message}`.")
+    app = FastAPI(
+        title="M5", version="0.1.0", lifespan=lifespan, description='Product and query embeddings and kNN search. Errors are `{"detail": message}`.'
+    )
     app.add_middleware(HotPath)  # inside ServiceMiddleware: metrics, limits and auth cover it too
-    app.add_middleware(ServiceMiddleware, max_in_flight=s.max_in_flight, max_body_bytes=s.max_body_bytes,
-                       api_key=s.api_key.get_secret_value() if s.api_key else None)
+    app.add_middleware(
+        ServiceMiddleware, max_in_flight=s.max_in_flight, max_body_bytes=s.max_body_bytes, api_key=s.api_key.get_secret_value() if s.api_key else None
+    )
     install_error_handlers(app)
 
     def openapi() -> dict:
@@ -99,10 +108,17 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
     app.openapi = openapi  # type: ignore[method-assign]
     errors = {code: {"model": Problem} for code in (401, 404, 413, 422, 503)}
 
-    @app.get("/asin/{asin}/embedding", response_model=EmbeddingResponse, responses={**errors, 200: {"content": {OCTET: {}}}},
-             summary="The stored embedding of a product")
-    async def asin_embedding(request: Request, asin: str = Path(pattern=ASIN_PATTERN, examples=["B0000009IX"]),
-                             dtype: Literal["float32", "int8"] = Query("float32", description="int8: vector ~= values * scale")) -> Response:
+    @app.get(
+        "/asin/{asin}/embedding",
+        response_model=EmbeddingResponse,
+        responses={**errors, 200: {"content": {OCTET: {}}}},
+        summary="The stored embedding of a product",
+    )
+    async def asin_embedding(
+        request: Request,
+        asin: str = Path(pattern=ASIN_PATTERN, examples=["B0000009IX"]),
+        dtype: Literal["float32", "int8"] = Query("float32", description="int8: vector ~= values * scale"),
+    ) -> Response:
         status, body, headers, media = embedding_reply(request.app.state.m5, asin, dtype, OCTET in request.headers.get("accept", ""))
         return Response(body, status, headers, media_type=media)
 
@@ -111,19 +127,38 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
         if len(body.asins) > s.max_batch_asins:
             raise ApiError(422, f"asins: at most {s.max_batch_asins}")
         recs = from_store(request.app.state.m5.serving.store.get_many, body.asins)
-        found = [{"asin": a, "dim": int(r.vector.shape[0]), "dtype": "float32", "vector": r.vector, "scale": None,
-                  "bundle_version": r.bundle_version, "product_version": r.product_version} for a, r in zip(body.asins, recs) if r]
+        found = [
+            {
+                "asin": a,
+                "dim": int(r.vector.shape[0]),
+                "dtype": "float32",
+                "vector": r.vector,
+                "scale": None,
+                "bundle_version": r.bundle_version,
+                "product_version": r.product_version,
+            }
+            for a, r in zip(body.asins, recs)
+            if r
+        ]
         return json_response({"embeddings": found, "missing": [a for a, r in zip(body.asins, recs) if r is None]})
 
-    @app.post("/query/embed", response_model=QueryEmbedResponse, responses={**errors, 409: {"model": Problem}},
-              summary="Embed search queries with the query tower")
+    @app.post(
+        "/query/embed",
+        response_model=QueryEmbedResponse,
+        responses={**errors, 409: {"model": Problem}},
+        summary="Embed search queries with the query tower",
+    )
     async def query_embed(request: Request, body: QueryEmbedRequest) -> Response:
         g: Serving = request.app.state.m5.serving
         vecs = query_vectors(g, body.queries, s, field="queries")
         return json_response({"dim": g.encoder.dim, "bundle_version": g.encoder.version, "vectors": vecs})
 
-    @app.post("/search", response_model=SearchResponse, responses={**errors, 409: {"model": Problem}},
-              summary="k nearest products by query text, vector or ASIN")
+    @app.post(
+        "/search",
+        response_model=SearchResponse,
+        responses={**errors, 409: {"model": Problem}},
+        summary="k nearest products by query text, vector or ASIN",
+    )
     async def search_route(request: Request, body: SearchRequest) -> Response:
         return json_response(search(request.app.state.m5.serving, body, s))
 
@@ -145,8 +180,15 @@ def create_app(settings: ServiceSettings | None = None, *, encoder: Encoder | No
             reasons.append(f"index is {lag} feed messages behind (bound {s.feed_lag_ready_bound})")
         if (msg := g.mismatch()) is not None:
             reasons.append(f"bundle mismatch: {msg}")
-        doc = {"ready": not reasons, "reasons": reasons, "index_size": len(g.index), "index_kind": g.index.kind,
-               "feed_lag": lag, "bundle_version": g.encoder.version, "namespace": g.namespace}
+        doc = {
+            "ready": not reasons,
+            "reasons": reasons,
+            "index_size": len(g.index),
+            "index_kind": g.index.kind,
+            "feed_lag": lag,
+            "bundle_version": g.encoder.version,
+            "namespace": g.namespace,
+        }
         return json_response(doc, 200 if not reasons else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -39,8 +39,18 @@ def _serve(args) -> int:
         mp_dir = tempfile.mkdtemp(prefix="m5-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
     try:
-        uvicorn.run("service.app:app_factory", factory=True, host=s.host, port=s.port, workers=s.workers,
-                    loop="uvloop", http="httptools", log_level="info", access_log=False, timeout_graceful_shutdown=10)
+        uvicorn.run(
+            "service.app:app_factory",
+            factory=True,
+            host=s.host,
+            port=s.port,
+            workers=s.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     finally:
         if mp_dir:
             shutil.rmtree(mp_dir, ignore_errors=True)

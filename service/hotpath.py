@@ -37,8 +37,15 @@ def embedding_reply(state: State, asin: str, dtype: str, octet: bool) -> tuple[i
         headers["x-m5-scale"] = repr(scale)
     if octet:
         return 200, (q.tobytes() if q is not None else np.ascontiguousarray(rec.vector, dtype="<f4").tobytes()), headers, OCTET
-    doc = {"asin": asin, "dim": int(rec.vector.shape[0]), "dtype": dtype, "vector": q if q is not None else rec.vector,
-           "scale": scale, "bundle_version": rec.bundle_version, "product_version": rec.product_version}
+    doc = {
+        "asin": asin,
+        "dim": int(rec.vector.shape[0]),
+        "dtype": dtype,
+        "vector": q if q is not None else rec.vector,
+        "scale": scale,
+        "bundle_version": rec.bundle_version,
+        "product_version": rec.product_version,
+    }
     return 200, orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), headers, JSON
 
 
@@ -61,9 +68,17 @@ class HotPath:
         octet = any(k == b"accept" and OCTET.encode() in v for k, v in scope["headers"])
         status, body, headers, media = embedding_reply(state, asin, dtype, octet)
         scope["route"] = self.route
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", media.encode()), (b"content-length", str(len(body)).encode()),
-            *((k.encode(), v.encode()) for k, v in headers.items())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", media.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    *((k.encode(), v.encode()) for k, v in headers.items()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def _search(self, scope, receive, send):

@@ -18,6 +18,7 @@ BUNDLE_INFO = Gauge("m5_bundle_info", "Bundle of the query tower.", ["version"],
 INDEX_INFO = Gauge("m5_index_info", "ANN index kind and the bundle of its vectors.", ["version", "kind"], multiprocess_mode="max")
 STAGE = Histogram("m5_stage_duration_seconds", "Time per stage: tokenize+encode, search, store.", ["stage"], buckets=BUCKETS)
 
+
 def render_metrics() -> bytes:
     """One worker's registry, or every worker's when running under PROMETHEUS_MULTIPROC_DIR."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -14,8 +14,13 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/doc
 
 
 async def _send_json(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -44,8 +49,9 @@ class ServiceMiddleware:
             return await _send_json(send, 503, b'{"detail":"over capacity, retry shortly"}', [(b"retry-after", b"1")])
         if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
             REQUESTS.labels("unauthorized", method, "401").inc()
-            return await _send_json(send, 401, b'{"detail":"missing or wrong API key (X-API-Key or Authorization: Bearer)"}',
-                                    [(b"www-authenticate", b"Bearer")])
+            return await _send_json(
+                send, 401, b'{"detail":"missing or wrong API key (X-API-Key or Authorization: Bearer)"}', [(b"www-authenticate", b"Bearer")]
+            )
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.max_body:
             REQUESTS.labels("too_large", method, "413").inc()

@@ -64,11 +64,13 @@ class SearchRequest(_Model):
     """Exactly one of query, vector or asin (the schema says so with oneOf; null is not a value for them)."""
 
     # Typed without None on purpose: "absent" is the only way to leave one out, so `oneOf: required` is exact.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "oneOf": [{"required": ["query"]}, {"required": ["vector"]}, {"required": ["asin"]}],
-        "examples": [{"query": "scarlet jogging sneakers", "k": 10, "filters": {"locale": "en_US"}},
-                     {"asin": "B0000009IX", "k": 5}],
-    })
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [{"required": ["query"]}, {"required": ["vector"]}, {"required": ["asin"]}],
+            "examples": [{"query": "scarlet jogging sneakers", "k": 10, "filters": {"locale": "en_US"}}, {"asin": "B0000009IX", "k": 5}],
+        },
+    )
 
     query: QueryText = Field(None, examples=["scarlet jogging sneakers"])  # type: ignore[assignment]
     vector: list[Finite] = Field(None, min_length=1, max_length=4096, description="raw query vector; normalised here")  # type: ignore[assignment]

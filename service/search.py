@@ -59,9 +59,15 @@ def search(g: Serving, body: SearchRequest, s: ServiceSettings) -> dict:
         raise ApiError(409, f"the query tower gives {q.shape[1]}-d vectors, the index is {index.dim}-d (bundle mismatch)")
     f = body.filters
     t1 = time.perf_counter()
-    hits = index.search(q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None,
-                        exclude=exclude, effort=body.effort or s.effort)[0]
+    hits = index.search(
+        q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None, exclude=exclude, effort=body.effort or s.effort
+    )[0]
     M.STAGE.labels("search").observe(time.perf_counter() - t1)
-    return {"hits": [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits],
-            "k": body.k, "index_size": len(index), "index_kind": index.kind,
-            "bundle_version": g.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+    return {
+        "hits": [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits],
+        "k": body.k,
+        "index_size": len(index),
+        "index_kind": index.kind,
+        "bundle_version": g.encoder.version,
+        "took_ms": round((time.perf_counter() - t0) * 1000, 3),
+    }

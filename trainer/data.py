@@ -31,8 +31,17 @@ def seq_len_for_step(step: int, total: int, schedule: list[tuple[int, float]]) -
     return schedule[-1][0]
 
 
-def mask_tokens(ids: np.ndarray, attn: np.ndarray, word_starts: np.ndarray, special: np.ndarray, prob: float,
-                whole_word: bool, mask_id: int, vocab_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def mask_tokens(
+    ids: np.ndarray,
+    attn: np.ndarray,
+    word_starts: np.ndarray,
+    special: np.ndarray,
+    prob: float,
+    whole_word: bool,
+    mask_id: int,
+    vocab_size: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking: of the chosen positions 80% [MASK], 10% random token, 10% kept.
 
     Args:

@@ -34,7 +34,7 @@ def query_like_texts(queries: list[str], titles: list[str], n: int, seed: int) -
         words = rng.choice(titles).split()
         k = rng.randint(1, min(5, len(words)))
         i = rng.randint(0, len(words) - k)
-        out.append(" ".join(words[i:i + k]))
+        out.append(" ".join(words[i : i + k]))
     return out
 
 
@@ -51,21 +51,33 @@ def warm_start(student: EmbeddingModel, teacher: EmbeddingModel) -> str:
     picked = spaced_layers(len(t.encoder.layer), len(s.encoder.layer))
     for i, j in enumerate(picked):
         s.encoder.layer[i].load_state_dict(t.encoder.layer[j].state_dict())
-    if isinstance(student.proj, torch.nn.Linear) and isinstance(teacher.proj, torch.nn.Linear) \
-            and student.proj.weight.shape == teacher.proj.weight.shape:
+    if (
+        isinstance(student.proj, torch.nn.Linear)
+        and isinstance(teacher.proj, torch.nn.Linear)
+        and student.proj.weight.shape == teacher.proj.weight.shape
+    ):
         student.proj.load_state_dict(teacher.proj.state_dict())
     return f"embeddings + teacher layers {picked}"
 
 
-def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], device,
-            product_texts: list[str] | None = None) -> tuple[EmbeddingModel, dict]:
+def distill(
+    cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], device, product_texts: list[str] | None = None
+) -> tuple[EmbeddingModel, dict]:
     """The query student. product_texts: the catalog's rendered products; a sample of them, embedded by the
     teacher, is the bank whose ranking the student learns (none given: cosine loss only)."""
     d = cfg.distill
-    student_cfg = cfg.model.model_copy(update={"init": "none", "layers": d.layers, "hidden": d.hidden, "heads": d.heads,
-                                               "intermediate": d.intermediate, "added_layers": 0,
-                                               # the teacher's output width; no projection when it has none and the widths match
-                                               "proj_dim": 0 if not cfg.model.proj_dim and d.hidden == cfg.model.hidden else cfg.model.dim})
+    student_cfg = cfg.model.model_copy(
+        update={
+            "init": "none",
+            "layers": d.layers,
+            "hidden": d.hidden,
+            "heads": d.heads,
+            "intermediate": d.intermediate,
+            "added_layers": 0,
+            # the teacher's output width; no projection when it has none and the widths match
+            "proj_dim": 0 if not cfg.model.proj_dim and d.hidden == cfg.model.hidden else cfg.model.dim,
+        }
+    )
     torch.manual_seed(cfg.pretrain.seed)
     student = EmbeddingModel(student_cfg).to(device)
     warm = warm_start(student, teacher)
@@ -75,8 +87,9 @@ def distill(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, texts: li
     return student, {"warm_start": warm, **m, "student": {"layers": d.layers, "hidden": d.hidden}}
 
 
-def distill_products(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, product_texts: list[str], query_texts: list[str],
-                     device) -> tuple[EmbeddingModel, dict]:
+def distill_products(
+    cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, product_texts: list[str], query_texts: list[str], device
+) -> tuple[EmbeddingModel, dict]:
     """A shallower product tower for the indexer's throughput: the teacher cut to `distill.product_layers` evenly
     spaced layers (its last kept, so the output space starts where the teacher's is), trained to reproduce the
     teacher's product vectors and its ranking against a bank of query vectors. Queries keep searching it as they
@@ -93,8 +106,22 @@ def distill_products(cfg: TrainConfig, teacher: EmbeddingModel, tok: Tokenizer, 
     targets = embed_texts(teacher, tok, product_texts, cfg.finetune.max_product_len, device)  # (n, dim), each text once
     teacher_seconds = round(time.perf_counter() - t0, 1)
     bank = ranking_bank(teacher, tok, query_texts, cfg.finetune.max_query_len, d, rng, device)
-    m = train_student(student, teacher, tok, product_texts, targets, bank, cfg.finetune.max_product_len, d.product_steps,
-                      d.product_batch, d.product_lr, d, rng, device, "distill[product]")
+    m = train_student(
+        student,
+        teacher,
+        tok,
+        product_texts,
+        targets,
+        bank,
+        cfg.finetune.max_product_len,
+        d.product_steps,
+        d.product_batch,
+        d.product_lr,
+        d,
+        rng,
+        device,
+        "distill[product]",
+    )
     return student, {"teacher_layers_kept": keep, "teacher_embed_seconds": teacher_seconds, **m}
 
 
@@ -108,8 +135,22 @@ def ranking_bank(model: EmbeddingModel, tok: Tokenizer, texts: list[str] | None,
     return embed_texts(model, tok, [texts[i] for i in pick], max_len, device)  # (bank, dim)
 
 
-def train_student(student: EmbeddingModel, teacher: EmbeddingModel, tok: Tokenizer, texts: list[str], targets: np.ndarray | None,
-                  bank: np.ndarray | None, max_len: int, steps: int, batch: int, lr: float, d, rng, device, desc: str) -> dict:
+def train_student(
+    student: EmbeddingModel,
+    teacher: EmbeddingModel,
+    tok: Tokenizer,
+    texts: list[str],
+    targets: np.ndarray | None,
+    bank: np.ndarray | None,
+    max_len: int,
+    steps: int,
+    batch: int,
+    lr: float,
+    d,
+    rng,
+    device,
+    desc: str,
+) -> dict:
     """Cosine to the teacher's vector plus KL between the two score distributions over `bank`: a small cosine
     error pointed the wrong way reorders the top 10, so the ranking is taught directly.
 
@@ -142,5 +183,4 @@ def train_student(student: EmbeddingModel, teacher: EmbeddingModel, tok: Tokeniz
         opt.step()
         bar.set_postfix(loss=f"{float(loss):.4f}")
     student.eval()
-    return {"distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1),
-            "rank_bank": 0 if bank is None else len(bank)}
+    return {"distill_final_loss": float(loss), "distill_seconds": round(time.perf_counter() - t0, 1), "rank_bank": 0 if bank is None else len(bank)}

@@ -33,9 +33,14 @@ def export_onnx(model: EmbeddingModel, path: Path, opset: int = 17) -> None:
     ids = torch.ones((2, 8), dtype=torch.int64)
     mask = torch.ones((2, 8), dtype=torch.int64)
     torch.onnx.export(
-        model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+        model,
+        (ids, mask),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["embedding"],
         dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}, "embedding": {0: "batch"}},
-        opset_version=opset, dynamo=False,
+        opset_version=opset,
+        dynamo=False,
     )
 
 
@@ -65,8 +70,11 @@ def fp32_ladder(onnx_path: Path) -> list[list[str]]:
     matmuls = [n.name for n in nodes if n.op_type == "MatMul" and layer(n.name) >= 0]
     depth = max((layer(n) for n in matmuls), default=-1) + 1
     groups = [[n.name for n in nodes if n.op_type == "Gather" and "embeddings" in n.name]]
-    for kind in (lambda n: n.endswith("/output/dense/MatMul") and "/attention/" not in n, lambda n: "/intermediate/" in n,
-                 lambda n: "/attention/" in n):
+    for kind in (
+        lambda n: n.endswith("/output/dense/MatMul") and "/attention/" not in n,
+        lambda n: "/intermediate/" in n,
+        lambda n: "/attention/" in n,
+    ):
         groups += [[n for n in matmuls if layer(n) == i and kind(n)] for i in range(depth)]
     return [g for g in groups if g]
 
@@ -75,8 +83,9 @@ def kept(ladder: list[list[str]], rungs: int) -> list[str]:
     return [n for g in ladder[:rungs] for n in g]
 
 
-def quantize_within(staging: Path, manifest: Manifest, tower: str, ladder: list[list[str]], texts: list[str],
-                    target_cosine: float, per_channel: bool = True) -> dict:
+def quantize_within(
+    staging: Path, manifest: Manifest, tower: str, ladder: list[list[str]], texts: list[str], target_cosine: float, per_channel: bool = True
+) -> dict:
     """int8 where it is safe: quantise every MatMul and embedding of STAGING/TOWER.fp32.onnx, then climb `ladder`
     until the mean cosine to fp32 on `texts` reaches `target_cosine`. Returns the rungs climbed and the cosine;
     the gate judges the result."""
@@ -90,8 +99,9 @@ def quantize_within(staging: Path, manifest: Manifest, tower: str, ladder: list[
     return {"rungs": rungs, "kept_fp32": kept(ladder, rungs), "cosine_mean": round(cosine, 5)}
 
 
-def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, gate: dict, quantization: dict,
-                           ladders: dict[str, list[list[str]]], per_channel: bool) -> dict:
+def gate_or_keep_more_fp32(
+    staging: Path, manifest: Manifest, validation: dict, gate: dict, quantization: dict, ladders: dict[str, list[list[str]]], per_channel: bool
+) -> dict:
     """The parity gate, unchanged; while it refuses, climb one more rung of `fp32_ladder` in each tower that has one
     left and ask again. The retrieval metric, not only the cosine, decides how much stays fp32; a bundle that
     fails with every rung climbed (all fp32) is refused: the int8 path is broken, not merely lossy.
@@ -108,8 +118,7 @@ def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, 
                 rungs = quantization[tower]["rungs"]
                 if rungs < len(ladder):
                     quantize_onnx(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs + 1)))
-                    quantization[tower] = {**quantization[tower], "rungs": rungs + 1, "kept_fp32": kept(ladder, rungs + 1),
-                                           "raised_by_gate": True}
+                    quantization[tower] = {**quantization[tower], "rungs": rungs + 1, "kept_fp32": kept(ladder, rungs + 1), "raised_by_gate": True}
                     grown = True
             if not grown:
                 raise
@@ -118,8 +127,7 @@ def gate_or_keep_more_fp32(staging: Path, manifest: Manifest, validation: dict, 
 
 def weights_of(manifest: Manifest, quantization: str) -> Manifest:
     """The same bundle with its towers read from the `fp32` or `int8` files the export leaves side by side."""
-    return manifest.model_copy(update={"towers": {t: s.model_copy(update={"onnx": f"{t}.{quantization}.onnx"})
-                                                  for t, s in manifest.towers.items()}})
+    return manifest.model_copy(update={"towers": {t: s.model_copy(update={"onnx": f"{t}.{quantization}.onnx"}) for t, s in manifest.towers.items()}})
 
 
 def recall_at_10(query_vecs: np.ndarray, product_vecs: np.ndarray, asins: list[str], relevant: list[set[str]]) -> float:
@@ -128,8 +136,16 @@ def recall_at_10(query_vecs: np.ndarray, product_vecs: np.ndarray, asins: list[s
     return float(np.mean(vals)) if vals else 0.0
 
 
-def parity_check(staging: Path, manifest: Manifest, product_texts: list[str], query_texts: list[str],
-                 asins: list[str], relevant: list[set[str]], min_cosine: float, max_drop: float) -> dict:
+def parity_check(
+    staging: Path,
+    manifest: Manifest,
+    product_texts: list[str],
+    query_texts: list[str],
+    asins: list[str],
+    relevant: list[set[str]],
+    min_cosine: float,
+    max_drop: float,
+) -> dict:
     """Compare the fp32 and int8 ONNX towers: embedding cosine and the retrieval metric.
 
     Raises:
@@ -149,8 +165,9 @@ def parity_check(staging: Path, manifest: Manifest, product_texts: list[str], qu
     r32 = recall_at_10(vecs["fp32"][1], vecs["fp32"][0], asins, relevant)
     r8 = recall_at_10(vecs["int8"][1], vecs["int8"][0], asins, relevant)
     out.update({"recall_at_10_fp32": r32, "recall_at_10_int8": r8})
-    problems = [f"{t} tower mean cosine {out[f'{t}_cosine_mean']:.4f} < {min_cosine}" for t in ("product", "query")
-                if out[f"{t}_cosine_mean"] < min_cosine]
+    problems = [
+        f"{t} tower mean cosine {out[f'{t}_cosine_mean']:.4f} < {min_cosine}" for t in ("product", "query") if out[f"{t}_cosine_mean"] < min_cosine
+    ]
     if r32 > 0 and (r32 - r8) / r32 > max_drop:
         problems.append(f"recall@10 fell from {r32:.4f} to {r8:.4f} (more than {max_drop:.0%})")
     if problems:
@@ -159,12 +176,24 @@ def parity_check(staging: Path, manifest: Manifest, product_texts: list[str], qu
 
 
 def batched(enc: OnnxEncoder, texts: list[str], batch: int = 64) -> np.ndarray:
-    return np.concatenate([enc.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)])
+    return np.concatenate([enc.embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
 
 
-def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: EmbeddingModel, tokenizer_path: Path,
-                   scheme: str, metrics: dict, training_config: dict, validation: dict, gate: dict,
-                   query_distilled: bool, max_lengths: tuple[int, int], lexical: LexicalBlock | None = None) -> Path:
+def publish_bundle(
+    out_dir: Path,
+    name: str,
+    product: EmbeddingModel,
+    query: EmbeddingModel,
+    tokenizer_path: Path,
+    scheme: str,
+    metrics: dict,
+    training_config: dict,
+    validation: dict,
+    gate: dict,
+    query_distilled: bool,
+    max_lengths: tuple[int, int],
+    lexical: LexicalBlock | None = None,
+) -> Path:
     """Export both towers, quantise, gate, then move the bundle into place and repoint `current`.
 
     The gate compares the dense towers (the lexical block is the same arithmetic in fp32 and int8, and
@@ -178,11 +207,24 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
         shutil.copy(tokenizer_path, staging / "tokenizer.json")
         pc, qc = product.config, query.config
         manifest = Manifest(
-            name=name, version=version, created_at=time.time(), dim=pc.dim, pooling=pc.pooling, render_scheme=scheme,
-            towers={"product": TowerSpec(onnx="product.int8.onnx", layers=pc.layers, hidden=pc.hidden, max_length=max_lengths[0]),
-                    "query": TowerSpec(onnx="query.int8.onnx", layers=qc.layers, hidden=qc.hidden, max_length=max_lengths[1],
-                                       distilled_from=f"product tower of {version}" if query_distilled else None)},
-            metrics=metrics, training_config=training_config,
+            name=name,
+            version=version,
+            created_at=time.time(),
+            dim=pc.dim,
+            pooling=pc.pooling,
+            render_scheme=scheme,
+            towers={
+                "product": TowerSpec(onnx="product.int8.onnx", layers=pc.layers, hidden=pc.hidden, max_length=max_lengths[0]),
+                "query": TowerSpec(
+                    onnx="query.int8.onnx",
+                    layers=qc.layers,
+                    hidden=qc.hidden,
+                    max_length=max_lengths[1],
+                    distilled_from=f"product tower of {version}" if query_distilled else None,
+                ),
+            },
+            metrics=metrics,
+            training_config=training_config,
         )
         export_cfg = training_config.get("export", {})
         per_channel = export_cfg.get("per_channel", True)
@@ -190,8 +232,9 @@ def publish_bundle(out_dir: Path, name: str, product: EmbeddingModel, query: Emb
         for tower, model, texts in (("product", product, validation["product_texts"]), ("query", query, validation["query_texts"])):
             export_onnx(model, staging / f"{tower}.fp32.onnx")
             ladders[tower] = fp32_ladder(staging / f"{tower}.fp32.onnx")
-            quantization[tower] = quantize_within(staging, manifest, tower, ladders[tower], texts[:QUANTIZE_SAMPLE],
-                                                  export_cfg.get("int8_target_cosine", 0.995), per_channel)
+            quantization[tower] = quantize_within(
+                staging, manifest, tower, ladders[tower], texts[:QUANTIZE_SAMPLE], export_cfg.get("int8_target_cosine", 0.995), per_channel
+            )
         parity = gate_or_keep_more_fp32(staging, manifest, validation, gate, quantization, ladders, per_channel)
         manifest.metrics["parity"] = parity
         manifest.metrics["quantization"] = quantization

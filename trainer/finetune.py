@@ -68,8 +68,9 @@ def build_pairs(catalog, products: dict[str, dict], cfg: TrainConfig, scheme: st
         sets.append(PairSet("duplicates", [text[a] for a in anchors], pos, keys, known, f.max_product_len))
     if "copurchase" in f.tasks:
         cp = [(d["asin_a"], d["asin_b"]) for d in catalog.copurchase() if d["asin_a"] in text and d["asin_b"] in text]
-        sets.append(PairSet("copurchase", [text[a] for a, _ in cp], [b for _, b in cp], [a for a, _ in cp],
-                            {a: {a, b} for a, b in cp}, f.max_product_len))
+        sets.append(
+            PairSet("copurchase", [text[a] for a, _ in cp], [b for _, b in cp], [a for a, _ in cp], {a: {a, b} for a, b in cp}, f.max_product_len)
+        )
     for s in sets:
         s.hard = [None] * len(s.anchors)
     return [s for s in sets if s.anchors]
@@ -81,7 +82,7 @@ def embed_texts(model: EmbeddingModel, tok: Tokenizer, texts: list[str], max_len
     specials, pad = special_ids(tok), tok.token_to_id("[PAD]")
     out = []
     for i in range(0, len(texts), batch):
-        enc = encode_batch(tok, texts[i:i + batch], max_len, specials, pad)
+        enc = encode_batch(tok, texts[i : i + batch], max_len, specials, pad)
         out.append(model(torch.from_numpy(enc.ids).to(device), torch.from_numpy(enc.attn).to(device)).float().cpu().numpy())
     model.train()
     return np.concatenate(out) if out else np.zeros((0, model.config.dim), np.float32)
@@ -124,9 +125,17 @@ def false_negative_mask(s: PairSet, keep: list[int], hard: list[str]) -> np.ndar
     return mask
 
 
-def finetune(cfg: TrainConfig, encoder, tok: Tokenizer, catalog, products: dict[str, dict], device,
-             sets: list[PairSet] | None = None, product_texts: dict[str, str] | None = None,
-             model: EmbeddingModel | None = None) -> tuple[EmbeddingModel, dict]:
+def finetune(
+    cfg: TrainConfig,
+    encoder,
+    tok: Tokenizer,
+    catalog,
+    products: dict[str, dict],
+    device,
+    sets: list[PairSet] | None = None,
+    product_texts: dict[str, str] | None = None,
+    model: EmbeddingModel | None = None,
+) -> tuple[EmbeddingModel, dict]:
     """Two-tower fine-tuning. `sets`/`product_texts` replace the catalog's tasks (partner pairs);
     `model` continues from an already fine-tuned tower instead of a fresh head on `encoder`."""
     f = cfg.finetune
@@ -209,13 +218,14 @@ def encode_pairs(tok: Tokenizer, a: list[str], b: list[str], max_len: int, pad_i
     ids = np.full((len(encs), seq), pad_id, dtype=np.int64)
     mask = np.zeros((len(encs), seq), dtype=np.int64)
     for i, e in enumerate(encs):
-        ids[i, :len(e.ids)] = e.ids
-        mask[i, :len(e.ids)] = 1
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
     return ids, mask
 
 
-def finetune_cross_encoder(cfg: TrainConfig, encoder, tok: Tokenizer, pairs: list[tuple[str, str, int]], device,
-                           eval_pairs: list[tuple[str, str, int]] = ()) -> tuple[CrossEncoder, dict]:
+def finetune_cross_encoder(
+    cfg: TrainConfig, encoder, tok: Tokenizer, pairs: list[tuple[str, str, int]], device, eval_pairs: list[tuple[str, str, int]] = ()
+) -> tuple[CrossEncoder, dict]:
     """BCE on labelled (text_a, text_b, label) pairs; returns the scorer and its ROC-AUC on eval_pairs."""
     f = cfg.finetune
     torch.manual_seed(f.seed)
@@ -229,7 +239,8 @@ def finetune_cross_encoder(cfg: TrainConfig, encoder, tok: Tokenizer, pairs: lis
         ids, mask = encode_pairs(tok, [pairs[i][0] for i in idx], [pairs[i][1] for i in idx], 2 * f.max_product_len, pad)
         labels = torch.tensor([float(pairs[i][2]) for i in idx], device=device)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)), labels)
+            model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)), labels
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -249,7 +260,7 @@ def score_pairs(model: CrossEncoder, tok: Tokenizer, a: list[str], b: list[str],
     pad = tok.token_to_id("[PAD]")
     out = []
     for i in range(0, len(a), batch):
-        ids, mask = encode_pairs(tok, a[i:i + batch], b[i:i + batch], max_len, pad)
+        ids, mask = encode_pairs(tok, a[i : i + batch], b[i : i + batch], max_len, pad)
         out.append(model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).float().cpu().numpy())
     model.train()
     return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -22,10 +22,19 @@ ATTENTION = "eager"
 
 def bert_config(c: ModelConfig) -> BertConfig:
     """A BertConfig with our dimensions (the from-scratch path; a checkpoint brings its own)."""
-    return BertConfig(vocab_size=c.vocab_size, hidden_size=c.hidden, num_hidden_layers=c.layers, num_attention_heads=c.heads,
-                      intermediate_size=c.intermediate, max_position_embeddings=c.max_position, hidden_dropout_prob=c.dropout,
-                      attention_probs_dropout_prob=c.dropout, pad_token_id=0, type_vocab_size=2,
-                      attn_implementation=ATTENTION)
+    return BertConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden,
+        num_hidden_layers=c.layers,
+        num_attention_heads=c.heads,
+        intermediate_size=c.intermediate,
+        max_position_embeddings=c.max_position,
+        hidden_dropout_prob=c.dropout,
+        attention_probs_dropout_prob=c.dropout,
+        pad_token_id=0,
+        type_vocab_size=2,
+        attn_implementation=ATTENTION,
+    )
 
 
 def new_encoder(c: ModelConfig) -> BertModel:

@@ -57,7 +57,7 @@ class PartnerBundle:
     def embed_texts(self, texts: list[str], tower: Literal["product", "query"] = "product", batch: int = 256) -> np.ndarray:
         """(len(texts), dim) float32, normalised; batches bound memory, results equal one big call."""
         enc = self._tower(tower)
-        parts = [enc.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+        parts = [enc.embed(texts[i : i + batch]) for i in range(0, len(texts), batch)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def embed_products(self, products: Iterable[Product | dict], batch: int = 256) -> np.ndarray:
@@ -133,9 +133,16 @@ def read_pairs(path: Path | str, products: dict[str, dict] | None = None, scheme
     return out
 
 
-def finetune_on_pairs(run_dir: Path | str, pairs_path: Path | str, out: Path | str, strategy: Strategy = "infonce",
-                      steps: int = 100, name: str = "partner", catalog: Path | str | None = None,
-                      work_dir: Path | str | None = None) -> Path:
+def finetune_on_pairs(
+    run_dir: Path | str,
+    pairs_path: Path | str,
+    out: Path | str,
+    strategy: Strategy = "infonce",
+    steps: int = 100,
+    name: str = "partner",
+    catalog: Path | str | None = None,
+    work_dir: Path | str | None = None,
+) -> Path:
     """Continue fine-tuning a run's two-tower model on partner pairs and publish an int8 bundle into `out`.
 
     The query tower of the new bundle is the fine-tuned tower itself (a student distilled for the old
@@ -164,11 +171,14 @@ def finetune_on_pairs(run_dir: Path | str, pairs_path: Path | str, out: Path | s
     cfg = TrainConfig.model_validate_json((run_dir / "config.json").read_text())
     work = Path(work_dir) if work_dir else Path(out) / f".{name}-run"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = cfg.model_copy(update={
-        "name": name, "run_dir": work,
-        "model": cfg.model.model_copy(update={"vocab_size": tok.get_vocab_size()}),
-        "finetune": cfg.finetune.model_copy(update={"loss": strategy, "steps": steps, "hard_negatives": False}),
-    })
+    cfg = cfg.model_copy(
+        update={
+            "name": name,
+            "run_dir": work,
+            "model": cfg.model.model_copy(update={"vocab_size": tok.get_vocab_size()}),
+            "finetune": cfg.finetune.model_copy(update={"loss": strategy, "steps": steps, "hard_negatives": False}),
+        }
+    )
     products = None
     if catalog is not None:
         from catalog.io import load_catalog
@@ -194,14 +204,20 @@ def finetune_on_pairs(run_dir: Path | str, pairs_path: Path | str, out: Path | s
     model, metrics = finetune(cfg, None, tok, None, {}, torch.device("cpu"), sets=[s], product_texts=product_texts, model=model)
     model = model.cpu().eval()
     uniq = sorted(known)[: cfg.export.validation_size]
-    validation = {"product_texts": texts, "query_texts": uniq, "asins": [key[t] for t in texts],
-                  "relevant": [known[a] for a in uniq]}
+    validation = {"product_texts": texts, "query_texts": uniq, "asins": [key[t] for t in texts], "relevant": [known[a] for a in uniq]}
     return publish_bundle(
-        Path(out), name, model, model, run_dir / "tokenizer.json", cfg.pretrain.scheme,
+        Path(out),
+        name,
+        model,
+        model,
+        run_dir / "tokenizer.json",
+        cfg.pretrain.scheme,
         {"finetune": metrics, "partner_pairs": len(pairs.positives), "strategy": strategy, "base_run": str(run_dir)},
-        json.loads(cfg.model_dump_json()), validation=validation,
+        json.loads(cfg.model_dump_json()),
+        validation=validation,
         gate={"min_cosine": cfg.export.min_cosine, "max_drop": cfg.export.max_metric_drop},
-        query_distilled=False, max_lengths=(cfg.finetune.max_product_len, cfg.finetune.max_query_len),
+        query_distilled=False,
+        max_lengths=(cfg.finetune.max_product_len, cfg.finetune.max_query_len),
     )
 
 

@@ -40,8 +40,12 @@ def validation_set(catalog, products: dict[str, dict], scheme: str, size: int) -
     asins = sorted({a for q in queries for a in judg.get(q["query_id"], {}) if a in products})
     extra = [a for a in products if a not in set(asins)][: max(0, size * 4 - len(asins))]
     asins += extra
-    return {"product_texts": [render_product(products[a], scheme) for a in asins], "query_texts": [q["text"] for q in queries],
-            "asins": asins, "relevant": relevant}
+    return {
+        "product_texts": [render_product(products[a], scheme) for a in asins],
+        "query_texts": [q["text"] for q in queries],
+        "asins": asins,
+        "relevant": relevant,
+    }
 
 
 def refuse_evaluation_only(catalog) -> None:
@@ -148,8 +152,11 @@ class Run:
         text = {a: render_product(p, self.scheme) for a, p in self.products.items()}
 
         def pairs(split):
-            return [(text[d["asin_a"]], text[d["asin_b"]], int(d["label"])) for d in self.catalog.duplicate_pairs(split)
-                    if d["asin_a"] in text and d["asin_b"] in text]
+            return [
+                (text[d["asin_a"]], text[d["asin_b"]], int(d["label"]))
+                for d in self.catalog.duplicate_pairs(split)
+                if d["asin_a"] in text and d["asin_b"] in text
+            ]
 
         model, m = finetune_cross_encoder(self.cfg, encoder, self.tok, pairs("train"), self.device, pairs("valid")[:512])
         torch.save(model.cpu().state_dict(), self.dir / "cross_encoder.pt")
@@ -193,14 +200,26 @@ class Run:
         self._load_tok()
         query, product = towers or self._saved_towers()
         val = validation_set(self.catalog, self.products, self.scheme, self.cfg.export.validation_size)
-        metrics = {"pretrain": self.metrics.get("pretrain", {}), "finetune": self.metrics.get("finetune", {}),
-                   "distill": self.metrics.get("distill", {})}
+        metrics = {
+            "pretrain": self.metrics.get("pretrain", {}),
+            "finetune": self.metrics.get("finetune", {}),
+            "distill": self.metrics.get("distill", {}),
+        }
         if t0 is not None:
             metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
         return publish_bundle(
-            self.cfg.out, self.cfg.name, product, query, self.tok_path, self.scheme, metrics, json.loads(self.cfg.model_dump_json()),
-            validation=val, gate={"min_cosine": self.cfg.export.min_cosine, "max_drop": self.cfg.export.max_metric_drop},
-            query_distilled=self.cfg.distill.enabled, max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
+            self.cfg.out,
+            self.cfg.name,
+            product,
+            query,
+            self.tok_path,
+            self.scheme,
+            metrics,
+            json.loads(self.cfg.model_dump_json()),
+            validation=val,
+            gate={"min_cosine": self.cfg.export.min_cosine, "max_drop": self.cfg.export.max_metric_drop},
+            query_distilled=self.cfg.distill.enabled,
+            max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
             lexical=self.lexical_block(),
         )
 
@@ -232,8 +251,9 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = True):
 def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
     """Run the whole pipeline and publish a bundle; returns its directory."""
     if cfg.finetune.towers != "two_tower":  # fail before hours of pre-training, not at export
-        raise ConfigError("finetune.towers: cross_encoder scores pairs and has no embedding to export; "
-                          "use `m5 train finetune` for it, two_tower for a bundle")
+        raise ConfigError(
+            "finetune.towers: cross_encoder scores pairs and has no embedding to export; use `m5 train finetune` for it, two_tower for a bundle"
+        )
     t0 = time.perf_counter()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)

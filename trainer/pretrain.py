@@ -54,8 +54,9 @@ def build_mlm(cfg: TrainConfig, new_rows: dict[int, list[int]] | None = None) ->
     return MLMModel(checkpoint.load_mlm(sp, cfg.model.layers, cfg.model.vocab_size, new_rows or {}))
 
 
-def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: bool = True,
-             new_rows: dict[int, list[int]] | None = None) -> tuple[MLMModel, dict]:
+def pretrain(
+    cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: bool = True, new_rows: dict[int, list[int]] | None = None
+) -> tuple[MLMModel, dict]:
     """Run (or resume) MLM pre-training; returns the model and a metrics dict (MLM accuracy per language).
 
     new_rows: token ids the tokenizer added to a checkpoint's vocabulary -> the old ids they replace.
@@ -92,8 +93,9 @@ def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: boo
             texts, _ = corpus.batch(p.seed, step * p.grad_accum + micro, p.micro_batch)
             enc = encode_batch(tok, texts, seq, specials, pad)
             rng = np.random.default_rng([p.seed, step, micro, 7])
-            inputs, labels = mask_tokens(enc.ids, enc.attn, enc.word_starts, enc.special, p.mask_prob,
-                                         p.masking == "whole_word", mask_id, cfg.model.vocab_size, rng)
+            inputs, labels = mask_tokens(
+                enc.ids, enc.attn, enc.word_starts, enc.special, p.mask_prob, p.masking == "whole_word", mask_id, cfg.model.vocab_size, rng
+            )
             loss, _ = engine(torch.from_numpy(inputs).to(device), torch.from_numpy(enc.attn).to(device), torch.from_numpy(labels).to(device))
             engine.backward(loss)
             engine.step()
@@ -107,17 +109,28 @@ def pretrain(cfg: TrainConfig, products: list[dict], tok: Tokenizer, resume: boo
     metrics_f.close()
     model = engine.module
     acc = mlm_accuracy(model, corpus, tok, cfg, device)
-    return model, {"mlm_accuracy": acc, "pretrain_samples_per_s": seen / max(1e-9, time.perf_counter() - t0), "final_loss": losses[-1] if losses else None}
+    return model, {
+        "mlm_accuracy": acc,
+        "pretrain_samples_per_s": seen / max(1e-9, time.perf_counter() - t0),
+        "final_loss": losses[-1] if losses else None,
+    }
 
 
 def save_checkpoint(engine, ckpt_dir: Path, cfg: TrainConfig, step: int) -> None:
     """Client state carries the full config and its hash so a resume rebuilds exactly."""
-    engine.save_checkpoint(str(ckpt_dir), tag=f"step{step}",
-                           client_state={"step": step, "config": json.loads(cfg.model_dump_json()), "config_hash": cfg.hash(),
-                                         "model_args": cfg.model.model_dump(),
-                                         # dropout draws from torch's RNG: without it a resumed run diverges
-                                         "torch_rng": torch.get_rng_state(),
-                                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None})
+    engine.save_checkpoint(
+        str(ckpt_dir),
+        tag=f"step{step}",
+        client_state={
+            "step": step,
+            "config": json.loads(cfg.model_dump_json()),
+            "config_hash": cfg.hash(),
+            "model_args": cfg.model.model_dump(),
+            # dropout draws from torch's RNG: without it a resumed run diverges
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        },
+    )
 
 
 def load_checkpoint(engine, ckpt_dir: Path, cfg: TrainConfig) -> int:
@@ -131,8 +144,10 @@ def load_checkpoint(engine, ckpt_dir: Path, cfg: TrainConfig) -> int:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means corrupt
         raise CheckpointError(f"checkpoint {state_files[0]} is corrupt: {exc}") from exc
     if saved.get("model_args") != cfg.model.model_dump():
-        raise CheckpointError(f"checkpoint {ckpt_dir / tag} was made with model {saved.get('model_args')}, "
-                              f"this run has {cfg.model.model_dump()}: refusing to resume (use a new run_dir)")
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir / tag} was made with model {saved.get('model_args')}, "
+            f"this run has {cfg.model.model_dump()}: refusing to resume (use a new run_dir)"
+        )
     _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if client is None:
         raise CheckpointError(f"checkpoint {ckpt_dir / tag} could not be loaded")

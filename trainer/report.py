@@ -18,9 +18,11 @@ from m5core.encoder import OnnxEncoder
 
 # A 16-token query (with [CLS]/[SEP]) and a typical product text, for the latency rows.
 QUERY_16 = "stainless steel water bottle 750 ml insulated leak proof for running and hiking blue"
-PRODUCT = ("[TITLE] Insulated stainless steel water bottle 750 ml, leak proof [BRAND] Acme [TYPE] water bottle "
-           "[ATTR] capacity [VAL] 750 ml [ATTR] colour [VAL] blue [BULLET] keeps drinks cold for 24 hours "
-           "[BULLET] fits car cup holders [DESC] A double-walled bottle for hiking, running and the office.")
+PRODUCT = (
+    "[TITLE] Insulated stainless steel water bottle 750 ml, leak proof [BRAND] Acme [TYPE] water bottle "
+    "[ATTR] capacity [VAL] 750 ml [ATTR] colour [VAL] blue [BULLET] keeps drinks cold for 24 hours "
+    "[BULLET] fits car cup holders [DESC] A double-walled bottle for hiking, running and the office."
+)
 
 
 def tower_variant(bundle: Path, manifest: Manifest, tower: str, quant: str) -> Manifest | None:
@@ -41,8 +43,11 @@ def latency(encoder: OnnxEncoder, text: str, iters: int = 300, warmup: int = 30)
         t0 = time.perf_counter()
         encoder.embed([text])
         t[i] = time.perf_counter() - t0
-    return {"p50_ms": float(np.percentile(t, 50) * 1e3), "p99_ms": float(np.percentile(t, 99) * 1e3),
-            "tokens": len(encoder.tokenizer.encode(text).ids)}
+    return {
+        "p50_ms": float(np.percentile(t, 50) * 1e3),
+        "p99_ms": float(np.percentile(t, 99) * 1e3),
+        "tokens": len(encoder.tokenizer.encode(text).ids),
+    }
 
 
 def text_of_tokens(encoder: OnnxEncoder, text: str, n: int) -> str:
@@ -62,8 +67,11 @@ def latency_table(bundle: Path, iters: int = 300, query_tokens: int = 16) -> tup
     rows, out = [], {}
     # "query, full tower": a query through the fine-tuned tower itself, what int8 buys per query before
     # distillation; the student's graph is so small that tokenising and run overhead are a fixed share.
-    for key, label, tower, text in (("query", "query", "query", QUERY_16), ("query_full", "query, full tower", "product", QUERY_16),
-                                    ("product", "product", "product", PRODUCT)):
+    for key, label, tower, text in (
+        ("query", "query", "query", QUERY_16),
+        ("query_full", "query, full tower", "product", QUERY_16),
+        ("product", "product", "product", PRODUCT),
+    ):
         for quant in ("fp32", "int8"):
             mv = tower_variant(bundle, m, tower, quant)
             if mv is None:
@@ -88,8 +96,10 @@ def mlm_table(manifests: list[Manifest]) -> str:
     for m in manifests:
         acc = m.metrics.get("pretrain", {}).get("mlm_accuracy", {})
         c = m.training_config
-        conf = (f"{m.version} ({c.get('model', {}).get('layers')}x{c.get('model', {}).get('hidden')}, "
-                f"{c.get('pretrain', {}).get('scheme')}, {c.get('pretrain', {}).get('masking')}, alpha {c.get('pretrain', {}).get('alpha')})")
+        conf = (
+            f"{m.version} ({c.get('model', {}).get('layers')}x{c.get('model', {}).get('hidden')}, "
+            f"{c.get('pretrain', {}).get('scheme')}, {c.get('pretrain', {}).get('masking')}, alpha {c.get('pretrain', {}).get('alpha')})"
+        )
         rows.append(f"| {conf} | " + " | ".join(f"{acc[k]:.3f}" if k in acc else "-" for k in langs + ["all"]) + " |")
     return "\n".join(head + rows)
 
@@ -99,9 +109,11 @@ def parity_table(manifests: list[Manifest]) -> str:
     rows = []
     for m in manifests:
         p = m.metrics.get("parity", {})
-        rows.append(f"| {m.version} | {p.get('product_cosine_mean', float('nan')):.4f} | {p.get('product_cosine_min', float('nan')):.4f} | "
-                    f"{p.get('query_cosine_mean', float('nan')):.4f} | {p.get('recall_at_10_fp32', float('nan')):.3f} | "
-                    f"{p.get('recall_at_10_int8', float('nan')):.3f} |")
+        rows.append(
+            f"| {m.version} | {p.get('product_cosine_mean', float('nan')):.4f} | {p.get('product_cosine_min', float('nan')):.4f} | "
+            f"{p.get('query_cosine_mean', float('nan')):.4f} | {p.get('recall_at_10_fp32', float('nan')):.3f} | "
+            f"{p.get('recall_at_10_int8', float('nan')):.3f} |"
+        )
     return "\n".join(head + rows)
 
 
@@ -125,8 +137,9 @@ def handwritten_set(handwritten: bool | Path | str = True) -> Path | None:
     return None
 
 
-def eval_tables(bundle: Path, catalog: Path, baselines: bool, split: str = "test", scope: str = "marketplace",
-                handwritten: Path | None = None) -> list[str]:
+def eval_tables(
+    bundle: Path, catalog: Path, baselines: bool, split: str = "test", scope: str = "marketplace", handwritten: Path | None = None
+) -> list[str]:
     """Search and duplicate metrics (evaluation.harness) for the bundle's variants and the baselines on the catalog's
     split and, when given, the hand-written set (test split): one table with a `set` column, then one per language."""
     from evaluation.harness import HANDWRITTEN, HANDWRITTEN_SPLIT, SET_LABEL, SYNTHETIC, comparison_tables, evaluate
@@ -139,21 +152,43 @@ def eval_tables(bundle: Path, catalog: Path, baselines: bool, split: str = "test
     product = OnnxEncoder(bundle, "product", threads=2, manifest=m)
     # (row name, evaluate's encoder arguments or why there are none, render scheme): built once, run on every set
     variants: list[tuple[str, dict | str, str]] = [
-        (f"{m.name} int8, distilled query tower",
-         {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m)}, m.render_scheme),
-        (f"{m.name} int8, full query tower",
-         {"encoder": None, "product_encoder": product,
-          "query_encoder": OnnxEncoder(bundle, "product", threads=1, manifest=m, lexical="query")}, m.render_scheme)]
+        (
+            f"{m.name} int8, distilled query tower",
+            {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m)},
+            m.render_scheme,
+        ),
+        (
+            f"{m.name} int8, full query tower",
+            {"encoder": None, "product_encoder": product, "query_encoder": OnnxEncoder(bundle, "product", threads=1, manifest=m, lexical="query")},
+            m.render_scheme,
+        ),
+    ]
     if m.lexical:
-        variants.append((f"{m.name} int8, dense part only (no lexical block)",
-                         {"encoder": None, "product_encoder": OnnxEncoder(bundle, "product", threads=2, manifest=m, lexical="off"),
-                          "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m, lexical="off")}, m.render_scheme))
+        variants.append(
+            (
+                f"{m.name} int8, dense part only (no lexical block)",
+                {
+                    "encoder": None,
+                    "product_encoder": OnnxEncoder(bundle, "product", threads=2, manifest=m, lexical="off"),
+                    "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=m, lexical="off"),
+                },
+                m.render_scheme,
+            )
+        )
     fp32 = tower_variant(bundle, m, "product", "fp32")
     q32 = tower_variant(bundle, m, "query", "fp32")
     if fp32 is not None and q32 is not None:
-        variants.append((f"{m.name} fp32, distilled query tower",
-                         {"encoder": None, "product_encoder": OnnxEncoder(bundle, "product", threads=2, manifest=fp32),
-                          "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=q32)}, m.render_scheme))
+        variants.append(
+            (
+                f"{m.name} fp32, distilled query tower",
+                {
+                    "encoder": None,
+                    "product_encoder": OnnxEncoder(bundle, "product", threads=2, manifest=fp32),
+                    "query_encoder": OnnxEncoder(bundle, "query", threads=1, manifest=q32),
+                },
+                m.render_scheme,
+            )
+        )
     if baselines:
         from evaluation.baselines import BM25Retriever
 
@@ -172,13 +207,29 @@ def eval_tables(bundle: Path, catalog: Path, baselines: bool, split: str = "test
     return comparison_tables(results)
 
 
-def build_report(bundles: list[Path], catalog: Path | None = None, baselines: bool = False, latency_iters: int = 300,
-                 scope: str = "marketplace", handwritten: bool | Path = True) -> str:
+def build_report(
+    bundles: list[Path],
+    catalog: Path | None = None,
+    baselines: bool = False,
+    latency_iters: int = 300,
+    scope: str = "marketplace",
+    handwritten: bool | Path = True,
+) -> str:
     """The report's markdown. With `catalog`, search and duplicates on its test split and, beside it, on the
     hand-written set (see `handwritten_set`; never used for training or tuning)."""
     manifests = [load_manifest(b) for b in bundles]
-    out = ["# Trainer report", "", "## MLM accuracy per language", "", mlm_table(manifests), "",
-           "## Parity gate (fp32 vs int8)", "", parity_table(manifests), ""]
+    out = [
+        "# Trainer report",
+        "",
+        "## MLM accuracy per language",
+        "",
+        mlm_table(manifests),
+        "",
+        "## Parity gate (fp32 vs int8)",
+        "",
+        parity_table(manifests),
+        "",
+    ]
     if latency_iters:
         for b in bundles:
             table, _ = latency_table(b, latency_iters)

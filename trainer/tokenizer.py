@@ -20,8 +20,15 @@ from m5core.schema import FIELD_TOKENS
 BASE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SPECIALS = [*BASE_SPECIALS, *FIELD_TOKENS]
 # A field token in a pretrained vocabulary starts at the embedding of the word it stands for.
-FIELD_SEEDS = {"[TITLE]": "title", "[BRAND]": "brand", "[TYPE]": "type", "[DESC]": "description", "[BULLET]": "feature",
-               "[ATTR]": "attribute", "[VAL]": "value"}
+FIELD_SEEDS = {
+    "[TITLE]": "title",
+    "[BRAND]": "brand",
+    "[TYPE]": "type",
+    "[DESC]": "description",
+    "[BULLET]": "feature",
+    "[ATTR]": "attribute",
+    "[VAL]": "value",
+}
 # Scripts written without spaces (kana, CJK ideographs): one pre-token per character, so a run of them
 # becomes several pieces instead of one over-long word that WordPiece would turn into a single [UNK].
 UNSPACED = Regex(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -34,8 +41,9 @@ def _pre_tokenizer(base=None):
 
 def _bert_template(tok: Tokenizer) -> None:
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, path: Path | None = None) -> Tokenizer:
@@ -76,8 +84,7 @@ def load_base(directory: Path) -> Tokenizer:
     return tok
 
 
-def tokenizer_from_checkpoint(directory: Path, texts: list[str], extend: int, path: Path | None = None
-                              ) -> tuple[Tokenizer, dict[int, list[int]]]:
+def tokenizer_from_checkpoint(directory: Path, texts: list[str], extend: int, path: Path | None = None) -> tuple[Tokenizer, dict[int, list[int]]]:
     """The checkpoint's tokenizer + field tokens + up to `extend` catalog words, appended after its vocabulary.
 
     Returns:
@@ -105,8 +112,9 @@ def append_tokens(tok: Tokenizer, specials: list[str], words: list[tuple[str, li
         vocab[token] = ids[token] = next_id
         next_id += 1
     for token in specials:
-        doc.setdefault("added_tokens", []).append({"id": ids[token], "content": token, "single_word": False, "lstrip": False,
-                                                   "rstrip": False, "normalized": False, "special": True})
+        doc.setdefault("added_tokens", []).append(
+            {"id": ids[token], "content": token, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        )
     return Tokenizer.from_str(json.dumps(doc)), ids
 
 

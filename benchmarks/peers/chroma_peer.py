@@ -28,9 +28,10 @@ class ChromaPeer:
         self.path = Path(path or self._tmp.name)
         self.client = self._open()
         self.col = self.client.create_collection(
-            COLLECTION, embedding_function=None,
-            configuration={"hnsw": {"space": "ip", "max_neighbors": m, "ef_construction": ef_construction,
-                                    "ef_search": 64, "num_threads": threads}})
+            COLLECTION,
+            embedding_function=None,
+            configuration={"hnsw": {"space": "ip", "max_neighbors": m, "ef_construction": ef_construction, "ef_search": 64, "num_threads": threads}},
+        )
         self._ef = 64
 
     def _open(self):
@@ -43,7 +44,7 @@ class ChromaPeer:
         """Add (n,) int ids with (n, dim) float32 vectors; build time is until the last add returns."""
         batch = min(batch, self.client.get_max_batch_size())
         for i in range(0, len(ids), batch):
-            self.col.add(ids=[str(int(k)) for k in ids[i:i + batch]], embeddings=vectors[i:i + batch])
+            self.col.add(ids=[str(int(k)) for k in ids[i : i + batch]], embeddings=vectors[i : i + batch])
 
     def upsert(self, key: int, vector: np.ndarray) -> None:
         self.col.upsert(ids=[str(int(key))], embeddings=vector[None])
@@ -61,7 +62,7 @@ class ChromaPeer:
         res = self.col.query(query_embeddings=queries, n_results=k, include=[])
         out = np.full((len(queries), k), -1, dtype=np.int64)
         for row, found in enumerate(res["ids"]):
-            out[row, :len(found)] = [int(s) for s in found[:k]]
+            out[row, : len(found)] = [int(s) for s in found[:k]]
         return out
 
     def close(self) -> None:

@@ -45,8 +45,7 @@ def build_model_dir(bundle: Path, out: Path, tower: str = "query") -> Path:
     graph.initializer.append(axes)
     graph.node.append(helper.make_node("Unsqueeze", ["embedding", "m5_unsqueeze_axes"], ["last_hidden_state"]))
     graph.output.remove(emb)
-    graph.output.append(helper.make_tensor_value_info("last_hidden_state", onnx.TensorProto.FLOAT,
-                                                      ["batch", 1, manifest.dim]))
+    graph.output.append(helper.make_tensor_value_info("last_hidden_state", onnx.TensorProto.FLOAT, ["batch", 1, manifest.dim]))
     onnx.checker.check_model(model)
     if out.exists():
         shutil.rmtree(out)
@@ -55,15 +54,28 @@ def build_model_dir(bundle: Path, out: Path, tower: str = "query") -> Path:
     shutil.copy(bundle / manifest.tokenizer, out / "tokenizer.json")
     tok = json.loads((bundle / manifest.tokenizer).read_text())
     vocab = {t["content"] for t in tok.get("added_tokens", [])}
-    special = {k: v for k, v in (("pad_token", "[PAD]"), ("unk_token", "[UNK]"), ("cls_token", "[CLS]"),
-                                 ("sep_token", "[SEP]"), ("mask_token", "[MASK]")) if v in vocab}
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.max_length, **special}, indent=1))
+    special = {
+        k: v
+        for k, v in (("pad_token", "[PAD]"), ("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("mask_token", "[MASK]"))
+        if v in vocab
+    }
+    (out / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": spec.max_length, **special}, indent=1)
+    )
     # model_type "bert" only names a config class AutoConfig knows; nothing of BERT is loaded from it.
-    (out / "config.json").write_text(json.dumps(
-        {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": manifest.dim,
-         "max_position_embeddings": spec.max_length, "vocab_size": len(tok["model"].get("vocab") or {}) or 1,
-         "m5_bundle_version": manifest.version}, indent=1))
+    (out / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "bert",
+                "architectures": ["BertModel"],
+                "hidden_size": manifest.dim,
+                "max_position_embeddings": spec.max_length,
+                "vocab_size": len(tok["model"].get("vocab") or {}) or 1,
+                "m5_bundle_version": manifest.version,
+            },
+            indent=1,
+        )
+    )
     return out
 
 
@@ -76,18 +88,50 @@ class InfinityServer:
             raise FileNotFoundError(f"{exe} missing: run `python benchmarks/peers/make_bench_venv.py` first")
         self.url = f"http://127.0.0.1:{port}"
         self.model = "m5-query"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-               "OMP_NUM_THREADS": "1", "INFINITY_HOME": str(model_dir.parent / "infinity-home")}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "DO_NOT_TRACK": "1",
+            "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+            "OMP_NUM_THREADS": "1",
+            "INFINITY_HOME": str(model_dir.parent / "infinity-home"),
+        }
         env.pop("PYTHONPATH", None)
         self._log = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             # --model-id "." from inside the dir: infinity hands optimum the ONNX path as it globbed it, and
             # optimum matches that against bare file names, so an absolute model dir is refused.
-            [str(exe), "v2", "--model-id", ".", "--served-model-name", self.model, "--engine", "optimum", "--device", "cpu",
-             "--pooling-method", "cls", "--batch-size", str(batch_size), "--onnx-disable-optimize",
-             "--no-model-warmup", "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "",
-             "--log-level", "warning"],
-            env=env, cwd=model_dir, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                str(exe),
+                "v2",
+                "--model-id",
+                ".",
+                "--served-model-name",
+                self.model,
+                "--engine",
+                "optimum",
+                "--device",
+                "cpu",
+                "--pooling-method",
+                "cls",
+                "--batch-size",
+                str(batch_size),
+                "--onnx-disable-optimize",
+                "--no-model-warmup",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--url-prefix",
+                "",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=model_dir,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         import httpx

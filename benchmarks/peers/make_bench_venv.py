@@ -38,10 +38,15 @@ def main() -> int:
     subprocess.run(pip + PINS, check=True)
     subprocess.run(pip + ["--no-deps"] + NO_DEPS, check=True)
     (site_packages(args.out) / "zz_m5_torch_from_main_venv.pth").write_text(f"{main_sp}\n")
-    subprocess.run([str(args.out / "bin" / "python"), "-c",
-                    "import torch, numpy; from optimum.onnxruntime import ORTModelForFeatureExtraction; "
-                    "import infinity_emb; print('infinity', infinity_emb.__version__, 'numpy', numpy.__version__)"],
-                   check=True)
+    subprocess.run(
+        [
+            str(args.out / "bin" / "python"),
+            "-c",
+            "import torch, numpy; from optimum.onnxruntime import ORTModelForFeatureExtraction; "
+            "import infinity_emb; print('infinity', infinity_emb.__version__, 'numpy', numpy.__version__)",
+        ],
+        check=True,
+    )
     print(f"ready: {args.out}/bin/infinity_emb")
     return 0
 

@@ -33,8 +33,7 @@ class MilvusLitePeer:
     knob = "ef"
     efforts = [16, 32, 64, 128, 256, 512, 1024, 2048]
 
-    def __init__(self, dim: int, m: int = 16, ef_construction: int = 128, data_dir: Path | None = None,
-                 start_timeout_s: float = 60.0):
+    def __init__(self, dim: int, m: int = 16, ef_construction: int = 128, data_dir: Path | None = None, start_timeout_s: float = 60.0):
         from pymilvus import DataType, MilvusClient
 
         self.dim, self.m, self.ef_construction = dim, m, ef_construction
@@ -42,9 +41,11 @@ class MilvusLitePeer:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="m5-milvus-")
         data_dir = data_dir or Path(self._tmp.name) / "milvus"
         self.port = _free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
-                                      "--host", "127.0.0.1", "--port", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             self._wait_listening(start_timeout_s)
             self.client = MilvusClient(uri=f"http://127.0.0.1:{self.port}")
@@ -52,8 +53,7 @@ class MilvusLitePeer:
             schema.add_field("id", DataType.INT64, is_primary=True)
             schema.add_field("v", DataType.FLOAT_VECTOR, dim=dim)
             index = self.client.prepare_index_params()
-            index.add_index(field_name="v", index_type="HNSW", metric_type="IP",
-                            params={"M": m, "efConstruction": ef_construction})
+            index.add_index(field_name="v", index_type="HNSW", metric_type="IP", params={"M": m, "efConstruction": ef_construction})
             self.client.create_collection(COLLECTION, schema=schema, index_params=index)
         except BaseException:
             self.close()
@@ -74,7 +74,7 @@ class MilvusLitePeer:
     def build(self, ids: np.ndarray, vectors: np.ndarray, batch: int = 5000, index_timeout_s: float = 3600.0) -> None:
         """Insert (n,) int64 ids with (n, dim) float32 vectors, flush, and wait until every row is indexed."""
         for i in range(0, len(ids), batch):
-            self.client.insert(COLLECTION, [{"id": int(k), "v": v} for k, v in zip(ids[i:i + batch], vectors[i:i + batch])])
+            self.client.insert(COLLECTION, [{"id": int(k), "v": v} for k, v in zip(ids[i : i + batch], vectors[i : i + batch])])
         self.client.flush(COLLECTION)
         t = time.time()
         while True:  # segment indexes are built by a background worker after the flush
@@ -93,12 +93,18 @@ class MilvusLitePeer:
         self.client.upsert(COLLECTION, [{"id": int(key), "v": vector}])
 
     def search(self, queries: np.ndarray, k: int, effort: int) -> np.ndarray:  # (n, dim) -> (n, k) int keys, -1 padded
-        hits = self.client.search(COLLECTION, data=list(queries), limit=k, anns_field="v", output_fields=[],
-                                  search_params={"metric_type": "IP", "params": {"ef": max(effort, k)}})
+        hits = self.client.search(
+            COLLECTION,
+            data=list(queries),
+            limit=k,
+            anns_field="v",
+            output_fields=[],
+            search_params={"metric_type": "IP", "params": {"ef": max(effort, k)}},
+        )
         out = np.full((len(queries), k), -1, dtype=np.int64)
         for row, found in enumerate(hits):
             keys = [h["id"] for h in found][:k]
-            out[row, :len(keys)] = keys
+            out[row, : len(keys)] = keys
         return out
 
     def close(self) -> None:

@@ -38,20 +38,14 @@ class KafkaSource(EventSource):
 
     def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        out = [
-            Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp)
-            for records in batches.values()
-            for r in records
-        ]
+        out = [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for records in batches.values() for r in records]
         out.sort(key=lambda m: (m.topic, m.partition, m.offset))
         return out
 
     def commit(self, offsets: Mapping[TP, int]) -> None:
         if offsets:
             try:
-                self.consumer.commit(
-                    {TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in offsets.items()}
-                )
+                self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in offsets.items()})
             except CommitFailedError as exc:
                 raise CommitRejected(str(exc)) from exc
 
@@ -78,8 +72,13 @@ class KafkaAssignedSource(KafkaSource):
     """Reads every partition of the topics without a group (the service's index follower)."""
 
     def __init__(self, bootstrap: str, topics: list[str], **opts):
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                                      auto_offset_reset="earliest", group_id=None, **{**_CLIENT_DEFAULTS, **opts})
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            **{**_CLIENT_DEFAULTS, **opts},
+        )
         parts = []
         for t in topics:
             ids = self.consumer.partitions_for_topic(t) or {0}
@@ -97,8 +96,7 @@ class KafkaSink(EventSink):
         # duplicate or reorder a partition. Large batches matter more than linger: a feed record is
         # ~1.5 KB and kafka-python's sender is Python, so per-request cost dominates at 16 KB batches.
         opts = {**_CLIENT_DEFAULTS, "batch_size": 1 << 20, **opts}
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 5),
-                                      retries=5, **opts)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 5), retries=5, **opts)
         # Failures are collected by callback rather than by keeping every future until flush(): a
         # 1M-record backfill would otherwise hold a million futures and slow every GC pass.
         self._errors: list[Exception] = []

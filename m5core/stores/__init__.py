@@ -55,5 +55,4 @@ def previous_namespace(settings: StoreConfig) -> str | None:
         store.close()
 
 
-__all__ = ["EmbeddingStore", "VectorRecord", "active_namespace", "active_pointer", "open_store", "previous_namespace",
-           "switch_namespace"]
+__all__ = ["EmbeddingStore", "VectorRecord", "active_namespace", "active_pointer", "open_store", "previous_namespace", "switch_namespace"]

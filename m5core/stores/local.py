@@ -49,8 +49,18 @@ class LocalStore(EmbeddingStore):
                            ON CONFLICT (ns, asin) DO UPDATE SET pv=excluded.pv, vec=excluded.vec, bv=excluded.bv,
                              h=excluded.h, loc=excluded.loc, pl=excluded.pl, ts=excluded.ts, doc=excluded.doc, del=0
                            WHERE excluded.pv > vectors.pv""",
-                        (self.namespace, r.asin, r.product_version, np.ascontiguousarray(r.vector, dtype="<f4").tobytes(),
-                         r.bundle_version, r.content_hash, r.locale, r.product_line, r.updated_at, r.doc),
+                        (
+                            self.namespace,
+                            r.asin,
+                            r.product_version,
+                            np.ascontiguousarray(r.vector, dtype="<f4").tobytes(),
+                            r.bundle_version,
+                            r.content_hash,
+                            r.locale,
+                            r.product_line,
+                            r.updated_at,
+                            r.doc,
+                        ),
                     )
                     out.append(cur.rowcount == 1)
                 self.db.execute("COMMIT")

@@ -138,7 +138,7 @@ class RedisStore(EmbeddingStore):
             for k in keys:
                 pipe.hmget(k, _FIELDS)
             for k, vals in zip(keys, pipe.execute()):
-                rec = self._decode(k.decode()[len(prefix):], vals)
+                rec = self._decode(k.decode()[len(prefix) :], vals)
                 if rec is not None:
                     yield rec
 
@@ -153,7 +153,7 @@ class RedisStore(EmbeddingStore):
                 pipe.hmget(k, ("doc", "del"))
             for k, (doc, deleted) in zip(keys, pipe.execute()):
                 if doc and deleted != b"1":
-                    yield k.decode()[len(prefix):], doc
+                    yield k.decode()[len(prefix) :], doc
 
     def get_pointer(self, name: str) -> str | None:
         v = self.client.get(name)

@@ -17,10 +17,13 @@ def _modules(package: str) -> list[str]:
 @pytest.mark.parametrize("package", ["service", "indexer", "m5core"])
 def test_package_imports_nothing_above_m5core_and_no_torch(package):
     """Every module of the package, imported in a fresh interpreter: which of the forbidden top-level packages got loaded."""
-    mods = _modules(package) + ([f"m5core.{sub}.{p.stem}" for sub in ("stores", "events") for p in (REPO / "m5core" / sub).glob("*.py")]
-                                if package == "m5core" else [])
-    code = (f"import importlib, sys\nfor m in {mods!r}: importlib.import_module(m)\n"
-            f"print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(FORBIDDEN)!r}))")
+    mods = _modules(package) + (
+        [f"m5core.{sub}.{p.stem}" for sub in ("stores", "events") for p in (REPO / "m5core" / sub).glob("*.py")] if package == "m5core" else []
+    )
+    code = (
+        f"import importlib, sys\nfor m in {mods!r}: importlib.import_module(m)\n"
+        f"print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(FORBIDDEN)!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]", f"{package} loads {out.stdout.strip()}"

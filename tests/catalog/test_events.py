@@ -71,20 +71,21 @@ def test_bad_events_fail_as_labelled():
 
 def test_events_cli_writes_valid_json_lines(small, tmp_path):
     out = tmp_path / "ev.jsonl"
-    r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--count", "50", "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--count", "50", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     events = [ChangeEvent.model_validate(d) for d in read_jsonl(out)]
     assert len(events) == 50
 
 
 def test_events_cli_rejects_bad_count(small):
-    r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--count", "0"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--count", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--count" in r.stderr
 
 
 def test_events_cli_rejects_negative_rate(small):
-    r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--rate", "-1"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--rate", "-1"], capture_output=True, text=True)
     assert r.returncode == 2 and "--rate" in r.stderr

@@ -66,8 +66,7 @@ def test_exact_judgements_are_complete(cat):
         by_key.setdefault((p["locale"], p["product_type"]), []).append((p["asin"], _canon(p)))
     judg = cat.judgements()
     for q in cat.queries():
-        truth = {a for a, canon in by_key.get((q["locale"], q["product_type"]), [])
-                 if all(canon.get(k) == v for k, v in q["attributes"].items())}
+        truth = {a for a, canon in by_key.get((q["locale"], q["product_type"]), []) if all(canon.get(k) == v for k, v in q["attributes"].items())}
         assert {a for a, lbl in judg[q["query_id"]].items() if lbl == "E"} == truth, q["text"]
 
 

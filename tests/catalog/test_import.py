@@ -11,9 +11,30 @@ from m5core.schema import Product, is_asin
 
 SAMPLES = __import__("pathlib").Path(__file__).resolve().parent / "samples"
 FIXED_TS = {"updated_at": "1760000000"}  # a constant import time, so two imports compare byte for byte
-GENERIC_FLAGS = ["--map", "asin=id", "--map", "title=name", "--map", "brand=brand", "--map", "product_type=type",
-                 "--map", "product_line=line", "--map", "locale=lang", "--map", "bullet_points=bullets",
-                 "--map", "attributes=attrs", "--map", "updated_at=updated", "--map", "version=rev", "--map", "price=price"]
+GENERIC_FLAGS = [
+    "--map",
+    "asin=id",
+    "--map",
+    "title=name",
+    "--map",
+    "brand=brand",
+    "--map",
+    "product_type=type",
+    "--map",
+    "product_line=line",
+    "--map",
+    "locale=lang",
+    "--map",
+    "bullet_points=bullets",
+    "--map",
+    "attributes=attrs",
+    "--map",
+    "updated_at=updated",
+    "--map",
+    "version=rev",
+    "--map",
+    "price=price",
+]
 
 
 def _esci(out, fmt="parquet", subset="all", **kw):
@@ -24,10 +45,14 @@ def _esci(out, fmt="parquet", subset="all", **kw):
 def _generic_csv(out, **kw):
     base = im.load_map_file(SAMPLES / "generic_map.yaml")
     return im.import_catalog(
-        out, im.Source(SAMPLES / "generic_products.csv", im.generic_map("products", base["products"], {}, {})),
+        out,
+        im.Source(SAMPLES / "generic_products.csv", im.generic_map("products", base["products"], {}, {})),
         im.Source(SAMPLES / "generic_queries.csv", im.generic_map("queries", base["queries"], {}, {})),
         im.Source(SAMPLES / "generic_judgements.csv", im.generic_map("judgements", base["judgements"], {}, {})),
-        ids="hash", show_progress=False, **kw)
+        ids="hash",
+        show_progress=False,
+        **kw,
+    )
 
 
 def _rejects(d):
@@ -44,8 +69,18 @@ def esci(tmp_path_factory):
 # ------------------------------------------------------------------------------------------- ESCI
 def test_esci_import_loads_and_every_product_validates(esci):
     products = [Product.model_validate(p) for p in esci.products()]
-    assert sorted(p.asin for p in products) == ["4003994155", "B000000001", "B000000002", "B000000003", "B000000004",
-                                                "B000000005", "B000000006", "B000000007", "B000000008", "B000000010"]
+    assert sorted(p.asin for p in products) == [
+        "4003994155",
+        "B000000001",
+        "B000000002",
+        "B000000003",
+        "B000000004",
+        "B000000005",
+        "B000000006",
+        "B000000007",
+        "B000000008",
+        "B000000010",
+    ]
 
 
 def test_esci_locales_map_to_tags_and_marketplace_is_the_region(esci):
@@ -62,8 +97,7 @@ def test_esci_fields_colour_bullets_and_defaults(esci):
 
 def test_esci_queries_one_per_id_with_split_gap_and_form(esci):
     q = {x["query_id"]: x for x in esci.queries()}
-    assert {k: v["split"] for k, v in q.items()} == {"101": "train", "102": "test", "103": "train", "104": "test",
-                                                     "105": "test", "106": "train"}
+    assert {k: v["split"] for k, v in q.items()} == {"101": "train", "102": "test", "103": "train", "104": "test", "105": "test", "106": "train"}
     assert [k for k, v in q.items() if v["lexical_gap"]] == ["105"]  # "hydration flask" shares no word with its Exact
     assert {(v["form"], v["head"], v["locale"]) for v in q.values()} >= {("esci", False, "ja_JP")}
 
@@ -87,8 +121,18 @@ def test_esci_judgements_keep_only_imported_products_in_the_query_marketplace(es
 
 def test_esci_rejects_name_row_file_and_reason(esci):
     rejects = {(r["table"], r["row"]): r for r in _rejects(esci.dir)}
-    assert set(rejects) == {("products", 6), ("products", 7), ("products", 8), ("products", 11), ("judgements", 4),
-                            ("judgements", 8), ("judgements", 11), ("judgements", 14), ("judgements", 16), ("judgements", 17)}
+    assert set(rejects) == {
+        ("products", 6),
+        ("products", 7),
+        ("products", 8),
+        ("products", 11),
+        ("judgements", 4),
+        ("judgements", 8),
+        ("judgements", 11),
+        ("judgements", 14),
+        ("judgements", 16),
+        ("judgements", 17),
+    }
     assert rejects[("products", 7)]["reason"] == "title: Field required"
     assert rejects[("products", 6)]["reason"].startswith("asin: String should match pattern")
     assert rejects[("products", 8)]["reason"].startswith("locale: locale 'xx' is not an ll_CC tag")
@@ -99,8 +143,11 @@ def test_esci_rejects_name_row_file_and_reason(esci):
 def test_esci_manifest_counts_per_file_and_source(esci):
     m = esci.manifest()
     files = {(f["table"], f["file"].rsplit("/", 1)[-1]): (f["read"], f["imported"], f["rejected"]) for f in m["files"]}
-    assert files == {("queries", "esci_examples.parquet"): (19, 6, 0), ("products", "esci_products.parquet"): (14, 10, 4),
-                     ("judgements", "esci_examples.parquet"): (19, 13, 6)}
+    assert files == {
+        ("queries", "esci_examples.parquet"): (19, 6, 0),
+        ("products", "esci_products.parquet"): (14, 10, 4),
+        ("judgements", "esci_examples.parquet"): (19, 13, 6),
+    }
     assert (m["layout"], m["products"], m["locales"]) == ("esci", 10, ["en_US", "es_ES", "ja_JP"])
     assert m["sources"]["products"]["file"].endswith("esci_products.parquet")
 
@@ -128,7 +175,10 @@ def test_esci_bm25_evaluation_runs_on_the_import(esci):
 def test_esci_valid_share_moves_train_queries_to_valid(tmp_path):
     _esci(tmp_path / "c", valid_share=1.0)
     assert {q["query_id"]: q["split"] for q in load_catalog(tmp_path / "c").queries() if q["split"] != "test"} == {
-        "101": "valid", "103": "valid", "106": "valid"}
+        "101": "valid",
+        "103": "valid",
+        "106": "valid",
+    }
 
 
 def test_esci_small_subset_skips_rows_outside_it(tmp_path):
@@ -146,7 +196,13 @@ def test_generic_csv_with_yaml_map_and_hashed_ids(tmp_path):
     assert sorted(source) == ["sku-001", "sku-002", "sku-003", "sku-004", "sku-005", "sku-008", "sku-009", "sku-010"]
     chair = products[source["sku-001"]]
     assert (chair["locale"], chair["marketplace"], chair["product_line"], chair["version"], chair["price"], chair["stock"]) == (
-        "fr_FR", "FR", "garden", 2, 29.9, 12)
+        "fr_FR",
+        "FR",
+        "garden",
+        2,
+        29.9,
+        12,
+    )
     assert chair["attributes"] == {"matiere": "acier", "poids": "3 kg", "colour": "vert"}
     assert products[source["sku-008"]]["brand"] == "sans marque"  # --default brand for an empty cell
 
@@ -173,8 +229,22 @@ def test_generic_group_column_makes_clusters_and_both_pair_labels(tmp_path):
 
 def test_generic_jsonl_with_map_flags_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "c"
-    assert m5(["catalog", "import", "generic", "--products", str(SAMPLES / "generic_products.jsonl"), *GENERIC_FLAGS,
-               "--out", str(out), "--no-progress"]) == 0
+    assert (
+        m5(
+            [
+                "catalog",
+                "import",
+                "generic",
+                "--products",
+                str(SAMPLES / "generic_products.jsonl"),
+                *GENERIC_FLAGS,
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "read 8 rows, imported 4, rejected 4" in capsys.readouterr().out
     assert {p["locale"] for p in load_catalog(out).products()} == {"de_DE", "fr_FR", "ja_JP"}  # de-DE and ja-JP normalised
     rejects = {r["row"]: r["reason"] for r in _rejects(out)}
@@ -184,8 +254,22 @@ def test_generic_jsonl_with_map_flags_from_the_command_line(tmp_path, capsys):
 
 def test_generic_parquet_imports_the_same_products_as_jsonl(tmp_path):
     for fmt in ("jsonl", "parquet"):
-        assert m5(["catalog", "import", "generic", "--products", str(SAMPLES / f"generic_products.{fmt}"), *GENERIC_FLAGS,
-                   "--out", str(tmp_path / fmt), "--no-progress"]) == 0
+        assert (
+            m5(
+                [
+                    "catalog",
+                    "import",
+                    "generic",
+                    "--products",
+                    str(SAMPLES / f"generic_products.{fmt}"),
+                    *GENERIC_FLAGS,
+                    "--out",
+                    str(tmp_path / fmt),
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     assert (tmp_path / "jsonl" / "products.jsonl").read_bytes() == (tmp_path / "parquet" / "products.jsonl").read_bytes()
 
 
@@ -200,8 +284,21 @@ def test_parquet_samples_hold_the_rows_of_their_csv_sources():
 # ------------------------------------------------------------------------------------ bad input
 def test_missing_mapped_column_is_an_error_naming_it_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "c"
-    rc = m5(["catalog", "import", "generic", "--products", str(SAMPLES / "generic_products.jsonl"), *GENERIC_FLAGS,
-             "--map", "description=blurb", "--out", str(out), "--no-progress"])
+    rc = m5(
+        [
+            "catalog",
+            "import",
+            "generic",
+            "--products",
+            str(SAMPLES / "generic_products.jsonl"),
+            *GENERIC_FLAGS,
+            "--map",
+            "description=blurb",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2
     assert "no column 'blurb'" in err and "generic_products.jsonl" in err
@@ -249,9 +346,12 @@ def test_a_required_field_left_unmapped_is_an_error_before_any_row(tmp_path):
 
 
 def test_no_product_imported_is_an_error_with_the_first_reasons(tmp_path):
-    src = im.Source(SAMPLES / "generic_products.jsonl", im.TableMap(
-        "products", columns={"asin": "name", "title": "name", "brand": "brand", "product_type": "type", "product_line": "line",
-                             "locale": "lang"}))
+    src = im.Source(
+        SAMPLES / "generic_products.jsonl",
+        im.TableMap(
+            "products", columns={"asin": "name", "title": "name", "brand": "brand", "product_type": "type", "product_line": "line", "locale": "lang"}
+        ),
+    )
     with pytest.raises(im.CatalogImportError, match=r"no product imported .* row 1: asin"):
         im.import_catalog(tmp_path / "c", src, show_progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -285,8 +385,11 @@ def test_split_without_a_source_split_is_stable_by_text():
 
 
 def test_truncate_cuts_to_the_schema_bounds_instead_of_rejecting():
-    m = im.TableMap("products", columns={"asin": "a", "title": "t"},
-                    constants={"brand": "b", "product_type": "t", "product_line": "pl", "locale": "en_US", "version": 1, "updated_at": 0})
+    m = im.TableMap(
+        "products",
+        columns={"asin": "a", "title": "t"},
+        constants={"brand": "b", "product_type": "t", "product_line": "pl", "locale": "en_US", "version": 1, "updated_at": 0},
+    )
     row = {"a": "B000000001", "t": "x" * 600}
     with pytest.raises(im.RowError, match="title"):
         im.map_product(row, m)

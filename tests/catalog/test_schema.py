@@ -7,8 +7,18 @@ from pydantic import ValidationError
 from catalog.schema_doc import SCHEMA_PATH, product_json_schema
 from m5core.schema import KEY_SHAPES, Product
 
-GOOD = {"asin": "B000000001", "marketplace": "DE", "locale": "de_DE", "product_line": "softlines", "product_type": "socks",
-        "brand": "Kalo", "title": "Kalo Socken schwarz", "attributes": {"colour": "schwarz"}, "version": 1, "updated_at": 1.0}
+GOOD = {
+    "asin": "B000000001",
+    "marketplace": "DE",
+    "locale": "de_DE",
+    "product_line": "softlines",
+    "product_type": "socks",
+    "brand": "Kalo",
+    "title": "Kalo Socken schwarz",
+    "attributes": {"colour": "schwarz"},
+    "version": 1,
+    "updated_at": 1.0,
+}
 
 
 def test_committed_schema_file_is_up_to_date():
@@ -19,11 +29,21 @@ def test_good_record_validates():
     assert Product.model_validate(GOOD).asin == "B000000001"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("asin", "b0-lower"), ("asin", "B00000000"), ("locale", "french"), ("product_line", "Toys & Games"),
-    ("marketplace", "de"),
-    ("version", "one"), ("version", -1), ("attributes", ["colour"]), ("title", ""), ("updated_at", "yesterday"),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("asin", "b0-lower"),
+        ("asin", "B00000000"),
+        ("locale", "french"),
+        ("product_line", "Toys & Games"),
+        ("marketplace", "de"),
+        ("version", "one"),
+        ("version", -1),
+        ("attributes", ["colour"]),
+        ("title", ""),
+        ("updated_at", "yesterday"),
+    ],
+)
 def test_bad_field_is_rejected_by_name(field, value):
     with pytest.raises(ValidationError) as exc:
         Product.model_validate({**GOOD, field: value})

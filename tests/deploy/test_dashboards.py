@@ -39,8 +39,15 @@ def expressions() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def running_stack(tmp_path, prometheus_url, trained_bundle, test_catalog):
-    env = {**os.environ, "M5_STORE": "local", "M5_EVENTS": "local", "M5_LOCAL_STORE_PATH": str(tmp_path / "s.sqlite"),
-           "M5_LOCAL_EVENTS_DIR": str(tmp_path / "ev"), "M5_BUNDLE": str(trained_bundle), "M5_METRICS_PORT": "9108"}
+    env = {
+        **os.environ,
+        "M5_STORE": "local",
+        "M5_EVENTS": "local",
+        "M5_LOCAL_STORE_PATH": str(tmp_path / "s.sqlite"),
+        "M5_LOCAL_EVENTS_DIR": str(tmp_path / "ev"),
+        "M5_BUNDLE": str(trained_bundle),
+        "M5_METRICS_PORT": "9108",
+    }
     products = [p for _, p in zip(range(200), load_catalog(test_catalog).products())]
     sink = LocalSink(tmp_path / "ev")
     for p in products:
@@ -49,8 +56,10 @@ def running_stack(tmp_path, prometheus_url, trained_bundle, test_catalog):
     for key, payload, _ in bad_events()[:3]:
         sink.send("catalog.changes", key, payload)
     sink.flush()
-    procs = [subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env, cwd=REPO),
-             subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", "8000"], env=env, cwd=REPO)]
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env, cwd=REPO),
+        subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", "8000"], env=env, cwd=REPO),
+    ]
     try:
         wait_http_ok("http://127.0.0.1:9108/metrics", procs[0], 60)
         wait_http_ok("http://127.0.0.1:8000/healthz", procs[1], 60)

@@ -31,7 +31,11 @@ def test_an_unreachable_service_fails_never_skips(tmp_path):
     env = {**os.environ, "M5_REDIS_URL": "redis://127.0.0.1:1/0"}
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.fixtures.services", "-p", "no:cacheprovider", str(probe)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert r.returncode != 0 and "skipped" not in r.stdout, r.stdout
     assert "redis" in r.stdout and "deploy/local/services.sh start redis" in r.stdout, r.stdout[-2000:]

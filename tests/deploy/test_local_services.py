@@ -36,7 +36,10 @@ def test_kafka_round_trip_and_default_topics(kafka_bootstrap, kafka_topics, uniq
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    parts = {t.get("topic") or t.get("name"): len(t["partitions"]) for t in admin.describe_topics(["catalog.changes", "catalog.embeddings", "catalog.changes.dlq"])}
+    parts = {
+        t.get("topic") or t.get("name"): len(t["partitions"])
+        for t in admin.describe_topics(["catalog.changes", "catalog.embeddings", "catalog.changes.dlq"])
+    }
     assert parts == {"catalog.changes": 3, "catalog.embeddings": 3, "catalog.changes.dlq": 1}
     from kafka.admin import ConfigResource, ConfigResourceType
 

@@ -21,8 +21,14 @@ def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("M5_")}  # the embedded defaults, as for a new user
     with open(log, "wb") as out:
         # its own process group, so the interrupt reaches the server and the indexer as a terminal's Ctrl-C would
-        proc = subprocess.Popen([sys.executable, "-m", "m5cli", "demo", "--workdir", str(work), "--port", base.rsplit(":", 1)[1]],
-                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "m5cli", "demo", "--workdir", str(work), "--port", base.rsplit(":", 1)[1]],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_http_ok(f"{base}/readyz", proc, 900, log)
 
@@ -33,8 +39,25 @@ def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
         assert emb.json()["bundle_version"] == found["bundle_version"]
 
         # the command the demo prints: 200 changes on the local event log, deletes among them
-        subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(work / "catalog"), "--count", "200",
-                        "--local-events-dir", str(work / "events")], cwd=REPO, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "m5cli",
+                "catalog",
+                "events",
+                "--catalog",
+                str(work / "catalog"),
+                "--count",
+                "200",
+                "--local-events-dir",
+                str(work / "events"),
+            ],
+            cwd=REPO,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         deadline = time.time() + 60
         while httpx.post(f"{base}/search", json={"query": "red running shoes", "k": 1}, timeout=10).json()["index_size"] == 5000:
             assert time.time() < deadline, f"the index did not follow the change events in 60 s:\n{log_tail(log)}"

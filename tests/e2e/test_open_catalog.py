@@ -24,8 +24,18 @@ GARDEN_FR, SHOES_FR, GARDEN_DE = "B0GARDEN01", "B0SHOESF01", "B0GARDEN02"
 
 
 def product(asin: str, locale: str, line: str, title: str) -> dict:
-    return {"asin": asin, "marketplace": locale[-2:], "locale": locale, "product_line": line, "product_type": "lawn_mower",
-            "brand": "Verdi", "title": title, "attributes": {"couleur": "vert"}, "version": 1, "updated_at": 1.0}
+    return {
+        "asin": asin,
+        "marketplace": locale[-2:],
+        "locale": locale,
+        "product_line": line,
+        "product_type": "lawn_mower",
+        "brand": "Verdi",
+        "title": title,
+        "attributes": {"couleur": "vert"},
+        "version": 1,
+        "updated_at": 1.0,
+    }
 
 
 def upsert(p: dict) -> bytes:
@@ -78,30 +88,37 @@ async def test_new_locale_and_line_reach_a_filtered_search_on_local_store(tmp_pa
     for key, value in EVENTS:
         sink.send(si.changes_topic, key.encode(), value)
     sink.flush()
-    indexer = Indexer(si, LocalSource(si.local_events_dir, [si.changes_topic], "indexer"), LocalSink(si.local_events_dir),
-                      LocalStore(si.local_store_path), ENC)
+    indexer = Indexer(
+        si, LocalSource(si.local_events_dir, [si.changes_topic], "indexer"), LocalSink(si.local_events_dir), LocalStore(si.local_store_path), ENC
+    )
     s = ServiceSettings(**common, snapshot_dir=tmp_path / "snaps", model_poll_s=0)
-    app = create_app(s, encoder=ENC, store=LocalStore(s.local_store_path),
-                     feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"))
+    app = create_app(s, encoder=ENC, store=LocalStore(s.local_store_path), feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"))
     # The service starts empty and learns the new values from the feed while the indexer runs.
     await asyncio.gather(asyncio.to_thread(indexer.run, 1.0), check_search(app))
     assert_dead_letter_names_the_shape(LocalSource(si.local_events_dir, [si.dlq_topic], "reader").poll(10, 0.1))
 
 
 @pytest.mark.services
-async def test_new_locale_and_line_reach_a_filtered_search_on_redis_and_kafka(kafka_bootstrap, kafka_topics, redis_url,
-                                                                                unique_name, tmp_path):
-    common = dict(store="redis", events="kafka", redis_url=redis_url, kafka_bootstrap=kafka_bootstrap,
-                  namespace=unique_name("ns"), changes_topic=kafka_topics("changes", partitions=3),
-                  embeddings_topic=kafka_topics("emb", partitions=3, compact=True), dlq_topic=kafka_topics("dlq"),
-                  snapshot_dir=tmp_path / "snaps")
+async def test_new_locale_and_line_reach_a_filtered_search_on_redis_and_kafka(kafka_bootstrap, kafka_topics, redis_url, unique_name, tmp_path):
+    common = dict(
+        store="redis",
+        events="kafka",
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        namespace=unique_name("ns"),
+        changes_topic=kafka_topics("changes", partitions=3),
+        embeddings_topic=kafka_topics("emb", partitions=3, compact=True),
+        dlq_topic=kafka_topics("dlq"),
+        snapshot_dir=tmp_path / "snaps",
+    )
     si = IndexerSettings(**common, group_id=unique_name("g"), metrics_port=0, max_wait_ms=100)
     sink = KafkaSink(kafka_bootstrap)
     for key, value in EVENTS:
         sink.send(si.changes_topic, key.encode(), value)
     sink.flush()
-    indexer = Indexer(si, KafkaSource(kafka_bootstrap, [si.changes_topic], si.group_id), KafkaSink(kafka_bootstrap),
-                      RedisStore(redis_url, si.namespace), ENC)
+    indexer = Indexer(
+        si, KafkaSource(kafka_bootstrap, [si.changes_topic], si.group_id), KafkaSink(kafka_bootstrap), RedisStore(redis_url, si.namespace), ENC
+    )
     app = create_app(ServiceSettings(**common, model_poll_s=0), encoder=ENC)
     try:
         await asyncio.gather(asyncio.to_thread(indexer.run, 3.0), check_search(app))

@@ -23,13 +23,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 async def test_event_to_http_answer(kafka_bootstrap, kafka_topics, redis_url, unique_name, trained_bundle, test_catalog):
-    s = ServiceSettings(store="redis", events="kafka", redis_url=redis_url, kafka_bootstrap=kafka_bootstrap,
-                        namespace=unique_name("ns"), changes_topic=kafka_topics("changes", partitions=3),
-                        embeddings_topic=kafka_topics("emb", partitions=3, compact=True), dlq_topic=kafka_topics("dlq"),
-                        bundle=trained_bundle)
-    env = {**os.environ, **{f"M5_{k.upper()}": str(v) for k, v in s.model_dump(include={
-        "store", "events", "redis_url", "kafka_bootstrap", "namespace", "changes_topic", "embeddings_topic", "dlq_topic", "bundle"}).items()},
-        "M5_GROUP_ID": unique_name("g"), "M5_METRICS_PORT": "0"}
+    s = ServiceSettings(
+        store="redis",
+        events="kafka",
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        namespace=unique_name("ns"),
+        changes_topic=kafka_topics("changes", partitions=3),
+        embeddings_topic=kafka_topics("emb", partitions=3, compact=True),
+        dlq_topic=kafka_topics("dlq"),
+        bundle=trained_bundle,
+    )
+    env = {
+        **os.environ,
+        **{
+            f"M5_{k.upper()}": str(v)
+            for k, v in s.model_dump(
+                include={"store", "events", "redis_url", "kafka_bootstrap", "namespace", "changes_topic", "embeddings_topic", "dlq_topic", "bundle"}
+            ).items()
+        },
+        "M5_GROUP_ID": unique_name("g"),
+        "M5_METRICS_PORT": "0",
+    }
     indexer = subprocess.Popen([sys.executable, "-m", "indexer", "run"], env=env, cwd=REPO)
     app = create_app(s)
     try:

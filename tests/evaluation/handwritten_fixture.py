@@ -28,9 +28,20 @@ _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
 
 def _product(asin: str, locale: str, title: str, brand: str, product_type: str, product_line: str) -> dict:
-    return {"asin": asin, "marketplace": MARKETPLACE[locale], "locale": locale, "product_line": product_line,
-            "product_type": product_type, "brand": brand, "title": title, "description": "", "bullet_points": [],
-            "attributes": {}, "version": 1, "updated_at": 0.0}
+    return {
+        "asin": asin,
+        "marketplace": MARKETPLACE[locale],
+        "locale": locale,
+        "product_line": product_line,
+        "product_type": product_type,
+        "brand": brand,
+        "title": title,
+        "description": "",
+        "bullet_points": [],
+        "attributes": {},
+        "version": 1,
+        "updated_at": 0.0,
+    }
 
 
 PRODUCTS = [
@@ -52,10 +63,15 @@ QUERIES = [
 ]
 
 JUDGEMENTS = [
-    ("hw-en-1", "EN00000001", "E"), ("hw-en-1", "EN00000003", "E"), ("hw-en-1", "EN00000002", "I"),
-    ("hw-en-2", "EN00000002", "E"), ("hw-en-2", "EN00000001", "I"),
-    ("hw-de-1", "DE00000002", "E"), ("hw-de-1", "DE00000101", "I"),
-    ("hw-fr-1", "FR00000001", "E"), ("hw-fr-1", "FR00000002", "I"),
+    ("hw-en-1", "EN00000001", "E"),
+    ("hw-en-1", "EN00000003", "E"),
+    ("hw-en-1", "EN00000002", "I"),
+    ("hw-en-2", "EN00000002", "E"),
+    ("hw-en-2", "EN00000001", "I"),
+    ("hw-de-1", "DE00000002", "E"),
+    ("hw-de-1", "DE00000101", "I"),
+    ("hw-fr-1", "FR00000001", "E"),
+    ("hw-fr-1", "FR00000002", "I"),
 ]
 
 DUPLICATE_PAIRS = [
@@ -80,9 +96,14 @@ def write_catalog(directory: Path, locales: tuple[str, ...] = LOCALES) -> Path:
     write_jsonl(directory / "products.jsonl", [p for p in PRODUCTS if p["asin"] in keep])
     write_jsonl(directory / "queries.jsonl", queries)
     write_jsonl(directory / "judgements.jsonl", [{"query_id": q, "asin": a, "label": lbl} for q, a, lbl in JUDGEMENTS if q in qids])
-    write_jsonl(directory / "duplicate_pairs.jsonl", [
-        {"asin_a": a, "asin_b": b, "label": y, "product_line": pl, "cluster_a": a, "cluster_b": b if y == 0 else a, "split": "test"}
-        for a, b, y, pl in DUPLICATE_PAIRS if a in keep and b in keep])
+    write_jsonl(
+        directory / "duplicate_pairs.jsonl",
+        [
+            {"asin_a": a, "asin_b": b, "label": y, "product_line": pl, "cluster_a": a, "cluster_b": b if y == 0 else a, "split": "test"}
+            for a, b, y, pl in DUPLICATE_PAIRS
+            if a in keep and b in keep
+        ],
+    )
     write_jsonl(directory / "clusters.jsonl", [{"cluster_id": a, "asins": [a], "split": "test"} for a in sorted(keep)])
     write_jsonl(directory / "copurchase.jsonl", [])
     (directory / "manifest.json").write_text('{"generator_version": "hand-written test fixture"}')
@@ -136,23 +157,41 @@ def write_word_bundle(directory: Path, render_scheme: str = "fields") -> Path:
     eps = np.zeros(dim, np.float32)
     eps[0] = 1e-6  # a text of unknown words only still has a direction
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], ["x"]),  # (b, s, dim)
-         helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-         helper.make_node("Unsqueeze", ["m", "axis2"], ["m3"]),  # (b, s, 1)
-         helper.make_node("Mul", ["x", "m3"], ["xm"]),
-         helper.make_node("ReduceSum", ["xm", "axis1"], ["s"], keepdims=0),  # (b, dim)
-         helper.make_node("Add", ["s", "eps"], ["se"]),
-         helper.make_node("LpNormalization", ["se"], ["embedding"], axis=1, p=2)],
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["x"]),  # (b, s, dim)
+            helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["m", "axis2"], ["m3"]),  # (b, s, 1)
+            helper.make_node("Mul", ["x", "m3"], ["xm"]),
+            helper.make_node("ReduceSum", ["xm", "axis1"], ["s"], keepdims=0),  # (b, dim)
+            helper.make_node("Add", ["s", "eps"], ["se"]),
+            helper.make_node("LpNormalization", ["se"], ["embedding"], axis=1, p=2),
+        ],
         "words",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
+        ],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
-        [onnx.numpy_helper.from_array(table, "table"), onnx.numpy_helper.from_array(eps, "eps"),
-         onnx.numpy_helper.from_array(np.array([2], np.int64), "axis2"), onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1")])
+        [
+            onnx.numpy_helper.from_array(table, "table"),
+            onnx.numpy_helper.from_array(eps, "eps"),
+            onnx.numpy_helper.from_array(np.array([2], np.int64), "axis2"),
+            onnx.numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     for name in ("product.int8.onnx", "product.fp32.onnx", "query.int8.onnx", "query.fp32.onnx"):
         onnx.save(model, str(directory / name))
-    write_manifest(directory, Manifest(name="words", version="words-1", created_at=0.0, dim=dim, render_scheme=render_scheme,
-                                       towers={"product": TowerSpec(onnx="product.int8.onnx"), "query": TowerSpec(onnx="query.int8.onnx")}))
+    write_manifest(
+        directory,
+        Manifest(
+            name="words",
+            version="words-1",
+            created_at=0.0,
+            dim=dim,
+            render_scheme=render_scheme,
+            towers={"product": TowerSpec(onnx="product.int8.onnx"), "query": TowerSpec(onnx="query.int8.onnx")},
+        ),
+    )
     return directory

@@ -104,7 +104,9 @@ def test_eval_default_reports_both_sets_side_by_side(synthetic_dir, hw_dir, monk
     assert main(["eval", "--catalog", str(synthetic_dir), "--encoder", "bm25", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     main_table = out.split("Per language")[0].splitlines()
-    recall_at_100 = {x.split(" | ")[0]: x.split(" | ")[3] for x in main_table if x.startswith(("| synthetic test | bm25 |", "| hand-written | bm25 |"))}
+    recall_at_100 = {
+        x.split(" | ")[0]: x.split(" | ")[3] for x in main_table if x.startswith(("| synthetic test | bm25 |", "| hand-written | bm25 |"))
+    }
     assert recall_at_100 == {"| synthetic test": "1.000", "| hand-written": "1.000"}
 
 
@@ -139,12 +141,15 @@ def test_eval_without_a_handwritten_set_evaluates_the_catalog(synthetic_dir, tmp
     assert set(orjson.loads((tmp_path / "report.json").read_bytes())) == {"synthetic"}
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--handwritten-only"], "no hand-written set at"),
-    (["--handwritten-only", "--catalog", "X"], "drop --catalog"),
-    ([], "--catalog is required"),
-    (["--catalog", "X", "--no-handwritten", "--handwritten", "Y"], "contradict"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--handwritten-only"], "no hand-written set at"),
+        (["--handwritten-only", "--catalog", "X"], "drop --catalog"),
+        ([], "--catalog is required"),
+        (["--catalog", "X", "--no-handwritten", "--handwritten", "Y"], "contradict"),
+    ],
+)
 def test_eval_refuses_unclear_sets(argv, says, capsys):
     assert main(["eval", "--encoder", "random", *argv]) == 2
     assert says in capsys.readouterr().err

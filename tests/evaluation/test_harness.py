@@ -82,8 +82,7 @@ def test_catalog_without_judgements_is_refused(cat_dir, tmp_path):
     (bare / "queries.jsonl").write_bytes((cat_dir / "queries.jsonl").read_bytes())
     with pytest.raises(CatalogError, match="judgements.jsonl"):
         evaluate(HashEncoder(), bare)
-    r = subprocess.run([sys.executable, "-m", "m5cli", "eval", "--catalog", str(bare), "--encoder", "random"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "m5cli", "eval", "--catalog", str(bare), "--encoder", "random"], capture_output=True, text=True)
     assert r.returncode == 2 and "judgements.jsonl" in r.stderr and "Recall" not in r.stdout
 
 
@@ -116,8 +115,7 @@ def test_minilm_onnx_baseline_gives_sentence_transformers_vectors(tmp_path, monk
     from evaluation.baselines import MiniLMEncoder, minilm_model_dir
 
     monkeypatch.setenv("M5_CACHE_DIR", str(tmp_path))
-    texts = ["red running shoes size 42", "Kaffeebohnen dunkel 500 g", "سماعات بلوتوث سوداء",
-             "A long listing " + "with many words " * 40]
+    texts = ["red running shoes size 42", "Kaffeebohnen dunkel 500 g", "سماعات بلوتوث سوداء", "A long listing " + "with many words " * 40]
     enc = MiniLMEncoder(threads=1)
     got = enc.embed(texts)  # (4, 384)
     ref = SentenceTransformer(str(minilm_model_dir()), device="cpu")

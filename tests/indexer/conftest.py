@@ -1,4 +1,3 @@
-
 import orjson
 import pytest
 
@@ -10,11 +9,19 @@ from m5core.schema import default_marketplace
 from m5core.stores.redis import RedisStore
 
 
-def product(asin: str, version: int, title: str = "red running shoes", locale: str = "en_US",
-            product_line: str = "softlines") -> dict:
-    return {"asin": asin, "marketplace": default_marketplace(locale), "locale": locale,
-            "product_line": product_line, "product_type": "running_shoes", "brand": "Acme", "title": title,
-            "attributes": {"colour": "red"}, "version": version, "updated_at": 1.0 + version}
+def product(asin: str, version: int, title: str = "red running shoes", locale: str = "en_US", product_line: str = "softlines") -> dict:
+    return {
+        "asin": asin,
+        "marketplace": default_marketplace(locale),
+        "locale": locale,
+        "product_line": product_line,
+        "product_type": "running_shoes",
+        "brand": "Acme",
+        "title": title,
+        "attributes": {"colour": "red"},
+        "version": version,
+        "updated_at": 1.0 + version,
+    }
 
 
 def upsert(asin, version, **kw) -> bytes:
@@ -33,10 +40,20 @@ def patch(asin, version, **fields) -> bytes:
 @pytest.fixture
 def pipeline(kafka_bootstrap, kafka_topics, redis_url, unique_name):
     """-> (settings, make_indexer(), produce(key, value), store, read_topic(topic))"""
-    s = IndexerSettings(store="redis", events="kafka", redis_url=redis_url, kafka_bootstrap=kafka_bootstrap,
-                        namespace=unique_name("ns"), changes_topic=kafka_topics("changes", partitions=3),
-                        embeddings_topic=kafka_topics("emb", partitions=3, compact=True), dlq_topic=kafka_topics("dlq"),
-                        group_id=unique_name("g"), max_wait_ms=100, metrics_port=0, max_event_bytes=500_000)
+    s = IndexerSettings(
+        store="redis",
+        events="kafka",
+        redis_url=redis_url,
+        kafka_bootstrap=kafka_bootstrap,
+        namespace=unique_name("ns"),
+        changes_topic=kafka_topics("changes", partitions=3),
+        embeddings_topic=kafka_topics("emb", partitions=3, compact=True),
+        dlq_topic=kafka_topics("dlq"),
+        group_id=unique_name("g"),
+        max_wait_ms=100,
+        metrics_port=0,
+        max_event_bytes=500_000,
+    )
     producer = KafkaSink(kafka_bootstrap)
     store = RedisStore(redis_url, s.namespace)
     made = []

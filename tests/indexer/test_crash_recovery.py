@@ -21,8 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.mark.parametrize("membership", ["dynamic", "static"])
-def test_kill_9_and_restart_converges(membership, kafka_bootstrap, kafka_topics, redis_url, unique_name, trained_bundle,
-                                      test_catalog):
+def test_kill_9_and_restart_converges(membership, kafka_bootstrap, kafka_topics, redis_url, unique_name, trained_bundle, test_catalog):
     """Dynamic: the restarted indexer waits out the dead member's session (the default 10 s). Static (a
     stable M5_GROUP_INSTANCE_ID): it takes the partitions back at once, so it converges well inside a
     60 s session it would otherwise have to wait out."""
@@ -33,10 +32,22 @@ def test_kill_9_and_restart_converges(membership, kafka_bootstrap, kafka_topics,
     for e in events:
         final[e.asin] = ("deleted" if e.op == "delete" else "live", e.version)
     changes, feed = kafka_topics("changes", partitions=3), kafka_topics("emb", partitions=3, compact=True)
-    env = {**os.environ, "M5_STORE": "redis", "M5_EVENTS": "kafka", "M5_REDIS_URL": redis_url, "M5_KAFKA_BOOTSTRAP": kafka_bootstrap,
-           "M5_NAMESPACE": unique_name("ns"), "M5_CHANGES_TOPIC": changes, "M5_EMBEDDINGS_TOPIC": feed,
-           "M5_DLQ_TOPIC": kafka_topics("dlq"), "M5_GROUP_ID": unique_name("g"), "M5_BUNDLE": str(trained_bundle),
-           "M5_MAX_BATCH": "16", "M5_METRICS_PORT": "0", "M5_ENCODE_THREADS": "1"}
+    env = {
+        **os.environ,
+        "M5_STORE": "redis",
+        "M5_EVENTS": "kafka",
+        "M5_REDIS_URL": redis_url,
+        "M5_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "M5_NAMESPACE": unique_name("ns"),
+        "M5_CHANGES_TOPIC": changes,
+        "M5_EMBEDDINGS_TOPIC": feed,
+        "M5_DLQ_TOPIC": kafka_topics("dlq"),
+        "M5_GROUP_ID": unique_name("g"),
+        "M5_BUNDLE": str(trained_bundle),
+        "M5_MAX_BATCH": "16",
+        "M5_METRICS_PORT": "0",
+        "M5_ENCODE_THREADS": "1",
+    }
     if membership == "static":
         env |= {"M5_GROUP_INSTANCE_ID": "indexer-0", "M5_SESSION_TIMEOUT_MS": "60000"}
     sink = KafkaSink(kafka_bootstrap)

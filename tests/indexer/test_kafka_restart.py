@@ -42,14 +42,26 @@ def test_broker_restart_mid_stream_converges(tmp_path, redis_url, kafka_bootstra
     try:
         changes, feed = unique_name("changes"), unique_name("emb")
         admin = KafkaAdminClient(bootstrap_servers=boot)
-        admin.create_topics([NewTopic(changes, 3, 1), NewTopic(feed, 3, 1, topic_configs={"cleanup.policy": "compact"}),
-                             NewTopic(changes + ".dlq", 1, 1)])
+        admin.create_topics(
+            [NewTopic(changes, 3, 1), NewTopic(feed, 3, 1, topic_configs={"cleanup.policy": "compact"}), NewTopic(changes + ".dlq", 1, 1)]
+        )
         admin.close()
         ns = unique_name("ns")
-        ienv = {**os.environ, "M5_STORE": "redis", "M5_EVENTS": "kafka", "M5_REDIS_URL": redis_url, "M5_KAFKA_BOOTSTRAP": boot,
-                "M5_NAMESPACE": ns, "M5_CHANGES_TOPIC": changes, "M5_EMBEDDINGS_TOPIC": feed, "M5_DLQ_TOPIC": changes + ".dlq",
-                "M5_GROUP_ID": unique_name("g"), "M5_METRICS_PORT": "0", "M5_MAX_WAIT_MS": "100",
-                "M5_BUNDLE": str(trained_bundle)}
+        ienv = {
+            **os.environ,
+            "M5_STORE": "redis",
+            "M5_EVENTS": "kafka",
+            "M5_REDIS_URL": redis_url,
+            "M5_KAFKA_BOOTSTRAP": boot,
+            "M5_NAMESPACE": ns,
+            "M5_CHANGES_TOPIC": changes,
+            "M5_EMBEDDINGS_TOPIC": feed,
+            "M5_DLQ_TOPIC": changes + ".dlq",
+            "M5_GROUP_ID": unique_name("g"),
+            "M5_METRICS_PORT": "0",
+            "M5_MAX_WAIT_MS": "100",
+            "M5_BUNDLE": str(trained_bundle),
+        }
         final: dict[str, int | None] = {}
 
         def produce(start: int, n: int) -> None:
@@ -87,7 +99,8 @@ def test_broker_restart_mid_stream_converges(tmp_path, redis_url, kafka_bootstra
             supervise()
             got = dict(zip(final, store.versions_of(list(final))))
             if all(got[a][0] is not None and (got[a][0] >= (v or 0)) for a, v in final.items()) and all(
-                    (store.get(a) is None) == (v is None) for a, v in final.items()):
+                (store.get(a) is None) == (v is None) for a, v in final.items()
+            ):
                 break
             time.sleep(0.5)
         for asin, version in final.items():

@@ -100,8 +100,7 @@ def test_consumer_lag_is_reported_while_a_backlog_drains_and_reaches_zero(pipeli
     idx.s = s.model_copy(update={"max_batch": 16})
 
     def lag() -> float:
-        return sum(REGISTRY.get_sample_value("m5_indexer_consumer_lag", {"topic": s.changes_topic, "partition": str(p)}) or 0
-                   for p in range(3))
+        return sum(REGISTRY.get_sample_value("m5_indexer_consumer_lag", {"topic": s.changes_topic, "partition": str(p)}) or 0 for p in range(3))
 
     seen = []
     runner = threading.Thread(target=idx.run, kwargs={"max_idle_s": 2.5})

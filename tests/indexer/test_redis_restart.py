@@ -21,9 +21,25 @@ from tests.indexer.conftest import delete, upsert
 
 
 def _start(port: int, data_dir) -> subprocess.Popen:
-    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-                             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            shutil.which("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port, socket_connect_timeout=0.2)
     for _ in range(100):
         try:
@@ -40,10 +56,21 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
     port = free_port()
     server = _start(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
-    s = IndexerSettings(store="redis", events="kafka", redis_url=url, kafka_bootstrap=kafka_bootstrap, namespace="ns",
-                        changes_topic=kafka_topics("changes", partitions=2), embeddings_topic=kafka_topics("emb", compact=True),
-                        dlq_topic=kafka_topics("dlq"), group_id=unique_name("g"), max_batch=8, max_wait_ms=100,
-                        metrics_port=0, store_retries=10)
+    s = IndexerSettings(
+        store="redis",
+        events="kafka",
+        redis_url=url,
+        kafka_bootstrap=kafka_bootstrap,
+        namespace="ns",
+        changes_topic=kafka_topics("changes", partitions=2),
+        embeddings_topic=kafka_topics("emb", compact=True),
+        dlq_topic=kafka_topics("dlq"),
+        group_id=unique_name("g"),
+        max_batch=8,
+        max_wait_ms=100,
+        metrics_port=0,
+        store_retries=10,
+    )
     final: dict[str, int] = {}
     deleted: set[str] = set()
     producer = KafkaSink(kafka_bootstrap)
@@ -60,8 +87,7 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
     producer.close()
 
     store = RedisStore(url, "ns")
-    idx = Indexer(s, KafkaSource(kafka_bootstrap, [s.changes_topic], s.group_id), KafkaSink(kafka_bootstrap), RedisStore(url, "ns"),
-                  HashEncoder(32))
+    idx = Indexer(s, KafkaSource(kafka_bootstrap, [s.changes_topic], s.group_id), KafkaSink(kafka_bootstrap), RedisStore(url, "ns"), HashEncoder(32))
     errors = []
 
     def run():
@@ -81,8 +107,9 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
             except redis.RedisError:
                 pass
             time.sleep(0.01)
-        assert at_kill >= 30 and not errors, (f"before the kill the indexer stored {at_kill} in 60 s, assigned "
-                                              f"{sorted(idx.source.consumer.assignment())}, errors {errors}")
+        assert at_kill >= 30 and not errors, (
+            f"before the kill the indexer stored {at_kill} in 60 s, assigned {sorted(idx.source.consumer.assignment())}, errors {errors}"
+        )
         server.kill()  # SIGKILL mid-stream
         server.wait()
         time.sleep(0.5)

@@ -23,9 +23,17 @@ TITLES = ["red running shoes", "blue denim jacket", "steel water bottle", "wirel
 
 @pytest.fixture
 def local(tmp_path):
-    s = IndexerSettings(store="local", events="local", local_store_path=tmp_path / "store.sqlite",
-                        local_events_dir=tmp_path / "events", snapshot_dir=tmp_path / "snaps", metrics_port=0,
-                        max_wait_ms=20, snapshots_keep=2, index_kind="flat")
+    s = IndexerSettings(
+        store="local",
+        events="local",
+        local_store_path=tmp_path / "store.sqlite",
+        local_events_dir=tmp_path / "events",
+        snapshot_dir=tmp_path / "snaps",
+        metrics_port=0,
+        max_wait_ms=20,
+        snapshots_keep=2,
+        index_kind="flat",
+    )
     docs = [product(f"B0000{i:05d}", 1, title=f"{TITLES[i % 5]} model {i}") for i in range(60)]
     write_jsonl(tmp_path / "products.jsonl", docs)
     return s, tmp_path / "products.jsonl", docs
@@ -45,11 +53,13 @@ def test_backfill_writes_store_feed_and_a_snapshot_in_one_pass(local):
 
 def test_backfill_takes_new_locales_and_lines_and_skips_malformed_ones(local, tmp_path):
     s, _, _ = local
-    docs = [product("B0GARDEN01", 1, "tondeuse à gazon", "fr_FR", "garden"), product("B0GARDEN02", 1, "芝刈り機", "ja_JP", "garden"),
-            {**product("B0BADLOC01", 1, locale="fr_FR"), "locale": "fr-FR"}]
+    docs = [
+        product("B0GARDEN01", 1, "tondeuse à gazon", "fr_FR", "garden"),
+        product("B0GARDEN02", 1, "芝刈り機", "ja_JP", "garden"),
+        {**product("B0BADLOC01", 1, locale="fr_FR"), "locale": "fr-FR"},
+    ]
     write_jsonl(tmp_path / "new.jsonl", docs)
-    out = backfill(tmp_path / "new.jsonl", open_store(s), LocalSink(s.local_events_dir), HashEncoder(32), s, batch=16,
-                   snapshot_root=s.snapshot_dir)
+    out = backfill(tmp_path / "new.jsonl", open_store(s), LocalSink(s.local_events_dir), HashEncoder(32), s, batch=16, snapshot_root=s.snapshot_dir)
     assert (out["written"], out["invalid"]) == (2, 1)
     index, _ = load_latest(s.snapshot_dir)
     q = HashEncoder(32).embed(["tondeuse"])
@@ -105,6 +115,7 @@ def test_reembed_switches_the_active_namespace_and_rollback_returns(local):
 def test_reembed_refuses_to_switch_when_a_gate_fails(local):
     s, path, docs = local
     backfill(path, open_store(s), LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+
     # an encoder that maps every product to one vector: neighbours no longer mean anything
     class Collapsed(HashEncoder):
         def embed(self, texts):

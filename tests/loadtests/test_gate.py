@@ -8,28 +8,33 @@ from loadtests import gate
 from loadtests.routes import EMBEDDING, ROUTES, SEARCH_QUERY
 from loadtests.runner import plot_history
 
-HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
-          "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%")
+HEADER = (
+    "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+    "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+)
 
 
 def stats_csv(tmp_path: Path, rows: list[tuple]) -> Path:
     """rows: (type, name, requests, failures, p50, p95, p99)."""
     lines = [HEADER]
     for typ, name, n, fails, p50, p95, p99 in rows:
-        lines.append(f"{typ},{name},{n},{fails},{p50},{p50},1,{p99},1000,{n / 10},{fails / 10},{p50},{p50},{p50},{p95},"
-                     f"{p95},{p95},{p99},{p99},{p99},{p99},{p99}")
+        lines.append(
+            f"{typ},{name},{n},{fails},{p50},{p50},1,{p99},1000,{n / 10},{fails / 10},{p50},{p50},{p50},{p95},"
+            f"{p95},{p95},{p99},{p99},{p99},{p99},{p99}"
+        )
     path = tmp_path / "x_stats.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-SLA = {"routes": {EMBEDDING: {"p50_ms": 5, "p95_ms": 10, "p99_ms": 20, "max_error_rate": 0.01, "min_requests": 100},
-                  SEARCH_QUERY: {"p99_ms": 50}}}
+SLA = {"routes": {EMBEDDING: {"p50_ms": 5, "p95_ms": 10, "p99_ms": 20, "max_error_rate": 0.01, "min_requests": 100}, SEARCH_QUERY: {"p99_ms": 50}}}
 
 
 def test_passing_run_has_no_violations(tmp_path):
-    csv = stats_csv(tmp_path, [("GET", "/asin/{asin}/embedding", 1000, 5, 2, 6, 15), ("POST", "/search [query]", 200, 0, 9, 20, 40),
-                               ("", "Aggregated", 1200, 5, 3, 9, 30)])
+    csv = stats_csv(
+        tmp_path,
+        [("GET", "/asin/{asin}/embedding", 1000, 5, 2, 6, 15), ("POST", "/search [query]", 200, 0, 9, 20, 40), ("", "Aggregated", 1200, 5, 3, 9, 30)],
+    )
     stats = gate.read_stats(csv)
     assert stats[EMBEDDING].p99_ms == 15 and stats[EMBEDDING].error_rate == 0.005
     assert "Aggregated" in stats
@@ -40,8 +45,13 @@ def test_each_broken_budget_is_reported(tmp_path):
     csv = stats_csv(tmp_path, [("GET", "/asin/{asin}/embedding", 1000, 50, 7, 12, 25), ("POST", "/search [query]", 200, 0, 9, 20, 80)])
     violations = gate.check(gate.read_stats(csv), gate.parse_sla(SLA, ROUTES))
     got = {(v.route, v.metric): v.actual for v in violations}
-    assert got == {(EMBEDDING, "p50_ms"): 7, (EMBEDDING, "p95_ms"): 12, (EMBEDDING, "p99_ms"): 25,
-                   (EMBEDDING, "max_error_rate"): 0.05, (SEARCH_QUERY, "p99_ms"): 80}
+    assert got == {
+        (EMBEDDING, "p50_ms"): 7,
+        (EMBEDDING, "p95_ms"): 12,
+        (EMBEDDING, "p99_ms"): 25,
+        (EMBEDDING, "max_error_rate"): 0.05,
+        (SEARCH_QUERY, "p99_ms"): 80,
+    }
     assert "p99_ms 80 breaks budget 50" in str(next(v for v in violations if v.route == SEARCH_QUERY))
     report = gate.table(gate.read_stats(csv), gate.parse_sla(SLA, ROUTES), violations)
     assert "FAIL" in report and EMBEDDING in report
@@ -59,14 +69,17 @@ def test_na_percentiles_do_not_crash(tmp_path):
     assert gate.read_stats(path)[EMBEDDING].requests == 100
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"routes": {"GET /nope": {"p99_ms": 1}}}, "routes.GET /nope: unknown route"),
-    ({"routes": {EMBEDDING: {"p99": 1}}}, f"routes.{EMBEDDING}.p99: unknown budget"),
-    ({"routes": {EMBEDDING: {"p99_ms": -1}}}, f"routes.{EMBEDDING}.p99_ms must be a non-negative number"),
-    ({"routes": {EMBEDDING: {"max_error_rate": 2}}}, "max_error_rate must be a fraction"),
-    ({"routes": {}}, "non-empty mapping"),
-    (["x"], "non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"routes": {"GET /nope": {"p99_ms": 1}}}, "routes.GET /nope: unknown route"),
+        ({"routes": {EMBEDDING: {"p99": 1}}}, f"routes.{EMBEDDING}.p99: unknown budget"),
+        ({"routes": {EMBEDDING: {"p99_ms": -1}}}, f"routes.{EMBEDDING}.p99_ms must be a non-negative number"),
+        ({"routes": {EMBEDDING: {"max_error_rate": 2}}}, "max_error_rate must be a fraction"),
+        ({"routes": {}}, "non-empty mapping"),
+        (["x"], "non-empty mapping"),
+    ],
+)
 def test_bad_sla_names_the_field(doc, message):
     with pytest.raises(gate.SlaError, match=message.replace("[", r"\[").replace("{", r"\{").replace("}", r"\}")):
         gate.parse_sla(doc, ROUTES)

@@ -38,13 +38,26 @@ def served(trained_bundle, test_catalog, tmp_path_factory):
     manifest = load_manifest(trained_bundle)
     vectors = OnnxEncoder(trained_bundle, "product", manifest=manifest).embed([render_product(p, manifest.render_scheme) for p in products])
     store = LocalStore(root / "store.sqlite", "lt")
-    store.put([VectorRecord(p["asin"], v, p["version"], manifest.version, content_hash(p), p["locale"], p["product_line"],
-                            p["updated_at"], json.dumps(p).encode()) for p, v in zip(products, vectors)])
+    store.put(
+        [
+            VectorRecord(
+                p["asin"], v, p["version"], manifest.version, content_hash(p), p["locale"], p["product_line"], p["updated_at"], json.dumps(p).encode()
+            )
+            for p, v in zip(products, vectors)
+        ]
+    )
     store.close()
 
     port = free_port()
-    env = {**os.environ, "M5_STORE": "local", "M5_LOCAL_STORE_PATH": str(root / "store.sqlite"), "M5_NAMESPACE": "lt",
-           "M5_EVENTS": "local", "M5_LOCAL_EVENTS_DIR": str(root / "events"), "M5_BUNDLE": str(trained_bundle)}
+    env = {
+        **os.environ,
+        "M5_STORE": "local",
+        "M5_LOCAL_STORE_PATH": str(root / "store.sqlite"),
+        "M5_NAMESPACE": "lt",
+        "M5_EVENTS": "local",
+        "M5_LOCAL_EVENTS_DIR": str(root / "events"),
+        "M5_BUNDLE": str(trained_bundle),
+    }
     proc = subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env=env, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -56,14 +69,38 @@ def served(trained_bundle, test_catalog, tmp_path_factory):
 
 
 def _loadtest(url: str, catalog: Path, sla: Path, out: Path, run_time: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loadtests", "--host", url, "--sla", str(sla), "--users", "4",
-                           "--spawn-rate", "4", "--run-time", run_time, "--out", str(out), "--catalog", str(catalog)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests",
+            "--host",
+            url,
+            "--sla",
+            str(sla),
+            "--users",
+            "4",
+            "--spawn-rate",
+            "4",
+            "--run-time",
+            run_time,
+            "--out",
+            str(out),
+            "--catalog",
+            str(catalog),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _sla(path: Path, p99_ms: float, min_requests: int) -> Path:
-    routes = {r: {"p99_ms": p99_ms, "max_error_rate": 0.01, "min_requests": min_requests}
-              for r in (EMBEDDING, BATCH, EMBED_HEAD, SEARCH_QUERY, SEARCH_VECTOR)}
+    routes = {
+        r: {"p99_ms": p99_ms, "max_error_rate": 0.01, "min_requests": min_requests}
+        for r in (EMBEDDING, BATCH, EMBED_HEAD, SEARCH_QUERY, SEARCH_VECTOR)
+    }
     path.write_text(json.dumps({"routes": routes}))  # JSON is YAML
     return path
 

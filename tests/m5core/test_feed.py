@@ -29,7 +29,7 @@ class MemorySource(EventSource):
         self.log.append(Message(TOPIC, 0, len(self.log), key.encode(), value, 0))
 
     def poll(self, max_records=500, timeout_s=0.1):
-        out = self.log[self.pos: self.pos + max_records]
+        out = self.log[self.pos : self.pos + max_records]
         self.pos += len(out)
         return out
 

@@ -36,8 +36,11 @@ def test_appended_vectors_are_unit_length_and_let_a_shared_word_decide():
     """Two products the dense part cannot tell apart: the one sharing the query's rare word wins, in any script."""
     block = LexicalBlock.fit(CORPUS, dims=512, share=0.4)
     dense = np.tile(np.eye(1, 8, dtype=np.float32), (2, 1))  # identical dense vectors
-    for query, hit, miss in (("zorblax hose", "zorblax garden hose 20m", "garden hose 20m"),
-                             ("خرطوم", "خرطوم حديقة", "مسدس رش"), ("Akkuschrauber", "Akkuschrauber 18V", "Bohrmaschine 18V")):
+    for query, hit, miss in (
+        ("zorblax hose", "zorblax garden hose 20m", "garden hose 20m"),
+        ("خرطوم", "خرطوم حديقة", "مسدس رش"),
+        ("Akkuschrauber", "Akkuschrauber 18V", "Bohrmaschine 18V"),
+    ):
         p = block.append(dense, block.products([hit, miss]))
         q = block.append(dense[:1], block.queries([query]))
         np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-5)

@@ -19,10 +19,20 @@ from m5core.schema import (
 
 def product(**over):
     doc = dict(
-        asin="B000000001", marketplace="US", locale="en_US", product_line="softlines",
-        product_type="running_shoes", brand="Acme", title="Acme running shoes, blue, size 42",
-        description="Light shoes.", bullet_points=["breathable mesh"], attributes={"colour": "blue", "size": "42"},
-        version=3, updated_at=1700000000.0, price=59.9, stock=4,
+        asin="B000000001",
+        marketplace="US",
+        locale="en_US",
+        product_line="softlines",
+        product_type="running_shoes",
+        brand="Acme",
+        title="Acme running shoes, blue, size 42",
+        description="Light shoes.",
+        bullet_points=["breathable mesh"],
+        attributes={"colour": "blue", "size": "42"},
+        version=3,
+        updated_at=1700000000.0,
+        price=59.9,
+        stock=4,
     )
     doc.update(over)
     return doc
@@ -35,8 +45,14 @@ def test_valid_product_round_trips():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("asin", "b000000001"), ("asin", "B00000001"), ("locale", "english"), ("version", "three"),
-     ("product_line", "Toys"), ("attributes", {"colour": 3})],
+    [
+        ("asin", "b000000001"),
+        ("asin", "B00000001"),
+        ("locale", "english"),
+        ("version", "three"),
+        ("product_line", "Toys"),
+        ("attributes", {"colour": 3}),
+    ],
 )
 def test_invalid_field_is_named(field, value):
     with pytest.raises(ValidationError) as err:
@@ -44,10 +60,15 @@ def test_invalid_field_is_named(field, value):
     assert field in str(err.value)
 
 
-@pytest.mark.parametrize("locale,marketplace,line", [
-    ("fr_FR", "FR", "garden"), ("ja_JP", "JP", "hardlines"), ("es_419", "419", "pet_supplies"),
-    ("fil_PH", "ATVPDKIKX0DER", "b2"),
-])
+@pytest.mark.parametrize(
+    "locale,marketplace,line",
+    [
+        ("fr_FR", "FR", "garden"),
+        ("ja_JP", "JP", "hardlines"),
+        ("es_419", "419", "pet_supplies"),
+        ("fil_PH", "ATVPDKIKX0DER", "b2"),
+    ],
+)
 def test_open_keys_accept_any_value_of_the_shape(locale, marketplace, line):
     p = Product.model_validate(product(locale=locale, marketplace=marketplace, product_line=line))
     assert (p.locale, p.marketplace, p.product_line) == (locale, marketplace, line)
@@ -57,12 +78,26 @@ def test_marketplace_need_not_be_the_locale_region():
     assert Product.model_validate(product(locale="en_US", marketplace="DE")).marketplace == "DE"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("locale", "english"), ("locale", "EN-us-x"), ("locale", "en-US"), ("locale", "en_us"), ("locale", "en_US\n"),
-    ("locale", "e_US"), ("locale", "en_U5"), ("marketplace", "us"), ("marketplace", "U"), ("marketplace", "X" * 17),
-    ("product_line", "Garden"), ("product_line", "g"), ("product_line", "1garden"), ("product_line", "garden-tools"),
-    ("product_line", "g" * 33),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("locale", "english"),
+        ("locale", "EN-us-x"),
+        ("locale", "en-US"),
+        ("locale", "en_us"),
+        ("locale", "en_US\n"),
+        ("locale", "e_US"),
+        ("locale", "en_U5"),
+        ("marketplace", "us"),
+        ("marketplace", "U"),
+        ("marketplace", "X" * 17),
+        ("product_line", "Garden"),
+        ("product_line", "g"),
+        ("product_line", "1garden"),
+        ("product_line", "garden-tools"),
+        ("product_line", "g" * 33),
+    ],
+)
 def test_malformed_key_is_rejected_with_its_shape(field, value):
     with pytest.raises(ValidationError) as err:
         Product.model_validate(product(**{field: value}))

@@ -23,9 +23,14 @@ async def test_asin_embedding_json_and_octet(api):
     assert q["dtype"] == "int8" and abs(np.dot(np.array(q["vector"]) * q["scale"], want) - 1) < 0.01
 
 
-@pytest.mark.parametrize("path,status,word", [("/asin/B00000000Z/embedding", 404, "not in the catalog"),
-                                              ("/asin/bad/embedding", 422, "asin"),
-                                              ("/asin/B000000001/embedding?dtype=fp16", 422, "dtype")])
+@pytest.mark.parametrize(
+    "path,status,word",
+    [
+        ("/asin/B00000000Z/embedding", 404, "not in the catalog"),
+        ("/asin/bad/embedding", 422, "asin"),
+        ("/asin/B000000001/embedding?dtype=fp16", 422, "dtype"),
+    ],
+)
 async def test_asin_errors(api, path, status, word):
     h = await api()
     r = await h.client.get(path)
@@ -71,21 +76,24 @@ async def test_search_by_text_vector_and_asin(api):
     assert {x["asin"] for x in r.json()["hits"]} == {"B000000003", "B000000005"}
 
 
-@pytest.mark.parametrize("body,word", [
-    ({"query": "x", "vector": [0.1]}, "exactly one"),
-    ({}, "exactly one"),
-    ({"vector": [0.1, 0.2]}, "dimensions"),
-    ({"vector": [0.0] * 32}, "zeros"),
-    ({"vector": [True, False] * 16}, "vector"),  # JSON booleans are not numbers (schemathesis found them accepted)
-    ({"query": "shoes", "k": 0}, "k"),
-    ({"query": "shoes", "k": 1001}, "k"),
-    ({"query": ""}, "query"),
-    ({"query": "x" * 600}, "query"),
-    ({"query": "x", "filters": {"locale": "english"}}, "filters.locale: locale 'english' is not an ll_CC tag"),
-    ({"query": "x", "filters": {"locale": "en-US"}}, "filters.locale"),
-    ({"query": "x", "filters": {"product_line": "Garden Tools"}}, "filters.product_line"),
-    ({"vector": [0.1] * 32, "filters": {"product_line": "g" * 33}}, "filters.product_line"),
-])
+@pytest.mark.parametrize(
+    "body,word",
+    [
+        ({"query": "x", "vector": [0.1]}, "exactly one"),
+        ({}, "exactly one"),
+        ({"vector": [0.1, 0.2]}, "dimensions"),
+        ({"vector": [0.0] * 32}, "zeros"),
+        ({"vector": [True, False] * 16}, "vector"),  # JSON booleans are not numbers (schemathesis found them accepted)
+        ({"query": "shoes", "k": 0}, "k"),
+        ({"query": "shoes", "k": 1001}, "k"),
+        ({"query": ""}, "query"),
+        ({"query": "x" * 600}, "query"),
+        ({"query": "x", "filters": {"locale": "english"}}, "filters.locale: locale 'english' is not an ll_CC tag"),
+        ({"query": "x", "filters": {"locale": "en-US"}}, "filters.locale"),
+        ({"query": "x", "filters": {"product_line": "Garden Tools"}}, "filters.product_line"),
+        ({"vector": [0.1] * 32, "filters": {"product_line": "g" * 33}}, "filters.product_line"),
+    ],
+)
 async def test_search_bad_input_is_422_naming_the_field(api, body, word):
     h = await api()
     r = await h.client.post("/search", json=body)
@@ -186,8 +194,15 @@ async def test_ready_and_metrics_names(api):
     assert r.status_code == 200 and r.json()["ready"] and r.json()["index_size"] == 5
     await h.client.get("/asin/B000000001/embedding")
     m = (await h.client.get("/metrics")).text
-    for name in ("m5_http_requests_total", "m5_http_request_duration_seconds_bucket", "m5_http_requests_in_flight",
-                 "m5_index_size", "m5_feed_lag_messages", "m5_bundle_info", "m5_index_info"):
+    for name in (
+        "m5_http_requests_total",
+        "m5_http_request_duration_seconds_bucket",
+        "m5_http_requests_in_flight",
+        "m5_index_size",
+        "m5_feed_lag_messages",
+        "m5_bundle_info",
+        "m5_index_info",
+    ):
         assert name in m
     assert 'route="/asin/{asin}/embedding"' in m
 
@@ -200,15 +215,17 @@ async def test_hot_path_answers_like_the_routed_handler(api):
         hot = await h.client.get(f"/asin/{asin}/embedding?{q}")
         routed = await h.client.get(f"/asin/{asin}/embedding?{q}&via=router")
         assert hot.status_code == routed.status_code and hot.content == routed.content
-        assert {k: v for k, v in hot.headers.items() if k.startswith("x-m5")} == \
-               {k: v for k, v in routed.headers.items() if k.startswith("x-m5")}
+        assert {k: v for k, v in hot.headers.items() if k.startswith("x-m5")} == {k: v for k, v in routed.headers.items() if k.startswith("x-m5")}
     for accept in ("application/octet-stream", "application/json"):
         hot = await h.client.get("/asin/B000000002/embedding", headers={"accept": accept})
         routed = await h.client.get("/asin/B000000002/embedding?via=router", headers={"accept": accept})
         assert hot.content == routed.content and hot.headers["content-type"] == routed.headers["content-type"]
     text = (await h.client.get("/metrics")).text
-    count = next(float(line.split()[-1]) for line in text.splitlines()
-                 if line.startswith("m5_http_request_duration_seconds_count") and 'route="/asin/{asin}/embedding"' in line)
+    count = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("m5_http_request_duration_seconds_count") and 'route="/asin/{asin}/embedding"' in line
+    )
     assert count >= 10
 
 
@@ -224,8 +241,10 @@ async def test_search_hot_path_validates_like_fastapi(api):
     r = await h.client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"] == "body: not valid JSON"
     text = (await h.client.get("/metrics")).text
-    assert any(line.startswith("m5_http_request_duration_seconds_count") and 'route="/search"' in line and float(line.split()[-1]) >= 5
-               for line in text.splitlines())
+    assert any(
+        line.startswith("m5_http_request_duration_seconds_count") and 'route="/search"' in line and float(line.split()[-1]) >= 5
+        for line in text.splitlines()
+    )
 
 
 async def test_request_limits_come_from_the_settings(api):

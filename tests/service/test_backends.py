@@ -71,8 +71,9 @@ async def test_starts_from_snapshot_and_swaps_without_failing_requests(tmp_path)
     vecs = ENC.embed([t for t, _, _ in TEXTS.values()])
     idx.upsert(list(TEXTS), vecs, [v[1] for v in TEXTS.values()], [v[2] for v in TEXTS.values()], [1] * 5)
     idx.save(tmp_path / "snaps" / "snap-0000000000001", {"offsets": {"catalog.embeddings:0": 0}})
-    s = ServiceSettings(store="local", local_store_path=tmp_path / "s.sqlite", events="local",
-                        local_events_dir=tmp_path / "ev", snapshot_dir=tmp_path / "snaps")
+    s = ServiceSettings(
+        store="local", local_store_path=tmp_path / "s.sqlite", events="local", local_events_dir=tmp_path / "ev", snapshot_dir=tmp_path / "snaps"
+    )
     app = create_app(s, encoder=ENC, store=LocalStore(s.local_store_path))  # empty store: all from the snapshot
 
     async def check(c):

@@ -26,15 +26,13 @@ async def _until(pred, client, tries=100):
 
 
 async def test_service_follows_reembed_switch_and_rollback(tmp_path):
-    s = ServiceSettings(store="local", events="local", local_store_path=tmp_path / "s.sqlite",
-                        local_events_dir=tmp_path / "ev", model_poll_s=0.05)
+    s = ServiceSettings(store="local", events="local", local_store_path=tmp_path / "s.sqlite", local_events_dir=tmp_path / "ev", model_poll_s=0.05)
     base = open_store(s, "m5")
     seed_records(base)
     new_ns = "m5.hash-v2"
     new = open_store(s, new_ns)
     seed_records(new, encoder=NEW)
-    app = create_app(s, encoder=ENC, feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"),
-                     load_tower=TOWERS.__getitem__)
+    app = create_app(s, encoder=ENC, feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"), load_tower=TOWERS.__getitem__)
     failures, stop = [], asyncio.Event()
 
     async def traffic(client):
@@ -71,12 +69,10 @@ async def test_service_follows_reembed_switch_and_rollback(tmp_path):
 
 
 async def test_switch_to_an_empty_namespace_keeps_serving(tmp_path):
-    s = ServiceSettings(store="local", events="local", local_store_path=tmp_path / "s.sqlite",
-                        local_events_dir=tmp_path / "ev", model_poll_s=0.05)
+    s = ServiceSettings(store="local", events="local", local_store_path=tmp_path / "s.sqlite", local_events_dir=tmp_path / "ev", model_poll_s=0.05)
     base = open_store(s, "m5")
     seed_records(base)
-    app = create_app(s, encoder=ENC, feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"),
-                     load_tower=TOWERS.__getitem__)
+    app = create_app(s, encoder=ENC, feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"), load_tower=TOWERS.__getitem__)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
             switch_namespace(s, "m5.empty")

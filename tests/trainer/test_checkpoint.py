@@ -14,9 +14,42 @@ from trainer import checkpoint
 from trainer.checkpoint import InitError
 from trainer.tokenizer import FIELD_TOKENS, tokenizer_from_checkpoint
 
-WORDS = ["the", "drill", "with", "two", "batteries", "mit", "zwei", "title", "brand", "type", "description", "feature",
-         "attribute", "value", "a", "k", "u", "s", "c", "h", "r", "b", "e", "##k", "##u", "##s", "##c", "##h", "##r", "##a",
-         "##b", "##e", "東", "京"]
+WORDS = [
+    "the",
+    "drill",
+    "with",
+    "two",
+    "batteries",
+    "mit",
+    "zwei",
+    "title",
+    "brand",
+    "type",
+    "description",
+    "feature",
+    "attribute",
+    "value",
+    "a",
+    "k",
+    "u",
+    "s",
+    "c",
+    "h",
+    "r",
+    "b",
+    "e",
+    "##k",
+    "##u",
+    "##s",
+    "##c",
+    "##h",
+    "##r",
+    "##a",
+    "##b",
+    "##e",
+    "東",
+    "京",
+]
 
 
 def tiny_checkpoint(path: Path, vocab: list[str] = WORDS) -> Path:
@@ -37,11 +70,14 @@ def test_a_missing_directory_is_named(tmp_path):
         checkpoint.resolve(str(tmp_path / "nope"))
 
 
-@pytest.mark.parametrize(("missing", "message"), [
-    ("config.json", r"config\.json is missing"),
-    ("model.safetensors", r"no weights: expected model\.safetensors or pytorch_model\.bin"),
-    ("vocab.txt", r"no tokenizer: expected tokenizer\.json or vocab\.txt"),
-])
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("config.json", r"config\.json is missing"),
+        ("model.safetensors", r"no weights: expected model\.safetensors or pytorch_model\.bin"),
+        ("vocab.txt", r"no tokenizer: expected tokenizer\.json or vocab\.txt"),
+    ],
+)
 def test_a_missing_file_is_named(tmp_path, missing, message):
     d = tiny_checkpoint(tmp_path / "ck")
     (d / missing).unlink()
@@ -131,11 +167,18 @@ def test_train_from_the_packaged_checkpoint_for_a_few_steps(tmp_path, test_catal
     from trainer.config import load_config
     from trainer.pipeline import train_all
 
-    cfg = load_config(preset="test", overrides={
-        "catalog": str(test_catalog), "out": str(tmp_path / "bundles"), "run_dir": str(tmp_path / "run"),
-        "model": {"init": "minilm", "layers": 1, "proj_dim": 0, "vocab_extend": 50},
-        "pretrain": {"steps": 2, "micro_batch": 8}, "finetune": {"steps": 4, "batch": 8},
-        "distill": {"layers": 1, "hidden": 384, "heads": 12, "intermediate": 1536, "steps": 4, "batch": 16, "rank_bank": 64}})
+    cfg = load_config(
+        preset="test",
+        overrides={
+            "catalog": str(test_catalog),
+            "out": str(tmp_path / "bundles"),
+            "run_dir": str(tmp_path / "run"),
+            "model": {"init": "minilm", "layers": 1, "proj_dim": 0, "vocab_extend": 50},
+            "pretrain": {"steps": 2, "micro_batch": 8},
+            "finetune": {"steps": 4, "batch": 8},
+            "distill": {"layers": 1, "hidden": 384, "heads": 12, "intermediate": 1536, "steps": 4, "batch": 16, "rank_bank": 64},
+        },
+    )
     bundle = train_all(cfg)
     m = load_manifest(bundle)
     assert (m.towers["product"].layers, m.towers["product"].hidden, m.dense_dim) == (1, 384, 384)
@@ -171,9 +214,13 @@ def test_a_product_student_keeps_evenly_spaced_layers_and_moves_toward_the_teach
 
     d = tiny_checkpoint(tmp_path / "ck")
     tok, rows = tokenizer_from_checkpoint(d, [], extend=0)
-    cfg = load_config(preset="test", overrides={"model": {"init": str(d), "layers": 0, "proj_dim": 0},
-                                                "distill": {"product_layers": 2, "product_steps": 30, "product_batch": 8,
-                                                            "product_lr": 1e-3, "rank_bank": 0}})
+    cfg = load_config(
+        preset="test",
+        overrides={
+            "model": {"init": str(d), "layers": 0, "proj_dim": 0},
+            "distill": {"product_layers": 2, "product_steps": 30, "product_batch": 8, "product_lr": 1e-3, "rank_bank": 0},
+        },
+    )
     from trainer.pipeline import resolve_model
 
     cfg = resolve_model(cfg)

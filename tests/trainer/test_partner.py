@@ -42,14 +42,17 @@ def _write(path, rows):
     return path
 
 
-@pytest.mark.parametrize("row,msg", [
-    ({"text_a": "a", "text_b": "b", "label": 2}, r"pairs.jsonl:2: label must be 0 or 1"),
-    ({"text_a": "a", "text_b": "", "label": 1}, r":2: text_b must be a non-empty string"),
-    ({"text_a": "a", "text_b": "b", "label": 1, "score": 3}, r":2: unknown field\(s\) score"),
-    ({"query": "q", "product_text": "b", "label": 1}, r":2: mixes search rows into a products file"),
-    ("{not json", r":2: not JSON"),
-    ({"foo": 1}, r":2: needs text_a/text_b or query"),
-])
+@pytest.mark.parametrize(
+    "row,msg",
+    [
+        ({"text_a": "a", "text_b": "b", "label": 2}, r"pairs.jsonl:2: label must be 0 or 1"),
+        ({"text_a": "a", "text_b": "", "label": 1}, r":2: text_b must be a non-empty string"),
+        ({"text_a": "a", "text_b": "b", "label": 1, "score": 3}, r":2: unknown field\(s\) score"),
+        ({"query": "q", "product_text": "b", "label": 1}, r":2: mixes search rows into a products file"),
+        ("{not json", r":2: not JSON"),
+        ({"foo": 1}, r":2: needs text_a/text_b or query"),
+    ],
+)
 def test_bad_pairs_name_the_line_and_field(tmp_path, row, msg):
     path = _write(tmp_path / "pairs.jsonl", [{"text_a": "x", "text_b": "y", "label": 1}, row])
     with pytest.raises(PairsError, match=msg):
@@ -58,8 +61,10 @@ def test_bad_pairs_name_the_line_and_field(tmp_path, row, msg):
 
 def test_pairs_resolve_asins_and_negatives(tmp_path):
     products = {"B000000001": {"title": "Blue bottle", "brand": "Acme", "product_type": "water_bottle", "locale": "en_US"}}
-    path = _write(tmp_path / "p.jsonl", [{"query": "bottle", "product_asin": "B000000001", "label": 1}, "",
-                                         {"query": "bottle", "product_text": "red kettle", "label": 0}])
+    path = _write(
+        tmp_path / "p.jsonl",
+        [{"query": "bottle", "product_asin": "B000000001", "label": 1}, "", {"query": "bottle", "product_text": "red kettle", "label": 0}],
+    )
     pairs = read_pairs(path, products, "plain")
     assert pairs.kind == "search" and pairs.positives[0][1].startswith("Blue bottle") and pairs.negatives == {"bottle": ["red kettle"]}
     with pytest.raises(PairsError, match="product_asin 'B000000009' is not in the catalog"):
@@ -73,8 +78,7 @@ def test_finetune_on_partner_pairs_publishes_a_loadable_bundle(tmp_path, trained
 
     cat = load_catalog(test_catalog)
     text = {p["asin"]: render_product(p, "fields") for p in cat.products()}
-    rows = [{"text_a": text[d["asin_a"]], "text_b": text[d["asin_b"]], "label": d["label"]}
-            for d in cat.duplicate_pairs("train")[:80]]
+    rows = [{"text_a": text[d["asin_a"]], "text_b": text[d["asin_b"]], "label": d["label"]} for d in cat.duplicate_pairs("train")[:80]]
     pairs = _write(tmp_path / "pairs.jsonl", rows)
     bundle = finetune_on_pairs(trained_bundle.parent / "run", pairs, tmp_path / "partner", strategy="triplet", steps=3, name="acme")
     m = load_manifest(bundle)

@@ -68,8 +68,11 @@ def test_bundle_loads_and_int8_tracks_fp32(trained_bundle, test_catalog):
     assert m.metrics["distill"]["rank_bank"] > 0  # the student was taught the teacher's ranking of real products
     texts = [render_product(p, m.render_scheme) for _, p in zip(range(40), load_catalog(test_catalog).products())]
     int8 = OnnxEncoder(trained_bundle, "product")
-    fp32 = OnnxEncoder(trained_bundle, "product", manifest=m.model_copy(update={"towers": {
-        "product": m.towers["product"].model_copy(update={"onnx": "product.fp32.onnx"})}}))
+    fp32 = OnnxEncoder(
+        trained_bundle,
+        "product",
+        manifest=m.model_copy(update={"towers": {"product": m.towers["product"].model_copy(update={"onnx": "product.fp32.onnx"})}}),
+    )
     a, b = int8.embed(texts), fp32.embed(texts)
     assert a.shape == (40, m.dim) and float((a * b).sum(1).mean()) > 0.99
     single = np.stack([int8.embed([t])[0] for t in texts[:5]])

@@ -15,8 +15,7 @@ DISTILLED = "words int8, distilled query tower"
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
-    return (write_word_bundle(root / "bundle"), write_catalog(root / "synthetic", locales=("en_US", "de_DE")),
-            write_catalog(root / "handwritten"))
+    return (write_word_bundle(root / "bundle"), write_catalog(root / "synthetic", locales=("en_US", "de_DE")), write_catalog(root / "handwritten"))
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,16 @@ def test_stages_one_by_one_and_the_cross_encoder_scorer(tmp_path, test_catalog):
     At this size (1 layer x 64, 2 MLM steps) its AUC is near chance; quality is a report figure, not a test."""
     from trainer.pipeline import run_stage
 
-    cfg = load_config(None, "test", {"catalog": str(test_catalog), "run_dir": str(tmp_path / "run"),
-                                     "pretrain": {"steps": 2}, "finetune": {"towers": "cross_encoder", "steps": 4, "batch": 16}})
+    cfg = load_config(
+        None,
+        "test",
+        {
+            "catalog": str(test_catalog),
+            "run_dir": str(tmp_path / "run"),
+            "pretrain": {"steps": 2},
+            "finetune": {"towers": "cross_encoder", "steps": 4, "batch": 16},
+        },
+    )
     run_stage(cfg, "tokenizer")
     run_stage(cfg, "pretrain")
     run_stage(cfg, "finetune")

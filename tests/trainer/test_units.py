@@ -10,16 +10,19 @@ from trainer.finetune import PairSet, false_negative_mask, task_schedule
 from trainer.losses import make_loss
 
 
-@pytest.mark.parametrize("over,key", [
-    ({"pretrain": {"zero_stage": 4}}, "pretrain.zero_stage"),
-    ({"pretrain": {"alpha": -0.5}}, "pretrain.alpha"),
-    ({"pretrain": {"zero_stge": 1}}, "pretrain.zero_stge"),
-    ({"model": {"hidden": 100, "heads": 3}}, "heads"),
-    ({"finetune": {"loss": "hinge"}}, "finetune.loss"),
-    ({"pretrain": {"seq_schedule": [[128, 0.5]]}}, "seq_schedule"),
-    ({"finetune": {"task_weights": {"serch": 1.0}}}, "task_weights"),
-    ({"finetune": {"task_weights": {"search": -1.0}}}, "task_weights.search"),
-])
+@pytest.mark.parametrize(
+    "over,key",
+    [
+        ({"pretrain": {"zero_stage": 4}}, "pretrain.zero_stage"),
+        ({"pretrain": {"alpha": -0.5}}, "pretrain.alpha"),
+        ({"pretrain": {"zero_stge": 1}}, "pretrain.zero_stge"),
+        ({"model": {"hidden": 100, "heads": 3}}, "heads"),
+        ({"finetune": {"loss": "hinge"}}, "finetune.loss"),
+        ({"pretrain": {"seq_schedule": [[128, 0.5]]}}, "seq_schedule"),
+        ({"finetune": {"task_weights": {"serch": 1.0}}}, "task_weights"),
+        ({"finetune": {"task_weights": {"search": -1.0}}}, "task_weights.search"),
+    ],
+)
 def test_bad_config_fails_before_training_naming_the_key(over, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, "tiny", over)
@@ -73,8 +76,11 @@ def test_language_sampling_with_temperature_lifts_rare_languages():
     counts = {"en": 800, "de": 150, "ar": 50}
     flat, hot = language_probs(counts, 1.0), language_probs(counts, 0.3)
     assert flat["ar"] == pytest.approx(0.05) and hot["ar"] > 0.15 and hot["en"] < flat["en"]
-    products = [{"locale": loc, "title": "t", "brand": "b", "product_type": "x"} for loc, n in
-                (("en_US", 800), ("de_DE", 150), ("ar_AE", 50)) for _ in range(n)]
+    products = [
+        {"locale": loc, "title": "t", "brand": "b", "product_type": "x"}
+        for loc, n in (("en_US", 800), ("de_DE", 150), ("ar_AE", 50))
+        for _ in range(n)
+    ]
     corpus = PretrainCorpus(products, "plain", 0.3)
     langs = [lang for step in range(40) for lang in corpus.batch(0, step, 64)[1]]
     assert abs(langs.count("ar") / len(langs) - hot["ar"]) < 0.03
@@ -109,9 +115,12 @@ def test_infonce_ignores_masked_false_negatives():
     masked = loss(a, p, None, mask)
     unmasked = loss(a, p)
     logits = a @ p.T / 0.05
-    by_hand = torch.stack([
-        torch.nn.functional.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([0])),
-        *(torch.nn.functional.cross_entropy(logits[i][None], torch.tensor([i])) for i in range(1, 4))]).mean()
+    by_hand = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(logits[0, [0, 2, 3]][None], torch.tensor([0])),
+            *(torch.nn.functional.cross_entropy(logits[i][None], torch.tensor([i])) for i in range(1, 4)),
+        ]
+    ).mean()
     assert torch.isclose(masked, by_hand) and unmasked > masked
 
 
@@ -125,8 +134,7 @@ def test_pair_losses_skip_a_shuffled_negative_that_is_a_known_positive(name):
 
 
 def test_false_negative_mask_marks_other_known_positives_only():
-    s = PairSet("search", ["red shoes", "red shoes", "blue hat"], ["A", "B", "C"], ["q1", "q1", "q2"],
-                {"q1": {"A", "B"}, "q2": {"C"}})
+    s = PairSet("search", ["red shoes", "red shoes", "blue hat"], ["A", "B", "C"], ["q1", "q1", "q2"], {"q1": {"A", "B"}, "q2": {"C"}})
     m = false_negative_mask(s, [0, 1, 2], ["B"])  # columns: A, B, C, hard B
     assert m.tolist() == [[False, True, False, True], [True, False, False, True], [False, False, False, False]]
 

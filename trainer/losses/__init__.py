@@ -6,8 +6,7 @@ from trainer.losses.triplet import TripletLoss
 
 
 def make_loss(name: str, temperature: float, margin: float):
-    return {"infonce": lambda: InfoNCELoss(temperature), "bce": lambda: PairBCELoss(temperature),
-            "triplet": lambda: TripletLoss(margin)}[name]()
+    return {"infonce": lambda: InfoNCELoss(temperature), "bce": lambda: PairBCELoss(temperature), "triplet": lambda: TripletLoss(margin)}[name]()
 
 
 __all__ = ["InfoNCELoss", "PairBCELoss", "TripletLoss", "make_loss"]

@@ -10,8 +10,9 @@ class InfoNCELoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None,
-                false_negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None, false_negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # anchors, positives: (batch, dim) normalised; negatives: (m, dim)
         # false_negatives: (batch, batch + m) bool, True where a column is another known positive of the row's
         # anchor (a head query's second Exact): pushing it away would teach the model to rank Exacts low.

@@ -12,8 +12,9 @@ class PairLoss(nn.Module):
     def pair_loss(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None,
-                false_negatives: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None, false_negatives: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if negatives is None or len(negatives) != len(anchors):
             negatives = positives.roll(1, dims=0)
             if false_negatives is not None:

@@ -1,6 +1,6 @@
 """Writes the committed Parquet samples from their hand-written CSV/JSONL sources (run once; a test keeps them equal).
 
-    .venv/bin/python tests/catalog/samples/make_parquet.py
+.venv/bin/python tests/catalog/samples/make_parquet.py
 """
 
 import csv
