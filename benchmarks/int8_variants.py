@@ -43,8 +43,8 @@ def main() -> int:
 
     from catalog.io import load_catalog
     from m5core.bundle import load_manifest
-    from m5core.encoder import OnnxEncoder
-    from trainer.export import batched, recall_at_10
+    from m5core.encoder import OnnxEncoder, embed_in_batches
+    from trainer.export import recall_at_10
     from trainer.pipeline import validation_set
 
     man = load_manifest(args.bundle)
@@ -63,8 +63,8 @@ def main() -> int:
         def encode(suffix: str) -> tuple[np.ndarray, np.ndarray]:  # (products, dim), (queries, dim)
             m = man.model_copy(update={"towers": {t: s.model_copy(update={"onnx": f"{t}.{suffix}.onnx"}) for t, s in man.towers.items()}})
             return (
-                batched(OnnxEncoder(work, "product", threads=2, manifest=m), val["product_texts"]),
-                batched(OnnxEncoder(work, "query", threads=2, manifest=m), val["query_texts"]),
+                embed_in_batches(OnnxEncoder(work, "product", threads=2, manifest=m), val["product_texts"], 64),
+                embed_in_batches(OnnxEncoder(work, "query", threads=2, manifest=m), val["query_texts"], 64),
             )
 
         def recall(q: np.ndarray, p: np.ndarray) -> float:

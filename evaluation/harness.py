@@ -30,7 +30,7 @@ import orjson
 
 from catalog.generate import content_words, listing_words
 from catalog.io import CatalogError, load_catalog
-from m5core.encoder import Encoder
+from m5core.encoder import Encoder, embed_in_batches
 from m5core.metrics import (
     average_precision,
     exact_share_at_k,
@@ -78,17 +78,18 @@ class Scorer(Protocol):
 
 
 def _embed_all(encoder: Encoder, texts: list[str], batch: int) -> tuple[np.ndarray, float]:
-    t0 = time.perf_counter()
-    chunks, last = [], t0
-    for i in range(0, len(texts), batch):
-        chunks.append(encoder.embed(texts[i : i + batch]))
+    """-> ((n, dim) vectors, texts per second), with a progress line every 10 s."""
+    t0 = last = time.perf_counter()
+
+    def progress(done: int) -> None:
+        nonlocal last
         now = time.perf_counter()
         if now - last > 10:
-            done = i + batch
             rate = done / (now - t0)
             log.info("encoded %d/%d texts (%.0f/s, ETA %.0f s)", done, len(texts), rate, (len(texts) - done) / rate)
             last = now
-    out = np.concatenate(chunks).astype(np.float32)  # (n, dim)
+
+    out = embed_in_batches(encoder, texts, batch, progress)
     return out, len(texts) / max(1e-9, time.perf_counter() - t0)
 
 

@@ -14,15 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import orjson
 from tqdm import tqdm
 
 from indexer.settings import IndexerSettings
+from indexer.write import records_of, write_records
 from m5core.events.base import EventSink
-from m5core.feed import encode_feed_value
 from m5core.jsonl import read_jsonl
-from m5core.schema import Product, content_hash, render_product
-from m5core.stores.base import EmbeddingStore, VectorRecord
+from m5core.schema import Product, render_product
+from m5core.stores.base import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +48,8 @@ def backfill(
 
     def write(docs: list[dict], vecs: np.ndarray) -> None:
         nonlocal n_written
-        recs = [
-            VectorRecord(
-                d["asin"], v, d["version"], encoder.version, content_hash(d), d["locale"], d["product_line"], d["updated_at"], orjson.dumps(d)
-            )
-            for d, v in zip(docs, vecs)
-        ]
-        written = [i for i, ok in enumerate(store.put(recs)) if ok]
-        for i in written:
-            sink.send(settings.embeddings_topic, recs[i].asin.encode(), encode_feed_value(recs[i]))
+        recs = records_of(docs, vecs, encoder.version)
+        written = [i for i, ok in enumerate(write_records(store, sink, settings.embeddings_topic, recs)) if ok]
         n_written += len(written)
         if snapshot_root is not None and written:  # a few arrays per batch, not objects per product
             kept.append(

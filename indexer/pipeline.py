@@ -19,11 +19,12 @@ from indexer import metrics as M
 from indexer.parse import DeadLetter, parse_event
 from indexer.plan import plan_batch
 from indexer.settings import IndexerSettings
-from m5core.encoder import SUB_BATCH, Encoder
+from indexer.write import records_of, write_records
+from m5core.encoder import SUB_BATCH, Encoder, embed_in_batches
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.feed import encode_feed_value
-from m5core.schema import ChangeEvent, content_hash, render_product
-from m5core.stores.base import EmbeddingStore, VectorRecord
+from m5core.schema import ChangeEvent, render_product
+from m5core.stores.base import EmbeddingStore
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +164,7 @@ class Indexer:
         M.STORE_SIZE.set(self.store.count())
 
     def _write(self, docs: list[dict], vectors: np.ndarray) -> None:
-        records = [
-            VectorRecord(
-                d["asin"], v, d["version"], self.encoder.version, content_hash(d), d["locale"], d["product_line"], d["updated_at"], orjson.dumps(d)
-            )
-            for d, v in zip(docs, vectors)
-        ]
-        written = self.store.put(records)
-        for r, ok in zip(records, written):
-            if ok:
-                self.sink.send(self.s.embeddings_topic, r.asin.encode(), encode_feed_value(r))
+        written = write_records(self.store, self.sink, self.s.embeddings_topic, records_of(docs, vectors, self.encoder.version))
         M.WRITES.inc(sum(written))
 
     def _encode(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> np.ndarray | None:
@@ -181,11 +173,9 @@ class Indexer:
         for attempt in range(1, self.s.encode_retries + 1):
             try:
                 t0 = time.perf_counter()
-                out = []
-                for i in range(0, len(texts), self.s.max_batch):
-                    out.append(self.encoder.embed(texts[i : i + self.s.max_batch]))
+                out = embed_in_batches(self.encoder, texts, self.s.max_batch)
                 M.ENCODE_SECONDS.observe(time.perf_counter() - t0)
-                return np.concatenate(out)
+                return out
             except Exception as exc:  # noqa: BLE001 - the encoder is a black box; retry, then dead-letter
                 log.warning("encode attempt %d/%d failed: %s", attempt, self.s.encode_retries, exc)
                 if attempt == self.s.encode_retries:

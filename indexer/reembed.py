@@ -21,9 +21,10 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
+from indexer.write import records_of
 from m5core.batching import batched
 from m5core.index import AnnIndex
-from m5core.schema import content_hash, render_product
+from m5core.schema import render_product
 from m5core.settings import StoreConfig
 from m5core.stores import active_namespace, open_store, previous_namespace, switch_namespace
 from m5core.stores.base import EmbeddingStore, VectorRecord
@@ -53,21 +54,7 @@ def namespace_for(base: str, bundle_version: str) -> str:
 
 
 def embed_docs(docs: list[dict], encoder, scheme: str) -> list[VectorRecord]:
-    vectors = encoder.embed([render_product(d, scheme) for d in docs])  # (n, dim)
-    return [
-        VectorRecord(
-            d["asin"],
-            v,
-            d["version"],
-            encoder.version,
-            content_hash(d),
-            d["locale"],
-            d["product_line"],
-            float(d.get("updated_at", 0.0)),
-            orjson.dumps(d),
-        )
-        for d, v in zip(docs, vectors)
-    ]
+    return records_of(docs, encoder.embed([render_product(d, scheme) for d in docs]), encoder.version)
 
 
 def copy_namespace(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, batch: int = 512) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from m5core.bundle import LexicalRef, Manifest, TowerSpec, write_manifest
-from m5core.encoder import OnnxEncoder
+from m5core.encoder import OnnxEncoder, embed_in_batches
 from m5core.lexical import FILE as LEXICAL_FILE
 from m5core.lexical import LexicalBlock
 from trainer.model import EmbeddingModel
@@ -89,11 +89,11 @@ def quantize_within(
     """int8 where it is safe: quantise every MatMul and embedding of STAGING/TOWER.fp32.onnx, then climb `ladder`
     until the mean cosine to fp32 on `texts` reaches `target_cosine`. Returns the rungs climbed and the cosine;
     the gate judges the result."""
-    reference = batched(OnnxEncoder(staging, tower, manifest=weights_of(manifest, "fp32")), texts)
+    reference = embed_in_batches(OnnxEncoder(staging, tower, manifest=weights_of(manifest, "fp32")), texts, 64)
     int8 = weights_of(manifest, "int8")
     for rungs in range(len(ladder) + 1):
         quantize_onnx(staging / f"{tower}.fp32.onnx", staging / f"{tower}.int8.onnx", per_channel, tuple(kept(ladder, rungs)))
-        cosine = float((batched(OnnxEncoder(staging, tower, manifest=int8), texts) * reference).sum(1).mean())
+        cosine = float((embed_in_batches(OnnxEncoder(staging, tower, manifest=int8), texts, 64) * reference).sum(1).mean())
         if cosine >= target_cosine:
             break
     return {"rungs": rungs, "kept_fp32": kept(ladder, rungs), "cosine_mean": round(cosine, 5)}
@@ -157,7 +157,7 @@ def parity_check(
         m = weights_of(manifest, q)
         prod = OnnxEncoder(staging, "product", threads=2, manifest=m)
         query = OnnxEncoder(staging, "query", threads=2, manifest=m)
-        vecs[q] = (batched(prod, product_texts), batched(query, query_texts))
+        vecs[q] = (embed_in_batches(prod, product_texts, 64), embed_in_batches(query, query_texts, 64))
     for i, tower in enumerate(("product", "query")):
         cos = (vecs["fp32"][i] * vecs["int8"][i]).sum(1)
         out[f"{tower}_cosine_mean"] = float(cos.mean())
@@ -173,10 +173,6 @@ def parity_check(
     if problems:
         raise ParityError("int8 bundle refused by the parity gate: " + "; ".join(problems))
     return out
-
-
-def batched(enc: OnnxEncoder, texts: list[str], batch: int = 64) -> np.ndarray:
-    return np.concatenate([enc.embed(texts[i : i + batch]) for i in range(0, len(texts), batch)])
 
 
 def publish_bundle(
