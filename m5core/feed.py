@@ -131,7 +131,7 @@ class FeedFollower:
         if index.dim != self.index.dim:
             self.log.warning("snapshot %s has dim %d, expected %d; bootstrapping from the store", snap, index.dim, self.index.dim)
             return False
-        namespace = getattr(self.store, "namespace", None)
+        namespace = self.store.namespace if self.store is not None else None
         if meta.get("namespace") and namespace and meta["namespace"] != namespace:
             self.log.info("snapshot %s is of namespace %s, not %s; bootstrapping from the store", snap.name, meta["namespace"], namespace)
             return False

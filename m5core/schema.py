@@ -78,6 +78,12 @@ def default_marketplace(locale: str) -> str:
     return locale.rsplit("_", 1)[-1]
 
 
+MAX_VERSION = 2**53 - 1
+"""The largest product version: the store compares versions in Redis Lua, whose numbers are doubles, exact only up to
+2^53 (2^63 + 5 was accepted and then equal to every later version: the product froze)."""
+Version = Annotated[int, Field(ge=0, le=MAX_VERSION)]
+
+
 class Product(BaseModel):
     """A catalog listing. Fields that feed the embedding are listed in EMBEDDED_FIELDS."""
 
@@ -93,7 +99,7 @@ class Product(BaseModel):
     description: Annotated[str, StringConstraints(max_length=MAX_TEXT)] = ""
     bullet_points: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(default_factory=list, max_length=MAX_BULLETS)
     attributes: dict[str, str] = Field(default_factory=dict, max_length=MAX_ATTRIBUTES)
-    version: int = Field(ge=0)
+    version: Version
     updated_at: float = Field(ge=0, description="Unix seconds of the change.")
     # Metadata: stored and served, never embedded (an edit here is not re-embedded).
     price: float | None = Field(default=None, ge=0)
@@ -116,7 +122,7 @@ class ChangeEvent(BaseModel):
 
     op: ChangeOp
     asin: Asin
-    version: int = Field(ge=0)
+    version: Version
     ts: float = Field(ge=0, description="Unix seconds when the change happened (for freshness).")
     product: Product | None = None
     attributes: dict[str, str | None] | None = Field(default=None, description="patch: value None removes the attribute.")

@@ -39,6 +39,8 @@ def test_good_record_validates():
         ("marketplace", "de"),
         ("version", "one"),
         ("version", -1),
+        ("version", 2**63 + 5),
+        ("version", 2**53),
         ("attributes", ["colour"]),
         ("title", ""),
         ("updated_at", "yesterday"),
@@ -48,6 +50,16 @@ def test_bad_field_is_rejected_by_name(field, value):
     with pytest.raises(ValidationError) as exc:
         Product.model_validate({**GOOD, field: value})
     assert field in str(exc.value)
+
+
+def test_the_largest_version_is_one_redis_lua_compares_exactly():
+    """Versions are compared in Lua doubles: the largest one accepted is still distinct from the one below it."""
+    from m5core.schema import MAX_VERSION, ChangeEvent
+
+    assert Product.model_validate({**GOOD, "version": MAX_VERSION}).version == MAX_VERSION
+    assert float(MAX_VERSION) != float(MAX_VERSION - 1)
+    with pytest.raises(ValidationError, match="version"):
+        ChangeEvent.model_validate({"op": "delete", "asin": "B000000001", "version": 2**63 + 5, "ts": 1.0})
 
 
 def test_unknown_field_is_rejected():
