@@ -65,5 +65,7 @@ def bad_events(seed: int = 0) -> list[tuple[bytes, bytes, str]]:
         (b"B0BADBAD05", orjson.dumps({**good, "asin": "B0BADBAD06"}), "key_mismatch"),
         # a version past what the store compares exactly (Lua doubles) would freeze the product
         (b"B0BADBAD08", orjson.dumps({**good, "asin": "B0BADBAD08", "version": 2**63 + 5}), "schema"),
+        # a 300 KB key: its dead letter must still fit a Kafka request, or the partition stalls for good
+        (b"B0BADBAD09" * 30_000, orjson.dumps({**good, "asin": "B0BADBAD09"}), "oversize"),
         (b"B0BADBAD07", b'{"op":"delete","asin":"B0BADBAD07","version":1,"ts":1.0,"pad":"' + b"x" * 700_000 + b'"}', "oversize"),
     ]

@@ -189,4 +189,4 @@ class Indexer:
     def _dead(self, dl: DeadLetter) -> None:
         M.DEAD_LETTERS.labels(dl.reason).inc()
         log.warning("dead letter (%s) at %s:%d:%d: %s", dl.reason, dl.message.topic, dl.message.partition, dl.message.offset, dl.error[:200])
-        self.sink.send(self.s.dlq_topic, dl.message.key, dl.payload())
+        self.sink.send(self.s.dlq_topic, dl.key(), dl.payload())

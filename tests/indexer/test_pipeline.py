@@ -18,6 +18,7 @@ def test_parse_names_the_reason():
     for key, payload, reason in bad_events():
         out = parse_event(msg(payload, key), 500_000)
         assert isinstance(out, DeadLetter) and out.reason == reason, (payload[:60], out)
+        assert len(out.payload()) < 20_000 and len(out.key() or b"") <= 256, "a dead letter must fit any producer request"
     assert not isinstance(parse_event(msg(upsert("B000000001", 1)), 1_000_000), DeadLetter)
 
 
