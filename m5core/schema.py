@@ -107,6 +107,8 @@ class Product(BaseModel):
 
 
 EMBEDDED_FIELDS = ("locale", "product_type", "brand", "title", "description", "bullet_points", "attributes")
+FILTER_FIELDS = ("locale", "product_line")
+"""What the store record and every index keep beside the vector, for filtered search."""
 
 
 class ChangeOp(str, Enum):
@@ -162,9 +164,11 @@ def id_to_asin(idx: int) -> str:
 
 
 def content_hash(product: Product | dict) -> str:
-    """Hash of exactly the fields that feed the embedding; equal hash means no re-embedding."""
+    """Hash of the fields that feed the embedding and of the filter fields: an equal hash means the stored record
+    and every index stay as they are (a metadata touch); a product moved to another product line is rewritten
+    and published like any change, so replicas' filters follow it."""
     doc = product.model_dump() if isinstance(product, Product) else product
-    payload = {k: doc.get(k) for k in EMBEDDED_FIELDS}
+    payload = {k: doc.get(k) for k in dict.fromkeys(EMBEDDED_FIELDS + FILTER_FIELDS)}
     return hashlib.blake2b(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
 
 

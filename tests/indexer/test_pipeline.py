@@ -70,6 +70,21 @@ def test_unchanged_content_is_not_reembedded(pipeline):
     assert [decode_feed_value(m.value).product_version for m in feed] == [3]
 
 
+def test_a_product_moved_to_another_line_leaves_its_old_filter(pipeline):
+    """Store record and feed carry the new line, so every replica's index filters it under the new one."""
+    s, make, produce, producer, store, read = pipeline
+    indexer = make()
+    produce("B000000001", upsert("B000000001", 1))
+    producer.flush()
+    indexer.run(max_idle_s=1.5)
+    produce("B000000001", upsert("B000000001", 2, product_line="garden"))
+    producer.flush()
+    indexer.run(max_idle_s=1.5)
+    assert store.get("B000000001").product_line == "garden"
+    feed = [decode_feed_value(m.value) for m in read(s.embeddings_topic, 2)]
+    assert [(r.product_version, r.product_line) for r in feed] == [(1, "softlines"), (2, "garden")]
+
+
 def test_price_only_patch_after_upsert_skips_the_encoder(pipeline):
     s, make, produce, producer, store, read = pipeline
     produce("B000000001", upsert("B000000001", 1))

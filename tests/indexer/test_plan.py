@@ -48,6 +48,14 @@ def test_same_content_hash_is_touched_not_embedded():
     assert plan.touch[0]["price"] == 3.5 and plan.touch[0]["version"] == 2
 
 
+def test_a_move_to_another_product_line_is_written_not_touched():
+    """The filter fields live in the store record and in every index: a line-only change must reach them."""
+    doc = product(A, 1)
+    plan = plan_batch([up(A, 2, product_line="garden")], {A: (1, content_hash(doc), False)}, {A: doc})
+    assert not plan.touch
+    assert [d["product_line"] for d in plan.embed] == ["garden"]
+
+
 def test_attribute_patch_changes_content_and_is_embedded():
     doc = product(A, 1)
     plan = plan_batch([pat(A, 2, attributes={"colour": "blue"})], {A: (1, content_hash(doc), False)}, {A: doc})
