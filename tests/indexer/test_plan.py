@@ -50,8 +50,10 @@ def test_same_content_hash_is_touched_not_embedded():
 
 def test_a_move_to_another_product_line_is_written_not_touched():
     """The filter fields live in the store record and in every index: a line-only change must reach them."""
-    doc = product(A, 1)
-    plan = plan_batch([up(A, 2, product_line="garden")], {A: (1, content_hash(doc), False)}, {A: doc})
+    held = up(A, 1).product.model_dump()
+    same_text = up(A, 2, product_line="garden")
+    assert plan_batch([up(A, 2)], {A: (1, content_hash(held), False)}, {A: held}).touch  # the control: same everything is a touch
+    plan = plan_batch([same_text], {A: (1, content_hash(held), False)}, {A: held})
     assert not plan.touch
     assert [d["product_line"] for d in plan.embed] == ["garden"]
 
