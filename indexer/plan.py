@@ -48,18 +48,25 @@ def fold(events: list[ChangeEvent], stored_docs: dict[str, dict | None]) -> dict
 
 
 def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, str | None, bool]], stored_docs: dict[str, dict | None]) -> Plan:
-    """stored: asin -> (version, content hash, tombstone) as the store holds it."""
+    """stored: asin -> (version, content hash, tombstone) as the store holds it.
+
+    Events not newer than the store are set aside before folding: a stale upsert folded under a newer patch
+    would otherwise put its old content in the store at the patch's version.
+    """
     plan = Plan()
-    for asin, (state, doc, version, ts, orphans) in fold(events, stored_docs).items():
+    fresh: list[ChangeEvent] = []
+    for e in events:
+        held = stored.get(e.asin, (None, None, False))[0]
+        (plan.stale if held is not None and e.version <= held else fresh).append(e)
+    for asin in dict.fromkeys(e.asin for e in plan.stale):
+        held_version, _, tomb = stored[asin]
+        if asin not in {e.asin for e in fresh} and any(e.asin == asin and e.version == held_version for e in plan.stale):
+            plan.republish.append((asin, tomb))
+    for asin, (state, doc, version, ts, orphans) in fold(fresh, stored_docs).items():
         plan.unknown += orphans
         if version < 0:
             continue
-        held_version, held_hash, tomb = stored.get(asin, (None, None, False))
-        if held_version is not None and held_version >= version:
-            if held_version == version:
-                plan.republish.append((asin, tomb))
-            plan.stale += [e for e in events if e.asin == asin]
-            continue
+        held_hash, tomb = stored.get(asin, (None, None, False))[1:]
         plan.ts[asin] = ts
         if state == "deleted":
             plan.delete.append((asin, version, ts))

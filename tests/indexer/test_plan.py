@@ -58,6 +58,15 @@ def test_a_move_to_another_product_line_is_written_not_touched():
     assert [d["product_line"] for d in plan.embed] == ["garden"]
 
 
+def test_a_stale_upsert_cannot_ride_a_newer_patch_into_the_store():
+    """Stored v10 "new title"; a late upsert v5 "old title" and a price patch v11 arrive together: v11 keeps the new title."""
+    held = up(A, 10, title="new title").product.model_dump()
+    plan = plan_batch([up(A, 5, title="old title"), pat(A, 11, price=2.0)], {A: (10, content_hash(held), False)}, {A: held})
+    assert [e.version for e in plan.stale] == [5]
+    assert [(d["title"], d["version"], d["price"]) for d in plan.touch] == [("new title", 11, 2.0)]
+    assert not plan.embed
+
+
 def test_attribute_patch_changes_content_and_is_embedded():
     doc = product(A, 1)
     plan = plan_batch([pat(A, 2, attributes={"colour": "blue"})], {A: (1, content_hash(doc), False)}, {A: doc})
