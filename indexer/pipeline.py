@@ -98,15 +98,17 @@ class Indexer:
     # ------------------------------------------------------------------ one batch
     def process(self, msgs: list[Message]) -> None:
         events: list[ChangeEvent] = []
+        source: dict[int, Message] = {}  # id(event) -> its message: a dead letter names the event that failed
         for m in msgs:
             parsed = parse_event(m, self.s.max_event_bytes)
             if isinstance(parsed, DeadLetter):
                 self._dead(parsed)
             else:
                 events.append(parsed)
+                source[id(parsed)] = m
                 M.EVENTS.labels(parsed.op).inc()
         if events:
-            self._apply(events, msgs)
+            self._apply(events, msgs, source)
         self.sink.flush()
         offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
@@ -115,7 +117,7 @@ class Indexer:
         self.source.commit(offsets)
         M.BATCHES.inc()
 
-    def _apply(self, events: list[ChangeEvent], msgs: list[Message]) -> None:
+    def _apply(self, events: list[ChangeEvent], msgs: list[Message], source: dict[int, Message]) -> None:
         asins = sorted({e.asin for e in events})
         stored = dict(zip(asins, self.store.versions_of(asins)))
         patched = sorted({e.asin for e in events if e.op == "patch"})
@@ -127,9 +129,9 @@ class Indexer:
             if m.key:
                 by_asin_msg[m.key.decode("utf-8", "replace")] = m
         for e in plan.unknown:
-            self._dead(
-                DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held", by_asin_msg.get(e.asin, msgs[0]))
-            )
+            self._dead(DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held", source[id(e)]))
+        for e, why in plan.invalid:
+            self._dead(DeadLetter("schema", f"patch v{e.version} for {e.asin}: {why}", source[id(e)]))
         for asin, tomb in plan.republish:
             rec = None if tomb else self.store.get(asin)
             if tomb or rec is not None:

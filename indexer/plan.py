@@ -18,11 +18,18 @@ class Plan:
     # flush. The feed may lack it, so publish it again (consumers apply it idempotently).
     republish: list[tuple[str, bool]] = field(default_factory=list)  # (asin, is tombstone)
     unknown: list[ChangeEvent] = field(default_factory=list)  # patches for a product never seen
+    invalid: list[tuple[ChangeEvent, str]] = field(default_factory=list)  # patches that would break the product, and why
     ts: dict[str, float] = field(default_factory=dict)  # asin -> event time of the newest change
 
 
-def fold(events: list[ChangeEvent], stored_docs: dict[str, dict | None]) -> dict[str, tuple[str, dict | None, int, float, list[ChangeEvent]]]:
-    """Per ASIN, apply its events in version order: -> (state "live"|"deleted"|"unknown", doc, version, ts, unknown patches)."""
+def fold(
+    events: list[ChangeEvent], stored_docs: dict[str, dict | None]
+) -> dict[str, tuple[str, dict | None, int, float, list[ChangeEvent], list[tuple[ChangeEvent, str]]]]:
+    """Per ASIN, apply its events in version order.
+
+    -> (state "live"|"deleted"|"unknown", doc, version, ts, unknown patches, (invalid patch, why)); an invalid
+    patch is skipped, the product stays as the events before it left it.
+    """
     out = {}
     by_asin: dict[str, list[ChangeEvent]] = {}
     for e in events:
@@ -31,7 +38,7 @@ def fold(events: list[ChangeEvent], stored_docs: dict[str, dict | None]) -> dict
         evs.sort(key=lambda e: e.version)
         doc = stored_docs.get(asin)
         state = "live" if doc is not None else "unknown"
-        version, ts, orphans = -1, 0.0, []
+        version, ts, orphans, invalid = -1, 0.0, [], []
         for e in evs:
             if e.op == "upsert":
                 doc, state = e.product.model_dump(), "live"
@@ -41,9 +48,13 @@ def fold(events: list[ChangeEvent], stored_docs: dict[str, dict | None]) -> dict
                 orphans.append(e)
                 continue
             else:
-                doc = apply_patch(doc, e)
+                try:
+                    doc = apply_patch(doc, e)
+                except ValueError as exc:
+                    invalid.append((e, str(exc)))
+                    continue
             version, ts = e.version, e.ts
-        out[asin] = (state, doc, version, ts, orphans)
+        out[asin] = (state, doc, version, ts, orphans, invalid)
     return out
 
 
@@ -62,8 +73,9 @@ def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, st
         held_version, _, tomb = stored[asin]
         if asin not in {e.asin for e in fresh} and any(e.asin == asin and e.version == held_version for e in plan.stale):
             plan.republish.append((asin, tomb))
-    for asin, (state, doc, version, ts, orphans) in fold(fresh, stored_docs).items():
+    for asin, (state, doc, version, ts, orphans, invalid) in fold(fresh, stored_docs).items():
         plan.unknown += orphans
+        plan.invalid += invalid
         if version < 0:
             continue
         held_hash, tomb = stored.get(asin, (None, None, False))[1:]

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Annotated, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 ASIN_PATTERN = r"^[0-9A-Z]{10}$"
@@ -127,7 +127,7 @@ class ChangeEvent(BaseModel):
     version: Version
     ts: float = Field(ge=0, description="Unix seconds when the change happened (for freshness).")
     product: Product | None = None
-    attributes: dict[str, str | None] | None = Field(default=None, description="patch: value None removes the attribute.")
+    attributes: dict[str, str | None] | None = Field(default=None, max_length=MAX_ATTRIBUTES, description="patch: value None removes the attribute.")
     price: float | None = Field(default=None, ge=0)
     stock: int | None = Field(default=None, ge=0)
 
@@ -201,7 +201,11 @@ def render_product(product: Product | dict, scheme: Literal["plain", "fields"] =
 
 
 def apply_patch(product: dict, event: ChangeEvent) -> dict:
-    """Merge a patch event onto a stored product document (pure; returns a new dict)."""
+    """Merge a patch event onto a stored product document (pure; returns a new, validated dict).
+
+    Raises:
+        ValueError: the merged product breaks the schema (too many attributes, say), naming the field.
+    """
     doc = dict(product)
     attrs = dict(doc.get("attributes") or {})
     for name, value in (event.attributes or {}).items():
@@ -216,4 +220,8 @@ def apply_patch(product: dict, event: ChangeEvent) -> dict:
         doc["stock"] = event.stock
     doc["version"] = event.version
     doc["updated_at"] = event.ts
-    return doc
+    try:
+        return Product.model_validate(doc).model_dump()
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'product'}: {e['msg']}" for e in exc.errors()[:5])
+        raise ValueError(f"patched product is invalid: {errs}") from None

@@ -85,6 +85,25 @@ def test_a_product_moved_to_another_line_leaves_its_old_filter(pipeline):
     assert [(r.product_version, r.product_line) for r in feed] == [(1, "softlines"), (2, "garden")]
 
 
+def test_a_patch_that_breaks_the_product_is_dead_lettered_as_itself(pipeline):
+    """The merged product is validated; the dead letter is the patch's own message, and later events still apply."""
+    from m5core.schema import MAX_ATTRIBUTES
+
+    s, make, produce, producer, store, read = pipeline
+    indexer = make()
+    produce("B000000001", upsert("B000000001", 1))
+    producer.flush()
+    indexer.run(max_idle_s=1.5)
+    produce("B000000001", patch("B000000001", 2, attributes={f"a{i}": "x" for i in range(MAX_ATTRIBUTES)}))
+    produce("B000000001", patch("B000000001", 3, price=4.0))
+    producer.flush()
+    indexer.run(max_idle_s=1.5)
+    (dead,) = [orjson.loads(m.value) for m in read(s.dlq_topic, 1)]
+    assert dead["reason"] == "schema" and "attributes" in dead["error"] and '"version":2' in dead["payload"]
+    doc = orjson.loads(store.get_doc("B000000001"))
+    assert (doc["version"], doc["price"], len(doc["attributes"])) == (3, 4.0, 1)
+
+
 def test_price_only_patch_after_upsert_skips_the_encoder(pipeline):
     s, make, produce, producer, store, read = pipeline
     produce("B000000001", upsert("B000000001", 1))

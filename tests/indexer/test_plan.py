@@ -42,7 +42,7 @@ def test_older_or_equal_than_stored_is_stale_and_equal_is_republished():
 
 
 def test_same_content_hash_is_touched_not_embedded():
-    doc = product(A, 1)
+    doc = up(A, 1).product.model_dump()
     plan = plan_batch([pat(A, 2, price=3.5)], {A: (1, content_hash(doc), False)}, {A: doc})
     assert not plan.embed and len(plan.touch) == 1
     assert plan.touch[0]["price"] == 3.5 and plan.touch[0]["version"] == 2
@@ -65,6 +65,16 @@ def test_a_stale_upsert_cannot_ride_a_newer_patch_into_the_store():
     assert [e.version for e in plan.stale] == [5]
     assert [(d["title"], d["version"], d["price"]) for d in plan.touch] == [("new title", 11, 2.0)]
     assert not plan.embed
+
+
+def test_a_patch_that_would_break_the_product_is_set_aside_with_the_reason():
+    from m5core.schema import MAX_ATTRIBUTES
+
+    held = up(A, 1).product.model_dump()  # one attribute already
+    too_many = pat(A, 2, attributes={f"a{i}": "x" for i in range(MAX_ATTRIBUTES)})
+    plan = plan_batch([too_many, pat(A, 3, price=4.0)], {A: (1, content_hash(held), False)}, {A: held})
+    assert [(e.version, "attributes" in why) for e, why in plan.invalid] == [(2, True)]
+    assert [(d["version"], d["price"], len(d["attributes"])) for d in plan.touch] == [(3, 4.0, 1)]
 
 
 def test_attribute_patch_changes_content_and_is_embedded():
