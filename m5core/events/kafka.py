@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
 from kafka.structs import OffsetAndMetadata
 
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
@@ -46,8 +46,10 @@ class KafkaSource(EventSource):
         if offsets:
             try:
                 self.consumer.commit({TopicPartition(t, p): OffsetAndMetadata(off, "", -1) for (t, p), off in offsets.items()})
-            except CommitFailedError as exc:
-                raise CommitRejected(str(exc)) from exc
+            except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as exc:
+                # The group is moving the partitions: retrying without a poll() cannot succeed (kafka-python
+                # completes a rebalance inside poll), and whoever owns them next replays from the last commit.
+                raise CommitRejected(f"{type(exc).__name__}: {exc}") from exc
 
     def seek(self, offsets: Mapping[TP, int]) -> None:
         for (t, p), off in offsets.items():
