@@ -32,9 +32,6 @@ class QueryCache:
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 def check_queries(texts: list[str], max_chars: int, field: str) -> None:
     """Blank or too long query text (`ServiceSettings.max_query_chars`): 422 naming the item (`field.i` in a list)."""

@@ -99,18 +99,8 @@ async def test_new_locale_and_line_reach_a_filtered_search_on_local_store(tmp_pa
 
 
 @pytest.mark.services
-async def test_new_locale_and_line_reach_a_filtered_search_on_redis_and_kafka(kafka_bootstrap, kafka_topics, redis_url, unique_name, tmp_path):
-    common = dict(
-        store="redis",
-        events="kafka",
-        redis_url=redis_url,
-        kafka_bootstrap=kafka_bootstrap,
-        namespace=unique_name("ns"),
-        changes_topic=kafka_topics("changes", partitions=3),
-        embeddings_topic=kafka_topics("emb", partitions=3, compact=True),
-        dlq_topic=kafka_topics("dlq"),
-        snapshot_dir=tmp_path / "snaps",
-    )
+async def test_new_locale_and_line_reach_a_filtered_search_on_redis_and_kafka(real_servers, kafka_bootstrap, redis_url, unique_name, tmp_path):
+    common = dict(real_servers, snapshot_dir=tmp_path / "snaps")
     si = IndexerSettings(**common, group_id=unique_name("g"), metrics_port=0, max_wait_ms=100)
     sink = KafkaSink(kafka_bootstrap)
     for key, value in EVENTS:

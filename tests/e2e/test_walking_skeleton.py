@@ -22,18 +22,8 @@ from service.settings import ServiceSettings
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-async def test_event_to_http_answer(kafka_bootstrap, kafka_topics, redis_url, unique_name, trained_bundle, test_catalog):
-    s = ServiceSettings(
-        store="redis",
-        events="kafka",
-        redis_url=redis_url,
-        kafka_bootstrap=kafka_bootstrap,
-        namespace=unique_name("ns"),
-        changes_topic=kafka_topics("changes", partitions=3),
-        embeddings_topic=kafka_topics("emb", partitions=3, compact=True),
-        dlq_topic=kafka_topics("dlq"),
-        bundle=trained_bundle,
-    )
+async def test_event_to_http_answer(real_servers, kafka_bootstrap, redis_url, unique_name, trained_bundle, test_catalog):
+    s = ServiceSettings(**real_servers, bundle=trained_bundle)
     env = {
         **os.environ,
         **{

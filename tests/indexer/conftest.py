@@ -38,17 +38,10 @@ def patch(asin, version, **fields) -> bytes:
 
 
 @pytest.fixture
-def pipeline(kafka_bootstrap, kafka_topics, redis_url, unique_name):
+def pipeline(real_servers, kafka_bootstrap, redis_url, unique_name):
     """-> (settings, make_indexer(), produce(key, value), store, read_topic(topic))"""
     s = IndexerSettings(
-        store="redis",
-        events="kafka",
-        redis_url=redis_url,
-        kafka_bootstrap=kafka_bootstrap,
-        namespace=unique_name("ns"),
-        changes_topic=kafka_topics("changes", partitions=3),
-        embeddings_topic=kafka_topics("emb", partitions=3, compact=True),
-        dlq_topic=kafka_topics("dlq"),
+        **real_servers,
         group_id=unique_name("g"),
         max_wait_ms=100,
         metrics_port=0,
