@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m5core.lexical import words
+from m5core.lexical import ANALYZERS, words
 from m5core.settings import CacheConfig
 
 
@@ -36,17 +36,24 @@ class BM25Retriever:
 
     version = "bm25-lucene"
 
-    def __init__(self, docs: list[str]):
+    def __init__(self, docs: list[str], analyzer: str = "words"):
+        """analyzer: "words" (the standard analyzer: lower-cased word runs) or "char4" (each word's character
+        4-grams, the lexical block's terms: exact statistics on the ranked catalog, no hashing)."""
         try:
             import bm25s
         except ImportError as exc:
             raise RuntimeError(f"the BM25 baseline needs bm25s (pip install -e '.[eval]'): {exc}") from exc
+        self.terms = ANALYZERS[analyzer]
         self.bm25 = bm25s.BM25(k1=1.5, b=0.75)
-        self.bm25.index([words(d) for d in docs], show_progress=False)
+        self.bm25.index([self.terms(d) for d in docs], show_progress=False)
         self.n_docs = len(docs)
 
+    @classmethod
+    def char4(cls, docs: list[str]) -> BM25Retriever:
+        return cls(docs, analyzer="char4")
+
     def top(self, query: str, k: int) -> np.ndarray:
-        scores = np.asarray(self.bm25.get_scores(words(query)), np.float32)  # (n_docs,)
+        scores = np.asarray(self.bm25.get_scores(self.terms(query)), np.float32)  # (n_docs,)
         k = min(k, len(scores))
         idx = np.argpartition(-scores, k - 1)[:k]
         return idx[np.argsort(-scores[idx], kind="stable")]

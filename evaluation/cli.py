@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", type=Path, help="catalog directory with judgements (m5 catalog generate); required unless --handwritten-only")
     p.add_argument(
         "--encoder",
-        choices=["bundle", "bm25", "random", "minilm"],
+        choices=["bundle", "bm25", "bm25-char4", "random", "minilm"],
         default="bundle",
         help="what to evaluate: a trained bundle or a baseline (default bundle)",
     )

@@ -436,6 +436,8 @@ def build_encoders(kind: str, bundle: Path | None = None, threads: int = 2):
 
     if kind == "bm25":
         return "bm25", {"encoder": None, "scorer_factory": baselines.BM25Retriever}, "plain"
+    if kind == "bm25-char4":
+        return "bm25-char4", {"encoder": None, "scorer_factory": baselines.BM25Retriever.char4}, "plain"
     if kind == "random":
         return "random", {"encoder": baselines.RandomEncoder()}, "plain"
     if kind == "minilm":
@@ -456,7 +458,7 @@ def build_encoders(kind: str, bundle: Path | None = None, threads: int = 2):
             },
             m.render_scheme,
         )
-    raise ValueError(f"encoder: unknown {kind!r} (choose bm25, random, minilm, bundle)")
+    raise ValueError(f"encoder: unknown {kind!r} (choose bm25, bm25-char4, random, minilm, bundle)")
 
 
 def run_eval(

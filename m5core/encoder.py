@@ -52,6 +52,17 @@ def embed_in_batches(encoder: Encoder, texts: list[str], batch: int, on_batch: C
 SUB_BATCH = 16  # rows per ONNX Runtime call in a large batch (intra-op: 16 1,165/s, 32 1,092/s, 64 906/s; side by side 8/16/32 within noise)
 
 
+def known_share(tokenizer, text: str) -> float:
+    """The share of a text's words (digits aside: model numbers are nobody's vocabulary) that the tokenizer
+    cuts into pieces of two or more characters on average: 1.0 for "cordless drill", 0.0 for Arabic spelt
+    letter by letter by an English vocabulary; 1.0 for a text with no such words."""
+    ws = [w for w in words(text) if not any(c.isdigit() for c in w)]
+    if not ws:
+        return 1.0
+    known = sum(len(w) >= 2 * len(tokenizer.model.tokenize(w)) for w in ws)
+    return known / len(ws)
+
+
 class OnnxEncoder:
     """One tower of a bundle, run by ONNX Runtime on CPU, with the bundle's lexical block appended.
 
@@ -142,8 +153,10 @@ class OnnxEncoder:
         dense = self.embed_dense(texts)
         if self.lexical is None:
             return dense
-        side = self.lexical.products if self._lexical_side == "product" else self.lexical.queries
-        return self.lexical.append(dense, side(texts))
+        if self._lexical_side == "product":
+            return self.lexical.append(dense, self.lexical.products(texts))
+        shares = [self.lexical.query_share(known_share(self.tokenizer, t)) for t in texts] if self.lexical.adaptive else None
+        return self.lexical.append(dense, self.lexical.queries(texts), shares)
 
     def embed_dense(self, texts: list[str]) -> np.ndarray:
         """The tower's own (n, dense_dim) output."""

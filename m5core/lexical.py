@@ -16,12 +16,22 @@ by ASIN) is the same mix. Words are hashed (crc32, signed) into `dims` buckets, 
 fixed-size and any word of any language has a place; the idf of each bucket is fitted on the training
 catalog when the bundle is exported and frozen in it, so a product's vector depends only on its text
 and the bundle.
+
+The terms counted are the analyzer's. `char4` (the default since session 8) counts the character 4-grams of
+each word with its boundaries ("<akku", "akku", ...), the n-gram indexing that multilingual retrieval uses for
+compounding and inflecting languages (McNamee & Mayfield 2004): "Akkuschrauber" meets "Akku-Bohrschrauber",
+"المثقاب" meets "مثقاب", "sunglases" meets "sunglasses", with no per-language stemmer. `words` (the bundles
+exported before it) counts whole words, as the BM25 baseline does.
+
+A query's own mix follows what the dense tower can read of it (`query_share`, `adaptive` bundles): the share of
+its words that the tower's vocabulary holds in pieces of two or more characters (`m5core.encoder.known_share`).
+A query the tower spells letter by letter (a script its starting checkpoint never learned) is ranked by the
+block alone; one it reads keeps the trained share.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -36,6 +46,23 @@ FILE = "lexical.json"
 def words(text: str) -> list[str]:
     """Lower-cased word characters runs: the unit BM25 counts, in every script."""
     return WORD_RE.findall(text.lower())
+
+
+def char_ngrams(text: str, n: int = 4) -> list[str]:
+    """Each word's character n-grams with "<" and ">" marking its ends; a word shorter than n - 1 is kept whole
+    ("4", "xl"), and the grams of a word that starts and ends the same way stay distinct from a shorter word's."""
+    out: list[str] = []
+    for w in words(text):
+        padded = f"<{w}>"
+        if len(padded) <= n:
+            out.append(padded)
+        else:
+            out.extend(padded[i : i + n] for i in range(len(padded) - n + 1))
+    return out
+
+
+ANALYZERS = {"words": words, "char4": char_ngrams}
+"""Name (saved in lexical.json, so a bundle keeps the terms it was fitted with) -> text to terms."""
 
 
 def _buckets(tokens: list[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,28 +81,52 @@ class LexicalBlock:
     avgdl: float
     k1: float = 1.2
     b: float = 0.75
+    analyzer: str = "words"
+    """A key of ANALYZERS: the terms hashed into buckets."""
+    adaptive: bool = False
+    """Queries the dense tower cannot read lean on the block (`query_share`); False: every query at `share`."""
+
+    def __post_init__(self) -> None:
+        if self.analyzer not in ANALYZERS:
+            raise ValueError(f"lexical block: analyzer {self.analyzer!r} is not one of {', '.join(ANALYZERS)}")
+
+    def query_share(self, known: float) -> float:
+        """The lexical share of a query whose words the tower's vocabulary knows in proportion `known` (0..1).
+
+        A starting checkpoint that never learned a script spells its words letter by letter, and the dense
+        part of such a query is noise: all of the query's weight goes to the block then, and a query in words
+        the tower knows keeps the trained share. Products keep the trained share, so only the query's mix moves."""
+        return self.share if not self.adaptive else 1 - (1 - self.share) * min(1.0, max(0.0, known))
+
+    def terms(self, text: str) -> list[str]:
+        return ANALYZERS[self.analyzer](text)
 
     @classmethod
-    def fit(cls, texts: list[str], dims: int, share: float, k1: float = 1.2, b: float = 0.75) -> LexicalBlock:
+    def fit(
+        cls, texts: list[str], dims: int, share: float, k1: float = 1.2, b: float = 0.75, analyzer: str = "char4", adaptive: bool = True
+    ) -> LexicalBlock:
         """Bucket idf and mean length from a catalog's rendered products (the BM25 statistics, frozen)."""
         if dims <= 0 or not 0 < share < 1:
             raise ValueError(f"lexical block: dims ({dims}) must be positive and share ({share}) between 0 and 1")
+        if analyzer not in ANALYZERS:
+            raise ValueError(f"lexical block: analyzer {analyzer!r} is not one of {', '.join(ANALYZERS)}")
+        terms = ANALYZERS[analyzer]
         df = np.zeros(dims, np.float64)
         total = 0
         for text in texts:
-            toks = words(text)
+            toks = terms(text)
             total += len(toks)
             if toks:
                 df[np.unique(_buckets(toks, dims)[0])] += 1
         n = len(texts)
         idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
-        return cls(dims, share, idf, avgdl=total / max(1, n), k1=k1, b=b)
+        return cls(dims, share, idf, avgdl=total / max(1, n), k1=k1, b=b, analyzer=analyzer, adaptive=adaptive)
 
     def products(self, texts: list[str]) -> np.ndarray:
         """(n, dims) BM25 term weights of each product (saturated term frequency x idf, length-normalised)."""
         out = np.zeros((len(texts), self.dims), np.float32)
         for row, text in enumerate(texts):
-            toks = words(text)
+            toks = self.terms(text)
             if not toks:
                 continue
             uniq, tf = np.unique(np.array(toks), return_counts=True)
@@ -88,16 +139,19 @@ class LexicalBlock:
         """(n, dims) each query's distinct words (their dot with `products` is BM25 up to a constant)."""
         out = np.zeros((len(texts), self.dims), np.float32)
         for row, text in enumerate(texts):
-            toks = sorted(set(words(text)))
+            toks = sorted(set(self.terms(text)))
             if toks:
                 idx, sign = _buckets(toks, self.dims)
                 np.add.at(out[row], idx, sign)
         return out
 
-    def append(self, dense: np.ndarray, lexical: np.ndarray) -> np.ndarray:
-        """The served vectors: unit dense and unit lexical rows mixed by the share (a text with no words keeps its dense part alone)."""
+    def append(self, dense: np.ndarray, lexical: np.ndarray, shares: np.ndarray | None = None) -> np.ndarray:
+        """The served vectors: unit dense and unit lexical rows mixed by the share, or by `shares` (n,) row by row
+        (a text with no terms keeps its dense part alone)."""
         lex = lexical / np.maximum(np.linalg.norm(lexical, axis=1, keepdims=True), 1e-12)
-        v = np.hstack([math.sqrt(1 - self.share) * dense, math.sqrt(self.share) * lex]).astype(np.float32, copy=False)
+        s = np.full((len(dense), 1), self.share, np.float32) if shares is None else np.asarray(shares, np.float32).reshape(-1, 1)
+        s = np.where(lexical.any(axis=1, keepdims=True), s, 0.0)
+        v = np.hstack([np.sqrt(1 - s) * dense, np.sqrt(s) * lex]).astype(np.float32, copy=False)
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
     def save(self, path: Path) -> None:
@@ -108,6 +162,8 @@ class LexicalBlock:
                     "share": self.share,
                     "k1": self.k1,
                     "b": self.b,
+                    "analyzer": self.analyzer,
+                    "adaptive": self.adaptive,
                     "avgdl": self.avgdl,
                     "idf": [round(float(x), 6) for x in self.idf],
                 }
@@ -120,7 +176,17 @@ class LexicalBlock:
         try:
             d = json.loads(Path(path).read_text())
             idf = np.asarray(d["idf"], np.float32)
-            block = cls(int(d["dims"]), float(d["share"]), idf, float(d["avgdl"]), float(d["k1"]), float(d["b"]))
+            # lexical.json of bundles exported before analyzers were named counted whole words
+            block = cls(
+                int(d["dims"]),
+                float(d["share"]),
+                idf,
+                float(d["avgdl"]),
+                float(d["k1"]),
+                float(d["b"]),
+                analyzer=str(d.get("analyzer", "words")),
+                adaptive=bool(d.get("adaptive", False)),
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a lexical block: {exc}") from exc
         if block.dims <= 0 or idf.shape != (block.dims,) or not 0 < block.share < 1 or block.avgdl <= 0:

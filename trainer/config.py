@@ -157,6 +157,13 @@ class ExportConfig(_Strict):
     """Chosen on the development set and by cost (docs/benchmarks.md, "The lexical block"): nDCG@10 0.893 with 256
     buckets, 0.901 with 512 (one query's worth on 42 queries), while search time grows with the vector's length."""
     lexical_share: float = Field(0.4, gt=0, lt=1, description="the lexical cosine's share of every score")
+    lexical_adaptive: bool = Field(True, description="a query's lexical share rises to 1 as its words fall outside the tower's vocabulary")
+    """Development set, default bundle: nDCG@10 0.893 -> 0.902, Arabic 0.860 -> 0.888 (docs/benchmarks.md, "Session 8")."""
+    lexical_analyzer: Literal["char4", "words"] = Field(
+        "char4", description="terms hashed into the block: each word's character 4-grams, or whole words"
+    )
+    """Chosen on the development set (docs/benchmarks.md, "Session 8"): at 256 buckets and share 0.4, nDCG@10 0.918
+    with 4-grams against 0.893 with words (0.914-0.918 against 0.893-0.894 across shares 0.3-0.5)."""
     keep_fp32: bool = True
     per_channel: bool = True
     """One int8 scale per output channel of each weight: on the default model it kept validation recall@10

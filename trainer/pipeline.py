@@ -228,7 +228,13 @@ class Run:
         e = self.cfg.export
         if not e.lexical_dims:
             return None
-        return LexicalBlock.fit([render_product(p, self.scheme) for p in self.products.values()], e.lexical_dims, e.lexical_share)
+        return LexicalBlock.fit(
+            [render_product(p, self.scheme) for p in self.products.values()],
+            e.lexical_dims,
+            e.lexical_share,
+            analyzer=e.lexical_analyzer,
+            adaptive=e.lexical_adaptive,
+        )
 
 
 def run_stage(cfg: TrainConfig, stage: str, resume: bool = True):

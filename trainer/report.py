@@ -193,6 +193,7 @@ def eval_tables(
         from evaluation.baselines import BM25Retriever
 
         variants.append(("BM25", {"encoder": None, "scorer_factory": BM25Retriever}, "plain"))
+        variants.append(("BM25 over character 4-grams", {"encoder": None, "scorer_factory": BM25Retriever.char4}, "plain"))
         try:
             from evaluation.baselines import MiniLMEncoder
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from m5core.bundle import BundleError, LexicalRef, Manifest, TowerSpec
-from m5core.lexical import LexicalBlock, words
+from m5core.lexical import ANALYZERS, LexicalBlock, char_ngrams, words
 
 CORPUS = [
     "Gardena Gartenschlauch 20m, 1/2 Zoll, knickfest, mit Spritze",
@@ -18,16 +18,18 @@ CORPUS = [
 QUERIES = ["cast iron skillet", "gartenschlauch 20m", "خرطوم حديقة", "usb-c cable braided", "katzenstreu staubarm", "spf 50 sunscreen"]
 
 
-def test_products_dot_queries_ranks_as_bm25_does():
-    """With buckets to spare (no collisions), the block's inner product orders products as the bm25s library does."""
+@pytest.mark.parametrize("analyzer", sorted(ANALYZERS))
+def test_products_dot_queries_ranks_as_bm25_does(analyzer):
+    """With buckets to spare (no collisions), the block's inner product is the bm25s library's score over the same terms."""
     import bm25s
 
-    block = LexicalBlock.fit(CORPUS, dims=1 << 16, share=0.4)
+    terms = ANALYZERS[analyzer]
+    block = LexicalBlock.fit(CORPUS, dims=1 << 20, share=0.4, analyzer=analyzer)
     scores = block.queries(QUERIES) @ block.products(CORPUS).T  # (queries, products)
     bm25 = bm25s.BM25(k1=1.2, b=0.75)
-    bm25.index([words(t) for t in CORPUS], show_progress=False)
+    bm25.index([terms(t) for t in CORPUS], show_progress=False)
     for qi, q in enumerate(QUERIES):
-        ref = np.asarray(bm25.get_scores(words(q)))
+        ref = np.asarray(bm25.get_scores(sorted(set(terms(q)))))
         assert np.argmax(scores[qi]) == np.argmax(ref) and ref.max() > 0, q
         np.testing.assert_allclose(scores[qi] / 2.2, ref, rtol=1e-4, atol=1e-5)  # BM25 up to the constant k1 + 1
 
@@ -49,6 +51,57 @@ def test_appended_vectors_are_unit_length_and_let_a_shared_word_decide():
         assert s[0] > s[1], query
 
 
+def test_char_ngrams_mark_word_ends_and_keep_short_words():
+    assert char_ngrams("Akku 4 XL") == ["<akk", "akku", "kku>", "<4>", "<xl>"]
+    assert char_ngrams("ab") == ["<ab>"] and char_ngrams("abc") == ["<abc", "abc>"]
+    assert char_ngrams("-- !") == []
+
+
+def test_char4_matches_compounds_clitics_and_typos_that_whole_words_miss():
+    """A query word that is part of, or a misspelling of, a listing's word: whole words score the two listings the
+    same (no shared word), 4-grams prefer the one that shares most of it."""
+    dense = np.tile(np.eye(1, 8, dtype=np.float32), (2, 1))
+    for query, hit, miss in (
+        ("akkuschrauber", "Akku-Bohrschrauber 18V", "Bohrmaschine 18V"),
+        ("مثقاب", "المثقاب اللاسلكي", "مفك براغي"),
+        ("sunglases polarized", "sunglasses uv400", "ski goggles uv400"),
+    ):
+        for analyzer, wins in (("char4", True), ("words", False)):
+            block = LexicalBlock.fit(CORPUS, dims=1 << 16, share=0.4, analyzer=analyzer)
+            s = (block.append(dense[:1], block.queries([query])) @ block.append(dense, block.products([hit, miss])).T)[0]
+            assert bool(s[0] > s[1] + 1e-6) is wins, (analyzer, query)
+
+
+def test_known_share_counts_the_words_a_vocabulary_reads():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    from m5core.encoder import known_share
+
+    vocab = ["[UNK]", "cord", "##less", "drill", "with", "two", "batteries", "z", "##wei"] + list("مثقابلسكي") + [f"##{c}" for c in "مثقابلسكي"]
+    tok = Tokenizer(WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = BertPreTokenizer()
+    assert known_share(tok, "cordless drill with two batteries") == 1.0
+    assert known_share(tok, "مثقاب لاسلكي") == 0.0  # letter by letter
+    assert known_share(tok, "drill مثقاب") == 0.5
+    assert known_share(tok, "zwei 18v") == 1.0  # two pieces of two characters; model numbers left out
+    assert known_share(tok, "18v 2000") == 1.0 and words("18V") == ["18v"]
+
+
+def test_adaptive_share_sends_an_unreadable_query_to_the_block_alone():
+    block = LexicalBlock.fit(CORPUS, dims=64, share=0.4)
+    assert block.adaptive and block.query_share(1.0) == pytest.approx(0.4) and block.query_share(0.0) == 1.0
+    assert block.query_share(0.5) == pytest.approx(0.7)
+    fixed = LexicalBlock.fit(CORPUS, dims=64, share=0.4, adaptive=False)
+    assert fixed.query_share(0.0) == pytest.approx(0.4)
+    dense = np.full((2, 4), 0.5, np.float32)
+    v = block.append(dense, block.queries(["خرطوم حديقة", "cast iron"]), shares=[1.0, 0.4])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    assert not v[0, :4].any() and v[1, :4].any()
+    np.testing.assert_allclose(v[1], block.append(dense[1:], block.queries(["cast iron"]))[0], rtol=1e-6)
+
+
 def test_text_without_words_adds_nothing():
     block = LexicalBlock.fit(CORPUS, dims=64, share=0.4)
     assert not block.products(["", "--- !!"]).any() and not block.queries([""]).any()
@@ -62,6 +115,12 @@ def test_save_load_round_trip_and_bad_files_name_themselves(tmp_path):
     back = LexicalBlock.load(tmp_path / "lexical.json")
     np.testing.assert_allclose(back.products(CORPUS), block.products(CORPUS), rtol=1e-5, atol=1e-6)
     d = json.loads((tmp_path / "lexical.json").read_text())
+    assert d["analyzer"] == "char4"
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in d.items() if k != "analyzer"}))
+    assert LexicalBlock.load(tmp_path / "old.json").analyzer == "words"  # bundles exported before analyzers had names
+    (tmp_path / "odd.json").write_text(json.dumps({**d, "analyzer": "stems"}))
+    with pytest.raises(ValueError, match="odd.json.*analyzer 'stems'"):
+        LexicalBlock.load(tmp_path / "odd.json")
     (tmp_path / "short.json").write_text(json.dumps({**d, "idf": d["idf"][:5]}))
     with pytest.raises(ValueError, match="short.json.*32.*5 idf"):
         LexicalBlock.load(tmp_path / "short.json")
