@@ -6,10 +6,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
-from m5core.events.base import EventSource, Message, TopicPartition
+from m5core.events.base import EventSource
 from m5core.feed import FeedFollower
 from m5core.index import AnnIndex
 from m5core.snapshots import offsets_to_meta, save_snapshot
@@ -18,45 +17,15 @@ from m5core.stores.base import EmbeddingStore
 log = logging.getLogger(__name__)
 
 
-class OffsetTracking(EventSource):
-    """Wraps a source and remembers the next offset per partition: what a snapshot includes."""
-
-    def __init__(self, inner: EventSource):
-        self.inner = inner
-        self.offsets: dict[TopicPartition, int] = {}
-
-    def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
-        msgs = self.inner.poll(max_records, timeout_s)
-        for m in msgs:
-            self.offsets[(m.topic, m.partition)] = max(self.offsets.get((m.topic, m.partition), 0), m.offset + 1)
-        return msgs
-
-    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.inner.seek(offsets)
-        self.offsets.update(offsets)
-
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        self.inner.commit(offsets)
-
-    def lag(self) -> dict[TopicPartition, int]:
-        return self.inner.lag()
-
-    def end_offsets(self) -> dict[TopicPartition, int]:
-        return self.inner.end_offsets()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class Snapshotter:
     """FeedFollower + periodic snapshots. Resumes from the newest snapshot, else from the store."""
 
     def __init__(self, source: EventSource, store: EmbeddingStore, root: Path, dim: int, kind: str = "auto", interval_s: float = 60.0, keep: int = 3):
-        self.source = OffsetTracking(source)
+        self.source = source
         self.store, self.root, self.interval_s, self.keep = store, Path(root), interval_s, keep
-        # The newest snapshot of this namespace, else the store up to the feed's end offsets at this moment:
-        # either way the follower seeks the source, and OffsetTracking records where the index stands.
-        self.follower = FeedFollower(self.source, AnnIndex(dim, kind), store, log, snapshot_dir=self.root)  # type: ignore[arg-type]
+        # The newest snapshot of this namespace, else the store up to the feed's end offsets at this moment;
+        # then the follower's offsets say where the index stands: past what it applied, never past what it polled.
+        self.follower = FeedFollower(self.source, AnnIndex(dim, kind), store, log, snapshot_dir=self.root)
         n = self.follower.bootstrap()
         log.info("started from %s with %d vectors", "a snapshot" if self.follower.snapshot_meta else "the store", n)
         self.saved_at_applied = -1
@@ -70,13 +39,13 @@ class Snapshotter:
         path = save_snapshot(
             self.index,
             self.root,
-            self.source.offsets,
+            self.follower.offsets,
             self.keep,
             {"bundle_versions": sorted(self.follower.bundle_versions), "namespace": self.store.namespace},
         )
         self.saved_at_applied = self.follower.applied
         self.snapshots.append(path)
-        log.info("snapshot %s: %d vectors, offsets %s", path.name, len(self.index), offsets_to_meta(self.source.offsets))
+        log.info("snapshot %s: %d vectors, offsets %s", path.name, len(self.index), offsets_to_meta(self.follower.offsets))
         return path
 
     def run(self, stop: threading.Event, max_idle_s: float | None = None) -> None:

@@ -68,7 +68,8 @@ class FeedFollower:
     applied twice at worst; versions make that harmless. With no store either, the compacted feed is
     replayed from its start. A tombstone carries no version, so with a store it removes a product
     only when the store no longer holds it. `offsets` is the next offset per partition the index
-    includes (what a snapshot of it records); malformed values are counted and skipped, never fatal.
+    includes, advanced only past batches applied whole (what a snapshot of it records); malformed values
+    are counted and skipped, never fatal.
     """
 
     def __init__(
@@ -169,8 +170,30 @@ class FeedFollower:
             raise ValueError("vector has NaN or inf values")
 
     def poll_once(self, max_records: int = 1000, timeout_s: float = 0.2) -> int:
-        """Apply one batch of feed messages. -> messages consumed (applied or skipped)."""
+        """Apply one batch of feed messages. -> messages consumed (applied or skipped).
+
+        All or nothing: when applying raises (the store's tombstone check meets a Redis blip), the source
+        goes back to the batch's first offsets and `offsets` stays put, so the next poll reads the batch
+        again (a re-applied upsert is a no-op by version) instead of losing its deletes and upserts from
+        this index and from every snapshot taken of it later."""
         msgs = self.source.poll(max_records, timeout_s)
+        try:
+            n = self._apply(msgs)
+        except Exception:
+            first: dict[TopicPartition, int] = {}
+            for m in msgs:
+                first.setdefault((m.topic, m.partition), m.offset)
+            if first:
+                self.source.seek(first)
+            raise
+        self.applied += n
+        for m in msgs:
+            tp = (m.topic, m.partition)
+            self.offsets[tp] = max(self.offsets.get(tp, 0), m.offset + 1)
+        return len(msgs)
+
+    def _apply(self, msgs: list) -> int:
+        """-> vectors upserted or removed."""
         ups: dict[str, VectorRecord] = {}
         dels: list[str] = []
         for m in msgs:
@@ -194,14 +217,9 @@ class FeedFollower:
             prev = ups.get(rec.asin)
             if prev is None or prev.product_version < rec.product_version:
                 ups[rec.asin] = rec
+        gone = [a for a in dels if self.store is None or self.store.get(a) is None]  # may raise: nothing applied yet
         n = self._upsert(list(ups.values()))
-        gone = [a for a in dels if self.store is None or self.store.get(a) is None]
-        n += self.index.remove(gone) if gone else 0
-        self.applied += n
-        for m in msgs:
-            tp = (m.topic, m.partition)
-            self.offsets[tp] = max(self.offsets.get(tp, 0), m.offset + 1)
-        return len(msgs)
+        return n + (self.index.remove(gone) if gone else 0)
 
     def lag(self) -> int:
         """Feed messages not applied yet (all partitions); the last known value if the broker is unreachable."""

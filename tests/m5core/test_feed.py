@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from m5core.encoder import HashEncoder
 from m5core.events.base import EventSource, Message
@@ -142,3 +143,63 @@ def test_snapshot_of_another_dim_falls_back_to_the_store(tmp_path):
     store.put([rec("B000000001", "red shoes")])
     f = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path)
     assert f.bootstrap() == 1 and f.snapshot_meta is None and f.index.dim == ENC.dim
+
+
+class BlippingStore(LocalStore):
+    """The store as Redis is during a blip: the next `blips` reads fail with a connection error."""
+
+    blips = 0
+
+    def get(self, asin):
+        if self.blips:
+            self.blips -= 1
+            raise ConnectionError("Redis went away")
+        return super().get(asin)
+
+
+def test_a_batch_whose_apply_fails_is_read_again_not_skipped(tmp_path):
+    """A store blip during the tombstone check: neither the delete nor the upsert beside it is lost, and the
+    follower's offsets (what a snapshot records) never pass the failed batch."""
+    store = BlippingStore(tmp_path / "s.sqlite")
+    sink = LocalSink(tmp_path / "ev")
+    old, new = rec("B000000001", "red shoes"), rec("B000000002", "green tea")
+    store.put([old])
+    src = LocalSource(tmp_path / "ev", [TOPIC], "svc")
+    f = FeedFollower(src, AnnIndex(ENC.dim, "flat"), store)
+    assert f.bootstrap() == 1
+    start = dict(f.offsets)
+    store.delete("B000000001", 2)
+    sink.send(TOPIC, b"B000000001", None)
+    store.put([new])
+    sink.send(TOPIC, b"B000000002", encode_feed_value(new))
+    sink.flush()
+    store.blips = 1
+    with pytest.raises(ConnectionError):
+        f.poll_once()
+    assert f.offsets == start and f.index.contains("B000000001") and not f.index.contains("B000000002")
+    assert f.poll_once() == 2  # the same two messages again
+    assert not f.index.contains("B000000001") and f.index.contains("B000000002")
+    assert f.offsets == {(TOPIC, 0): start.get((TOPIC, 0), 0) + 2}
+
+
+def test_snapshots_record_only_what_the_index_applied(tmp_path):
+    from indexer.snapshot import Snapshotter
+
+    store = BlippingStore(tmp_path / "s.sqlite")
+    sink = LocalSink(tmp_path / "ev")
+    store.put([rec("B000000001", "red shoes")])
+    snap = Snapshotter(LocalSource(tmp_path / "ev", [TOPIC], "snap"), store, tmp_path / "snaps", ENC.dim, "flat", interval_s=3600)
+    store.delete("B000000001", 2)
+    sink.send(TOPIC, b"B000000001", None)
+    sink.flush()
+    store.blips = 1
+    with pytest.raises(ConnectionError):
+        snap.follower.poll_once()
+    meta_offsets = snap.follower.offsets.get((TOPIC, 0), 0)
+    path = snap.snapshot()
+    follower = FeedFollower(LocalSource(tmp_path / "ev", [TOPIC], "svc"), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path / "snaps")
+    follower.bootstrap()
+    assert follower.snapshot_meta is not None and path.name in str(latest_snapshot(tmp_path / "snaps"))
+    assert follower.index.contains("B000000001") and meta_offsets == 0  # the snapshot still holds it, and knows the delete is ahead
+    follower.poll_once()
+    assert not follower.index.contains("B000000001")
