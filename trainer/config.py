@@ -153,6 +153,10 @@ class ExportConfig(_Strict):
         description="quantisation keeps feed-forward outputs fp32, first "
         "layer first, until int8's mean cosine to fp32 reaches this (the gate's min_cosine is the floor)",
     )
+    dense_dims: int = Field(0, ge=0, description="project both towers' vectors onto their top N principal directions at export (0: keep the width)")
+    """Shorter vectors for a deployment that must pay less per search. Traded for lexical buckets at 640 dims (256 + 384
+    instead of 384 + 256) it won on the development set and lost on the synthetic test split, so no preset uses it
+    (docs/benchmarks.md, "Session 8")."""
     lexical_dims: int = Field(256, ge=0, description="hashed-BM25 buckets appended to every vector (m5core/lexical.py); 0: dense vectors only")
     """Chosen on the development set and by cost (docs/benchmarks.md, "The lexical block"): nDCG@10 0.893 with 256
     buckets, 0.901 with 512 (one query's worth on 42 queries), while search time grows with the vector's length."""

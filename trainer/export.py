@@ -44,6 +44,30 @@ def export_onnx(model: EmbeddingModel, path: Path, opset: int = 17) -> None:
     )
 
 
+def project_towers(query: EmbeddingModel, product: EmbeddingModel, query_vecs: np.ndarray, product_vecs: np.ndarray, dims: int) -> dict:
+    """Append to both towers one shared linear map onto the top `dims` principal directions of their own
+    vectors (uncentred: the second moment of the unit query and product vectors, each set weighted alike).
+
+    A served vector's length is what every search pays for; the dense part's last directions carry little
+    of its cosine (99.4% of the energy in 256 of MiniLM's 384), and the lexical block gains those dims
+    (docs/benchmarks.md, "Session 8"). One map for both towers keeps query . product a cosine in one space.
+    -> what was kept, for the manifest."""
+    width = product_vecs.shape[1]
+    if query_vecs.shape[1] != width or not 0 < dims < width:
+        raise ValueError(f"export.dense_dims: {dims} must be below the towers' width {width}")
+    second = product_vecs.T @ product_vecs / len(product_vecs) + query_vecs.T @ query_vecs / len(query_vecs)  # (width, width)
+    eigval, eigvec = np.linalg.eigh(second)
+    top = eigvec[:, ::-1][:, :dims]  # (width, dims), largest first
+    for tower in {id(query): query, id(product): product}.values():
+        old = tower.proj.weight.detach().numpy() if isinstance(tower.proj, torch.nn.Linear) else np.eye(width, dtype=np.float32)
+        proj = torch.nn.Linear(old.shape[1], dims, bias=False)
+        with torch.no_grad():
+            proj.weight.copy_(torch.from_numpy((top.T @ old).astype(np.float32)))  # (dims, hidden)
+        tower.proj = proj
+        tower.config = tower.config.model_copy(update={"proj_dim": dims})
+    return {"dense_dims": dims, "from": width, "energy_kept": round(float(eigval[::-1][:dims].sum() / eigval.sum()), 4)}
+
+
 def quantize_onnx(src: Path, dst: Path, per_channel: bool = True, keep_fp32: tuple[str, ...] = ()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -17,7 +17,7 @@ from m5core.schema import render_product
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig
 from trainer.distill import distill, distill_products, query_like_texts
-from trainer.export import publish_bundle
+from trainer.export import project_towers, publish_bundle
 from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
 from trainer.model import EmbeddingModel, encoder_from_state, encoder_state
 from trainer.pretrain import pretrain
@@ -67,6 +67,7 @@ def resolve_model(cfg: TrainConfig) -> TrainConfig:
 
 
 STAGES = ("tokenizer", "pretrain", "finetune", "distill", "export")
+PROJECTION_SAMPLE = 4096
 
 
 class StageError(RuntimeError):
@@ -205,6 +206,8 @@ class Run:
             "finetune": self.metrics.get("finetune", {}),
             "distill": self.metrics.get("distill", {}),
         }
+        if self.cfg.export.dense_dims:
+            metrics["projection"] = self._project(query, product)
         if t0 is not None:
             metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
         return publish_bundle(
@@ -222,6 +225,25 @@ class Run:
             max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
             lexical=self.lexical_block(),
         )
+
+    def _project(self, query: EmbeddingModel, product: EmbeddingModel) -> dict:
+        """export.dense_dims: both towers end in one map onto their vectors' principal directions, fitted on
+        training products and queries (a sample: a 384 x 384 second moment needs no more)."""
+        import numpy as np
+
+        rng = np.random.default_rng(self.cfg.pretrain.seed)
+        products = list(self.products.values())
+        pick = rng.choice(len(products), size=min(PROJECTION_SAMPLE, len(products)), replace=False)
+        queries = [q["text"] for q in self.catalog.queries("train")][:PROJECTION_SAMPLE]
+        f, cpu = self.cfg.finetune, torch.device("cpu")
+        pvecs = embed_texts(product, self.tok, [render_product(products[i], self.scheme) for i in pick], f.max_product_len, cpu)
+        qvecs = embed_texts(query, self.tok, queries, f.max_query_len, cpu) if queries else pvecs
+        try:
+            out = project_towers(query, product, qvecs, pvecs, self.cfg.export.dense_dims)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        log.info("dense part projected %d -> %d dims (%.1f%% of its energy kept)", out["from"], out["dense_dims"], 100 * out["energy_kept"])
+        return out
 
     def lexical_block(self) -> LexicalBlock | None:
         """BM25 statistics of the training catalog's products, frozen into the bundle (None when export.lexical_dims is 0)."""

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from trainer.config import ModelConfig
@@ -71,3 +72,48 @@ def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
     strict = quantize_within(tmp_path, manifest, "product", ladder, texts, target_cosine=1.01)  # unreachable: every rung climbed
     assert strict["rungs"] == 10 and "/encoder/encoder/layer.2/attention/self/query/MatMul" in strict["kept_fp32"]
     assert strict["cosine_mean"] > 0.9999  # everything fp32: the int8 file computes what fp32 does
+
+
+def test_projection_keeps_cosines_of_vectors_that_live_in_fewer_dims():
+    """Towers whose outputs span 3 directions of 16: projected to 3 dims, every query . product cosine is unchanged,
+    both towers share the map, and the configs say the new width."""
+    from trainer.export import project_towers
+
+    torch.manual_seed(0)
+    c = ModelConfig(vocab_size=200, layers=1, hidden=32, heads=2, intermediate=64, proj_dim=16, dropout=0.0)
+    query, product = EmbeddingModel(c).eval(), EmbeddingModel(c).eval()
+    basis = torch.linalg.qr(torch.randn(16, 3))[0]  # (16, 3) orthonormal
+    with torch.no_grad():
+        for tower in (query, product):
+            tower.proj.weight.copy_(basis @ torch.randn(3, 32))  # rank 3
+    ids = torch.randint(5, 200, (12, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        q0, p0 = query(ids[:4], mask[:4]), product(ids[4:], mask[4:])
+    kept = project_towers(query, product, q0.numpy(), p0.numpy(), 3)
+    with torch.no_grad():
+        q1, p1 = query(ids[:4], mask[:4]), product(ids[4:], mask[4:])
+    assert q1.shape == (4, 3) and p1.shape == (8, 3) and query.config.proj_dim == product.config.proj_dim == 3
+    assert kept["dense_dims"] == 3 and kept["from"] == 16 and kept["energy_kept"] > 0.9999
+    np.testing.assert_allclose((q1 @ p1.T).numpy(), (q0 @ p0.T).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="dense_dims: 16 must be below"):
+        project_towers(query, product, q1.numpy(), p1.numpy(), 16)
+
+
+def test_export_with_dense_dims_serves_the_projected_width(trained_bundle, test_catalog, tmp_path):
+    from m5core.bundle import load_manifest
+    from m5core.encoder import OnnxEncoder
+    from trainer.config import ConfigError, load_config
+    from trainer.pipeline import run_stage
+
+    run = trained_bundle.parent / "run"
+    over = {"catalog": str(test_catalog), "out": str(tmp_path), "run_dir": str(run), "export": {"dense_dims": 16, "lexical_dims": 48}}
+    run_stage(load_config(None, "test", over), "export")
+    m = load_manifest(tmp_path / "current")
+    assert m.dense_dim == 16 and m.dim == 64 and m.metrics["projection"]["dense_dims"] == 16
+    for tower in ("product", "query"):
+        v = OnnxEncoder(tmp_path / "current", tower).embed(["garden hose 20m"])
+        assert v.shape == (1, 64)
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    with pytest.raises(ConfigError, match="dense_dims: 32 must be below the towers' width 32"):
+        run_stage(load_config(None, "test", {**over, "export": {"dense_dims": 32}}), "export")
