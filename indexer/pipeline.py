@@ -154,11 +154,11 @@ class Indexer:
             parts = [order[:-tail], order[-tail:]] if len(order) > 2 * tail else [order]
             chunks = [([plan.embed[i] for i in part], [texts[i] for i in part]) for part in parts]  # (docs, texts)
             job = self._encoding.submit(self._encode, *chunks[0], by_asin_msg, msgs)
-            for k, (docs, _) in enumerate(chunks):
-                vectors = job.result()
+            for k in range(len(chunks)):
+                docs, vectors = job.result()
                 if k + 1 < len(chunks):
                     job = self._encoding.submit(self._encode, *chunks[k + 1], by_asin_msg, msgs)
-                if vectors is not None:
+                if docs:
                     self._write(docs, vectors)
         now = time.time()
         for ts in plan.ts.values():
@@ -169,24 +169,49 @@ class Indexer:
         written = write_records(self.store, self.sink, self.s.embeddings_topic, records_of(docs, vectors, self.encoder.version))
         M.WRITES.inc(sum(written))
 
-    def _encode(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> np.ndarray | None:
-        """(len(docs), dim) vectors of the docs' rendered texts, retried with back-off; None after the last try (the docs are dead-lettered)."""
+    def _encode(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> tuple[list[dict], np.ndarray]:
+        """(the docs encoded, their (n, dim) vectors). A failure is retried with back-off (the encoder may be
+        short of memory for a moment); one that outlasts the retries is bisected down to the products that
+        fail on their own, each dead-lettered with its own message and error, and the rest are written."""
         delay = 0.1
         for attempt in range(1, self.s.encode_retries + 1):
             try:
-                t0 = time.perf_counter()
-                out = embed_in_batches(self.encoder, texts, self.s.max_batch)
-                M.ENCODE_SECONDS.observe(time.perf_counter() - t0)
-                return out
-            except Exception as exc:  # noqa: BLE001 - the encoder is a black box; retry, then dead-letter
-                log.warning("encode attempt %d/%d failed: %s", attempt, self.s.encode_retries, exc)
+                return docs, self._embed(texts)
+            except Exception as exc:  # noqa: BLE001 - the encoder is a black box; retry, then bisect
+                log.warning("encode attempt %d/%d of %d products failed: %s", attempt, self.s.encode_retries, len(docs), exc)
                 if attempt == self.s.encode_retries:
-                    for d in docs:
-                        self._dead(DeadLetter("encode_failed", str(exc), by_asin_msg.get(d["asin"], msgs[0])))
-                    return None
+                    if len(docs) == 1:
+                        return self._encode_failed(docs, by_asin_msg, msgs, exc)
+                    break
                 time.sleep(delay)
                 delay *= 2
-        return None
+        return self._halves(docs, texts, by_asin_msg, msgs)
+
+    def _halves(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> tuple[list[dict], np.ndarray]:
+        mid = len(docs) // 2
+        (d1, v1), (d2, v2) = (self._bisect(docs[lo:hi], texts[lo:hi], by_asin_msg, msgs) for lo, hi in ((0, mid), (mid, len(docs))))
+        return d1 + d2, np.concatenate([v1, v2])
+
+    def _bisect(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> tuple[list[dict], np.ndarray]:
+        """One try per part, no back-off (the whole chunk failed every retry): about 2 log2(chunk) tries per bad product."""
+        try:
+            return docs, self._embed(texts)
+        except Exception as exc:  # noqa: BLE001
+            if len(docs) == 1:
+                return self._encode_failed(docs, by_asin_msg, msgs, exc)
+            return self._halves(docs, texts, by_asin_msg, msgs)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = embed_in_batches(self.encoder, texts, self.s.max_batch)
+        M.ENCODE_SECONDS.observe(time.perf_counter() - t0)
+        return out
+
+    def _encode_failed(self, docs: list[dict], by_asin_msg, msgs, exc: Exception) -> tuple[list[dict], np.ndarray]:
+        for d in docs:
+            msg = by_asin_msg.get(d["asin"], msgs[0])
+            self._dead(DeadLetter("encode_failed", f"{d['asin']} v{d['version']}: {type(exc).__name__}: {exc}", msg))
+        return [], np.zeros((0, self.encoder.dim), np.float32)
 
     def _dead(self, dl: DeadLetter) -> None:
         M.DEAD_LETTERS.labels(dl.reason).inc()

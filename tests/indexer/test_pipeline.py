@@ -8,6 +8,7 @@ from prometheus_client import REGISTRY
 
 from catalog.events import bad_events
 from indexer.parse import DeadLetter, parse_event
+from m5core.encoder import HashEncoder
 from m5core.events.base import Message
 from m5core.feed import decode_feed_value
 from tests.indexer.conftest import delete, patch, upsert
@@ -163,3 +164,26 @@ def test_two_indexers_in_one_group_process_every_asin_once(pipeline):
     assert store.count() == 300
     feed = read(s.embeddings_topic, 300)
     assert sorted(decode_feed_value(m.value).asin for m in feed) == asins
+
+
+class PoisonEncoder(HashEncoder):
+    """An encoder that fails any batch holding one particular product (a text that crashes a tokenizer, say)."""
+
+    def embed(self, texts):
+        if any("poison" in t for t in texts):
+            raise ValueError("tokenizer crashed")
+        return super().embed(texts)
+
+
+def test_an_encode_failure_dead_letters_only_the_product_that_causes_it(pipeline):
+    s, make, produce, producer, store, read = pipeline
+    asins = [f"B00000010{i}" for i in range(9)]
+    for i, asin in enumerate(asins):
+        produce(asin, upsert(asin, 1, title="poison ivy lotion" if i == 5 else f"red running shoes model {i}"))
+    producer.flush()
+    make(PoisonEncoder(32)).run(max_idle_s=1.5)
+    assert [a for a in asins if store.get(a) is None] == [asins[5]]
+    msgs = read(s.dlq_topic, 1)
+    dlq = [orjson.loads(m.value) for m in msgs]
+    assert [d["reason"] for d in dlq] == ["encode_failed"] and msgs[0].key == asins[5].encode()
+    assert dlq[0]["error"].startswith(f"{asins[5]} v1: ValueError: tokenizer crashed") and "poison ivy" in dlq[0]["payload"]
