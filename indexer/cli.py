@@ -88,7 +88,7 @@ def _snapshot(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    snap = Snapshotter(source, store, s.snapshot_dir, dim, s.index_kind, s.snapshot_interval_s, s.snapshots_keep)
+    snap = Snapshotter(source, store, s.snapshot_dir, dim, s.index_kind, s.snapshot_interval_s, s.snapshots_keep, s.max_snapshot_age_s)
     snap.run(stop, max_idle_s=2.0 if args.once else None)
     source.close()
     store.close()

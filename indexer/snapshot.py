@@ -20,12 +20,22 @@ log = logging.getLogger(__name__)
 class Snapshotter:
     """FeedFollower + periodic snapshots. Resumes from the newest snapshot, else from the store."""
 
-    def __init__(self, source: EventSource, store: EmbeddingStore, root: Path, dim: int, kind: str = "auto", interval_s: float = 60.0, keep: int = 3):
+    def __init__(
+        self,
+        source: EventSource,
+        store: EmbeddingStore,
+        root: Path,
+        dim: int,
+        kind: str = "auto",
+        interval_s: float = 60.0,
+        keep: int = 3,
+        max_age_s: float | None = None,
+    ):
         self.source = source
         self.store, self.root, self.interval_s, self.keep = store, Path(root), interval_s, keep
         # The newest snapshot of this namespace, else the store up to the feed's end offsets at this moment;
         # then the follower's offsets say where the index stands: past what it applied, never past what it polled.
-        self.follower = FeedFollower(self.source, AnnIndex(dim, kind), store, log, snapshot_dir=self.root)
+        self.follower = FeedFollower(self.source, AnnIndex(dim, kind), store, log, snapshot_dir=self.root, max_snapshot_age_s=max_age_s)
         n = self.follower.bootstrap()
         log.info("started from %s with %d vectors", "a snapshot" if self.follower.snapshot_meta else "the store", n)
         self.saved_at_applied = -1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,9 +82,11 @@ class FeedFollower:
         *,
         snapshot_dir: Path | str | None = None,
         bundle_version: str | None = None,
+        max_snapshot_age_s: float | None = None,
     ):
         """`bundle_version`: apply only that bundle's feed records and snapshots. During a model switch the
-        feed carries two bundles' vectors; each index keeps to its own, so neither becomes a mix."""
+        feed carries two bundles' vectors; each index keeps to its own, so neither becomes a mix.
+        `max_snapshot_age_s`: an older snapshot is passed over (`IndexConfig.max_snapshot_age_s` says why)."""
         import logging
 
         self.source, self.index, self.store = source, index, store
@@ -96,6 +99,7 @@ class FeedFollower:
         self.offsets: dict[TopicPartition, int] = {}
         self.snapshot_meta: dict | None = None  # meta of the snapshot bootstrapped from, if any
         self.bundle_version = bundle_version
+        self.max_snapshot_age_s = max_snapshot_age_s
         self.other_bundle = 0  # feed records of another bundle, skipped
 
     def bootstrap(self, batch: int = 2000) -> int:
@@ -131,6 +135,16 @@ class FeedFollower:
             return False
         if index.dim != self.index.dim:
             self.log.warning("snapshot %s has dim %d, expected %d; bootstrapping from the store", snap, index.dim, self.index.dim)
+            return False
+        age = time.time() - float(meta.get("created_at") or 0)
+        if self.max_snapshot_age_s is not None and age > self.max_snapshot_age_s:
+            self.log.warning(
+                "snapshot %s is %.0f s old, over the %.0f s bound (the feed may have dropped tombstones since); bootstrapping from the %s",
+                snap.name,
+                age,
+                self.max_snapshot_age_s,
+                "store" if self.store is not None else "feed's start",
+            )
             return False
         namespace = self.store.namespace if self.store is not None else None
         if meta.get("namespace") and namespace and meta["namespace"] != namespace:

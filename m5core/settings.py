@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from pydantic import SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="M5Settings")
@@ -68,6 +68,10 @@ class IndexConfig(M5Settings):
     """Index snapshots (`snap-<ms>` with the feed offsets they include): the indexer writes them (`m5 index snapshot`,
     `backfill --snapshot`), the service starts from the newest one of its namespace and bundle and replays only the
     feed after it; with none there, from a store scan."""
+    max_snapshot_age_s: float = Field(default=12 * 3600, gt=0)
+    """A snapshot older than this is not started from (a store scan is). Replaying the compacted feed from an old
+    offset can miss deletes whose tombstones compaction has dropped (`delete.retention.ms`, 24 h on the feed topic):
+    the bound must stay below it."""
 
 
 class CacheConfig(M5Settings):

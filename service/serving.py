@@ -87,7 +87,13 @@ def build_serving(
     idx = index if index is not None else AnnIndex(encoder.dim, s.index_kind, encoder.version)
     source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
     follower = FeedFollower(
-        source if source is not None else EmptySource(), idx, st, log, snapshot_dir=s.snapshot_dir, bundle_version=encoder.version
+        source if source is not None else EmptySource(),
+        idx,
+        st,
+        log,
+        snapshot_dir=s.snapshot_dir,
+        bundle_version=encoder.version,
+        max_snapshot_age_s=s.max_snapshot_age_s,
     )
     if index is None:
         follower.bootstrap()

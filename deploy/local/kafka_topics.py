@@ -10,7 +10,9 @@ from kafka.errors import TopicAlreadyExistsError
 # name -> (partitions, config)
 DEFAULT_TOPICS = {
     "catalog.changes": (3, {}),
-    "catalog.embeddings": (3, {"cleanup.policy": "compact"}),
+    # delete.retention.ms: how long a compacted-away delete's tombstone stays readable; snapshots older than
+    # M5_MAX_SNAPSHOT_AGE_S (12 h) are never replayed from, so a follower cannot miss one
+    "catalog.embeddings": (3, {"cleanup.policy": "compact", "delete.retention.ms": "86400000"}),
     "catalog.changes.dlq": (1, {}),
 }
 

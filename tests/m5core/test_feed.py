@@ -203,3 +203,18 @@ def test_snapshots_record_only_what_the_index_applied(tmp_path):
     assert follower.index.contains("B000000001") and meta_offsets == 0  # the snapshot still holds it, and knows the delete is ahead
     follower.poll_once()
     assert not follower.index.contains("B000000001")
+
+
+def test_a_snapshot_older_than_the_bound_is_passed_over_for_the_store(tmp_path):
+    """Compaction may have dropped the tombstones an old snapshot would need to replay: start from the store instead."""
+    import time as _time
+
+    held = AnnIndex(ENC.dim, "flat", ENC.version)
+    held.upsert(["B000000001", "B000000002"], ENC.embed(["red shoes", "green tea"]), ["en_US"] * 2, ["media"] * 2, [1, 1])
+    held.save(tmp_path / "snap-0000000000001", {"offsets": {f"{TOPIC}:0": 0}, "created_at": _time.time() - 13 * 3600})
+    store = LocalStore(tmp_path / "s.sqlite")
+    store.put([rec("B000000001", "red shoes")])  # B000000002 was deleted, and its tombstone compacted away
+    f = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path, max_snapshot_age_s=12 * 3600)
+    assert f.bootstrap() == 1 and f.snapshot_meta is None and not f.index.contains("B000000002")
+    fresh = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path, max_snapshot_age_s=14 * 3600)
+    assert fresh.bootstrap() == 2 and fresh.snapshot_meta is not None  # within its bound the snapshot is used
