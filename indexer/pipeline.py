@@ -22,7 +22,7 @@ from indexer.settings import IndexerSettings
 from indexer.write import records_of, write_records
 from m5core.encoder import SUB_BATCH, Encoder, embed_in_batches
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
-from m5core.feed import encode_feed_value
+from m5core.feed import encode_feed_value, tombstone_headers
 from m5core.schema import ChangeEvent, render_product
 from m5core.stores.base import EmbeddingStore
 
@@ -132,13 +132,15 @@ class Indexer:
             self._dead(DeadLetter("unknown_asin", f"patch v{e.version} for {e.asin}, which the store has never held", source[id(e)]))
         for e, why in plan.invalid:
             self._dead(DeadLetter("schema", f"patch v{e.version} for {e.asin}: {why}", source[id(e)]))
-        for asin, tomb in plan.republish:
+        for asin, version, tomb in plan.republish:
             rec = None if tomb else self.store.get(asin)
-            if tomb or rec is not None:
-                self.sink.send(self.s.embeddings_topic, asin.encode(), None if tomb else encode_feed_value(rec))
+            if tomb:
+                self.sink.send(self.s.embeddings_topic, asin.encode(), None, tombstone_headers(version))
+            elif rec is not None:
+                self.sink.send(self.s.embeddings_topic, asin.encode(), encode_feed_value(rec))
         for asin, version, _ in plan.delete:
             if self.store.delete(asin, version):
-                self.sink.send(self.s.embeddings_topic, asin.encode(), None)
+                self.sink.send(self.s.embeddings_topic, asin.encode(), None, tombstone_headers(version))
         for doc in plan.touch:
             self.store.touch(doc["asin"], doc["version"], orjson.dumps(doc), doc["updated_at"])
         M.SKIPPED_UNCHANGED.inc(len(plan.touch))

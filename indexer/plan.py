@@ -16,7 +16,7 @@ class Plan:
     stale: list[ChangeEvent] = field(default_factory=list)  # not newer than the store
     # Exactly what the store holds: a replay after a crash between the store write and the feed
     # flush. The feed may lack it, so publish it again (consumers apply it idempotently).
-    republish: list[tuple[str, bool]] = field(default_factory=list)  # (asin, is tombstone)
+    republish: list[tuple[str, int, bool]] = field(default_factory=list)  # (asin, stored version, is tombstone)
     unknown: list[ChangeEvent] = field(default_factory=list)  # patches for a product never seen
     invalid: list[tuple[ChangeEvent, str]] = field(default_factory=list)  # patches that would break the product, and why
     ts: dict[str, float] = field(default_factory=dict)  # asin -> event time of the newest change
@@ -72,7 +72,7 @@ def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, st
     for asin in dict.fromkeys(e.asin for e in plan.stale):
         held_version, _, tomb = stored[asin]
         if asin not in {e.asin for e in fresh} and any(e.asin == asin and e.version == held_version for e in plan.stale):
-            plan.republish.append((asin, tomb))
+            plan.republish.append((asin, held_version, tomb))
     for asin, (state, doc, version, ts, orphans, invalid) in fold(fresh, stored_docs).items():
         plan.unknown += orphans
         plan.invalid += invalid

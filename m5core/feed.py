@@ -1,7 +1,10 @@
 """The `catalog.embeddings` feed: one ASIN-keyed message per new vector, a null value per delete.
 
 The indexer produces it; the service's index (and any partner team) follows it. Values are
-JSON so any consumer can read them; the vector travels as base64 little-endian float32.
+JSON so any consumer can read them; the vector travels as base64 little-endian float32. A delete's
+value must stay null (that is what compaction drops), so its product version travels in the
+record's `pv` header: a follower then never lets an older upsert undo a newer delete, nor an older
+delete remove a product relisted since.
 """
 
 from __future__ import annotations
@@ -39,6 +42,27 @@ def encode_feed_value(rec: VectorRecord) -> bytes:
     )
 
 
+TOMBSTONE_MEMORY_S = 3600.0
+"""How long a follower remembers a deleted version (see `FeedFollower._remember_delete`)."""
+TOMBSTONE_VERSION = "pv"
+"""Header of a feed tombstone: the deleted product version, in ASCII decimal."""
+
+
+def tombstone_headers(version: int) -> tuple[tuple[str, bytes], ...]:
+    return ((TOMBSTONE_VERSION, str(int(version)).encode()),)
+
+
+def tombstone_version(headers: tuple[tuple[str, bytes], ...]) -> int | None:
+    """The version a tombstone deletes; None for one without it (written before versions were sent, or by hand)."""
+    for k, v in headers:
+        if k == TOMBSTONE_VERSION:
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
+
+
 def decode_feed_value(value: bytes) -> VectorRecord:
     """Raises ValueError on a malformed value."""
     try:
@@ -67,7 +91,8 @@ class FeedFollower:
     includes, so only the tail of the feed is replayed). Otherwise it takes the feed's end offsets
     *before* scanning the store and replays from there, so a change that lands during the scan is
     applied twice at worst; versions make that harmless. With no store either, the compacted feed is
-    replayed from its start. A tombstone carries no version, so with a store it removes a product
+    replayed from its start. A tombstone carries the version it deletes (`pv` header) and removes the
+    product only if the index holds no newer one; an unversioned tombstone (older writers) removes it
     only when the store no longer holds it. `offsets` is the next offset per partition the index
     includes, advanced only past batches applied whole (what a snapshot of it records); malformed values
     are counted and skipped, never fatal.
@@ -100,6 +125,7 @@ class FeedFollower:
         self.snapshot_meta: dict | None = None  # meta of the snapshot bootstrapped from, if any
         self.bundle_version = bundle_version
         self.max_snapshot_age_s = max_snapshot_age_s
+        self.deleted: dict[str, tuple[int, float]] = {}  # asin -> (deleted version, when), oldest first
         self.other_bundle = 0  # feed records of another bundle, skipped
 
     def bootstrap(self, batch: int = 2000) -> int:
@@ -164,7 +190,9 @@ class FeedFollower:
         return True
 
     def _upsert(self, recs: list[VectorRecord]) -> int:
-        recs = [r for r in recs if (self.index.version_of(r.asin) or -1) < r.product_version]
+        recs = [
+            r for r in recs if (self.index.version_of(r.asin) or -1) < r.product_version and self.deleted.get(r.asin, (-1,))[0] < r.product_version
+        ]
         if not recs:
             return 0
         self.bundle_versions.update(r.bundle_version for r in recs)
@@ -207,14 +235,20 @@ class FeedFollower:
         return len(msgs)
 
     def _apply(self, msgs: list) -> int:
-        """-> vectors upserted or removed."""
+        """-> vectors upserted or removed. Per ASIN the newest version wins, whatever the order of arrival: an
+        upsert not newer than a versioned delete is stale, and so is a versioned delete older than an upsert."""
         ups: dict[str, VectorRecord] = {}
-        dels: list[str] = []
+        dels: dict[str, int | None] = {}  # asin -> the version its tombstone deletes (None: an unversioned tombstone)
         for m in msgs:
             asin = (m.key or b"").decode("utf-8", "replace")
             if m.value is None:
+                v = tombstone_version(m.headers)
+                up = ups.get(asin)
+                if v is not None and up is not None and up.product_version > v:
+                    continue  # a delete older than the upsert before it: written late by a stale writer
                 ups.pop(asin, None)
-                dels.append(asin)
+                held = dels.get(asin, -1)
+                dels[asin] = None if v is None or held is None else max(held, v)
                 continue
             try:
                 rec = decode_feed_value(m.value)
@@ -226,14 +260,38 @@ class FeedFollower:
             if self.bundle_version and rec.bundle_version != self.bundle_version:
                 self.other_bundle += 1
                 continue
-            if rec.asin in dels:
-                dels.remove(rec.asin)
+            if asin in dels:
+                if dels[asin] is not None and rec.product_version <= dels[asin]:
+                    continue
+                del dels[asin]
             prev = ups.get(rec.asin)
             if prev is None or prev.product_version < rec.product_version:
                 ups[rec.asin] = rec
-        gone = [a for a in dels if self.store is None or self.store.get(a) is None]  # may raise: nothing applied yet
+        # An unversioned tombstone removes the product only if the store no longer holds it (a replayed old one
+        # must not remove a relisted product). May raise: nothing is applied yet.
+        unversioned = [a for a, v in dels.items() if v is None]
+        absent = {a for a in unversioned if self.store is None or self.store.get(a) is None}
         n = self._upsert(list(ups.values()))
+        gone = []
+        for asin, v in dels.items():
+            if v is None:
+                if asin in absent:
+                    gone.append(asin)
+            elif (self.index.version_of(asin) or -1) <= v:
+                gone.append(asin)
+                self._remember_delete(asin, v)
         return n + (self.index.remove(gone) if gone else 0)
+
+    def _remember_delete(self, asin: str, version: int) -> None:
+        """Deleted versions, kept `TOMBSTONE_MEMORY_S`: a stale writer's older upsert arrives seconds after, not hours."""
+        now = time.monotonic()
+        self.deleted.pop(asin, None)
+        self.deleted[asin] = (version, now)
+        while self.deleted:
+            oldest = next(iter(self.deleted))
+            if now - self.deleted[oldest][1] <= TOMBSTONE_MEMORY_S:
+                break
+            del self.deleted[oldest]
 
     def lag(self) -> int:
         """Feed messages not applied yet (all partitions); the last known value if the broker is unreachable."""

@@ -19,6 +19,7 @@ class Message:
     key: bytes | None
     value: bytes | None  # None is a tombstone on a compacted topic
     timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 TopicPartition = tuple[str, int]
@@ -54,7 +55,8 @@ class EventSource(ABC):
 
 class EventSink(ABC):
     @abstractmethod
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None: ...
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+        """Queue one record; headers travel beside the value (a tombstone's version, say: its value must stay null)."""
 
     @abstractmethod
     def flush(self, timeout_s: float = 30.0) -> None:

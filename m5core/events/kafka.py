@@ -38,7 +38,11 @@ class KafkaSource(EventSource):
 
     def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Message]:
         batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        out = [Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp) for records in batches.values() for r in records]
+        out = [
+            Message(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
+            for records in batches.values()
+            for r in records
+        ]
         out.sort(key=lambda m: (m.topic, m.partition, m.offset))
         return out
 
@@ -103,8 +107,8 @@ class KafkaSink(EventSink):
         # 1M-record backfill would otherwise hold a million futures and slow every GC pass.
         self._errors: list[Exception] = []
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
-        self.producer.send(topic, key=key, value=value).add_errback(self._errors.append)
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> None:
+        self.producer.send(topic, key=key, value=value, headers=list(headers) or None).add_errback(self._errors.append)
 
     def flush(self, timeout_s: float = 30.0) -> None:
         self.producer.flush(timeout=timeout_s)  # every send is then acked or failed

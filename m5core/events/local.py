@@ -40,13 +40,16 @@ class LocalSink(EventSink):
             f = self._files[topic] = open(self.dir / f"{topic}.jsonl", "ab+")
         return f
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         f = self._file(topic)
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             # The offset is the line number: count lines once per open file, then keep counting.
             offset = self._next_offset(topic, f)
-            line = orjson.dumps({"offset": offset, "key": _b64(key), "value": _b64(value), "ts": int(time.time() * 1000)})
+            rec = {"offset": offset, "key": _b64(key), "value": _b64(value), "ts": int(time.time() * 1000)}
+            if headers:
+                rec["headers"] = [[k, _b64(v)] for k, v in headers]
+            line = orjson.dumps(rec)
             f.write(line + b"\n")
             f.flush()
             self._count[topic] = (offset + 1, os.fstat(f.fileno()).st_size)
@@ -119,7 +122,8 @@ class LocalSource(EventSource):
                         if not line.endswith(b"\n"):  # absent or half-written: read it next time
                             break
                         d = orjson.loads(line)
-                        out.append(Message(topic, 0, d["offset"], _unb64(d["key"]), _unb64(d["value"]), d["ts"]))
+                        headers = tuple((k, _unb64(v)) for k, v in d.get("headers", ()))
+                        out.append(Message(topic, 0, d["offset"], _unb64(d["key"]), _unb64(d["value"]), d["ts"], headers))
                         self._pos[topic] += len(line)
                         self._next[topic] = d["offset"] + 1
             if out or time.monotonic() >= deadline:

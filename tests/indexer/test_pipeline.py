@@ -36,6 +36,9 @@ def test_newest_version_wins_out_of_order_and_deletes_stick(pipeline):
     rec = store.get("B000000001")
     assert rec.product_version == 3 and b"third" in store.get_doc("B000000001")
     assert store.get("B000000002") is None and store.version_of("B000000002") == 2
+    feed = read(s.embeddings_topic, 2)
+    tombs = [m for m in feed if m.value is None]
+    assert [(m.key, m.headers) for m in tombs] == [(b"B000000002", (("pv", b"2"),))]  # the delete's version rides in a header
 
 
 def test_dead_letters_keep_the_good_events_flowing(pipeline):

@@ -38,7 +38,7 @@ def test_older_or_equal_than_stored_is_stale_and_equal_is_republished():
     stored = {A: (5, "h", False), B: (4, None, True)}
     plan = plan_batch([up(A, 4), up(A, 5), up(B, 4)], stored, {})
     assert not plan.embed and len(plan.stale) == 3
-    assert sorted(plan.republish) == [(A, False), (B, True)]
+    assert sorted(plan.republish) == [(A, 5, False), (B, 4, True)]
 
 
 def test_same_content_hash_is_touched_not_embedded():
