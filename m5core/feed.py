@@ -121,6 +121,7 @@ class FeedFollower:
         self.malformed = 0
         self.bundle_versions: set[str] = set()
         self.last_lag = 0
+        self.lag_at: float | None = None  # time.monotonic() of the last lag reading that reached the broker
         self.offsets: dict[TopicPartition, int] = {}
         self.snapshot_meta: dict | None = None  # meta of the snapshot bootstrapped from, if any
         self.bundle_version = bundle_version
@@ -297,15 +298,22 @@ class FeedFollower:
         """Feed messages not applied yet (all partitions); the last known value if the broker is unreachable."""
         try:
             self.last_lag = int(sum(self.source.lag().values()))
+            self.lag_at = time.monotonic()
         except Exception:  # noqa: BLE001 - lag is advisory
             pass
         return self.last_lag
 
-    def run(self, stop: threading.Event) -> None:
-        """Thread body: poll until `stop` is set."""
+    def run(self, stop: threading.Event, lag_every_s: float = 1.0) -> None:
+        """Thread body: poll until `stop` is set, and read the lag about once a second. Readers (readiness,
+        metrics) take `last_lag` and `lag_at` instead of calling `lag()`: a Kafka consumer is not thread-safe,
+        and a broker round trip does not belong on a request's path."""
+        lag_due = 0.0
         while not stop.is_set():
             try:
                 self.poll_once()
+                if time.monotonic() >= lag_due:
+                    lag_due = time.monotonic() + lag_every_s
+                    self.lag()
             except Exception:  # noqa: BLE001 - a follower must outlive a broker hiccup
                 self.log.exception("feed follower error; retrying")
                 stop.wait(1.0)

@@ -41,6 +41,10 @@ class StoreConfig(M5Settings):
     """Key prefix in the store; re-embedding writes a new namespace then switches."""
     vector_dtype: Literal["float32", "int8"] = "float32"
     """How vectors are kept in Redis: float32, or int8 with a per-vector scale (4x smaller)."""
+    redis_timeout_s: float = Field(default=5.0, gt=0)
+    """Longest wait for Redis to connect or answer one command: a host that stops answering (a partition, a
+    frozen VM) fails requests and retries batches instead of hanging them. Above Redis's own stalls (an AOF
+    fsync on a slow disk blocks writes up to ~2 s)."""
 
 
 class FeedConfig(M5Settings):

@@ -11,12 +11,14 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path as FsPath
 from typing import Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from m5core.bundle import load_manifest
 from m5core.encoder import Encoder, OnnxEncoder
@@ -173,9 +175,9 @@ def create_app(
             return json_response({"ready": False, "reasons": ["starting"]}, 503)
         g = state.serving
         reasons = []
-        if not g.store.ping():
+        if not await run_in_threadpool(g.store.ping):  # bounded by the store's timeout, off the event loop
             reasons.append(f"store ({s.store}) unreachable")
-        lag = g.follower.lag()
+        lag = g.follower.last_lag  # read by the follower's own thread (FeedFollower.run)
         if lag > s.feed_lag_ready_bound:
             reasons.append(f"index is {lag} feed messages behind (bound {s.feed_lag_ready_bound})")
         if (msg := g.mismatch()) is not None:
@@ -186,6 +188,7 @@ def create_app(
             "index_size": len(g.index),
             "index_kind": g.index.kind,
             "feed_lag": lag,
+            "feed_lag_age_s": None if g.follower.lag_at is None else round(time.monotonic() - g.follower.lag_at, 1),
             "bundle_version": g.encoder.version,
             "namespace": g.namespace,
         }

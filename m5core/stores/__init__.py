@@ -9,7 +9,7 @@ def open_store(settings: StoreConfig, namespace: str | None = None) -> Embedding
     if settings.store == "redis":
         from m5core.stores.redis import RedisStore
 
-        return RedisStore(settings.redis_url, ns, dtype=settings.vector_dtype)
+        return RedisStore(settings.redis_url, ns, dtype=settings.vector_dtype, timeout_s=settings.redis_timeout_s)
     from m5core.stores.local import LocalStore
 
     return LocalStore(settings.local_store_path, ns)

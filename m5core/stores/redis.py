@@ -59,7 +59,9 @@ _FIELDS = ("vec", "scale", "pv", "bv", "h", "loc", "pl", "ts", "del")
 
 
 class RedisStore(EmbeddingStore):
-    def __init__(self, url: str, namespace: str = "m5", dtype: Literal["float32", "int8"] = "float32", **pool_kwargs):
+    def __init__(self, url: str, namespace: str = "m5", dtype: Literal["float32", "int8"] = "float32", timeout_s: float = 5.0, **pool_kwargs):
+        """timeout_s bounds connecting and every command (`StoreConfig.redis_timeout_s`)."""
+        pool_kwargs = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, **pool_kwargs}
         self.client = redis.Redis.from_url(url, **pool_kwargs)
         self.namespace = namespace
         self.dtype = dtype

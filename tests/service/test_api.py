@@ -1,6 +1,7 @@
 """The HTTP contract: happy paths, every bad-input status, live feed updates, metrics."""
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -268,3 +269,24 @@ async def test_request_limits_come_from_the_settings(api):
     assert r.status_code == 422 and r.json()["detail"] == "query: longer than 10 characters"
     r = await narrow.client.post("/search", json={"query": "shoes", "k": 6})
     assert r.status_code == 422 and r.json()["detail"] == "k: at most 5"
+
+
+async def test_readiness_reads_the_lag_the_follower_thread_measured(api):
+    """A lag reading is a broker round trip on a consumer that is not thread-safe: only the follower's own thread
+    makes it, and /readyz reports that reading and its age."""
+    h = await api()
+    follower = h.app.state.m5.serving.follower
+    callers, real = [], follower.source.lag
+
+    def lag():
+        callers.append(threading.current_thread().name)
+        return real()
+
+    follower.source.lag = lag
+    for _ in range(60):
+        if callers:
+            break
+        await asyncio.sleep(0.05)
+    r = await h.client.get("/readyz")
+    assert r.status_code == 200 and r.json()["feed_lag"] == 0 and 0 <= r.json()["feed_lag_age_s"] < 5
+    assert callers and set(callers) == {"feed-follower"}
