@@ -40,6 +40,26 @@ class Indexer:
         self._encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
         self._lag_at = float("-inf")
         M.BUNDLE_INFO.labels(encoder.version).set(1)
+        self._to_compare: dict[tuple[str, int], int] = {}
+        source.on_assign(self.start_offsets)
+
+    def start_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where to read newly assigned partitions from: the offsets the store recorded with its last batch.
+
+        Normally they equal the group's commit (or are one batch ahead, after a crash between the two). Behind
+        it, the store came back with less than it acknowledged (a Redis host crash loses up to a second of
+        an `appendfsync everysec` AOF): replaying from the store's offsets writes the lost records again."""
+        saved = self.store.load_offsets(self.s.group_id)
+        mine = {tp: off for tp, off in saved.items() if tp in set(partitions)}
+        self._to_compare.update(mine)  # with the group's commit after poll() returns: no broker call inside its callback
+        return mine
+
+    def _report_rollbacks(self) -> None:
+        started, self._to_compare = self._to_compare, {}
+        for tp, c in self.source.committed(list(started)).items():
+            if c > started[tp]:
+                M.STORE_ROLLBACKS.inc()
+                log.warning("the store held %s:%d only up to offset %d, %d below the group's commit: replayed", *tp, started[tp], c - started[tp])
 
     # ------------------------------------------------------------------ loop
     def run(self, max_idle_s: float | None = None) -> None:
@@ -47,6 +67,8 @@ class Indexer:
         idle_since = time.monotonic()
         while not self.stop.is_set():
             msgs = self.source.poll(self.s.max_batch, self.s.max_wait_ms / 1000)
+            if self._to_compare:
+                self._report_rollbacks()
             self._report_lag()  # busy or idle: lag matters most while there is a backlog
             if not msgs:
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
@@ -114,6 +136,7 @@ class Indexer:
         for m in msgs:
             key = (m.topic, m.partition)
             offsets[key] = max(offsets.get(key, 0), m.offset + 1)
+        self.store.save_offsets(self.s.group_id, offsets)  # after the records and the feed: see start_offsets
         self.source.commit(offsets)
         M.BATCHES.inc()
 

@@ -15,26 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from m5core.events.base import TopicPartition
+from m5core.events.base import TopicPartition, offsets_from_meta, offsets_to_meta  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # faiss is needed only by whoever saves or loads an index
     from m5core.index import AnnIndex
 
 PREFIX = "snap-"
-
-
-def offsets_to_meta(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
-    """{(topic, partition): next_offset} -> {"topic:partition": next_offset} (JSON keys)."""
-    return {f"{t}:{p}": int(o) for (t, p), o in sorted(offsets.items())}
-
-
-def offsets_from_meta(meta: Mapping[str, int]) -> dict[TopicPartition, int]:
-    """{"topic:partition": next_offset} -> {(topic, partition): next_offset}."""
-    out = {}
-    for key, off in meta.items():
-        topic, _, part = key.rpartition(":")
-        out[(topic, int(part))] = int(off)
-    return out
 
 
 def list_snapshots(root: Path | str | None) -> list[Path]:

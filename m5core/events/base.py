@@ -7,7 +7,7 @@ restarted consumer resumes from the last commit (or the earliest record when non
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 
@@ -23,6 +23,20 @@ class Message:
 
 
 TopicPartition = tuple[str, int]
+
+
+def offsets_to_meta(offsets: Mapping[TopicPartition, int]) -> dict[str, int]:
+    """{(topic, partition): next_offset} -> {"topic:partition": next_offset} (JSON keys)."""
+    return {f"{t}:{p}": int(o) for (t, p), o in sorted(offsets.items())}
+
+
+def offsets_from_meta(meta: Mapping[str, int]) -> dict[TopicPartition, int]:
+    """{"topic:partition": next_offset} -> {(topic, partition): next_offset}."""
+    out = {}
+    for key, off in meta.items():
+        topic, _, part = key.rpartition(":")
+        out[(topic, int(part))] = int(off)
+    return out
 
 
 class CommitRejected(RuntimeError):
@@ -48,6 +62,14 @@ class EventSource(ABC):
 
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:  # noqa: B027
         """Start reading at these offsets (snapshot bootstrap); a no-op where unsupported."""
+
+    def on_assign(self, start: Callable[[list[TopicPartition]], Mapping[TopicPartition, int]]) -> None:  # noqa: B027
+        """Where a group transport assigns partitions: `start(partitions)` says where to read each from (those it
+        names; the rest resume at the group's commit). A no-op for single-owner transports."""
+
+    def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed next offsets of these partitions (those with a commit)."""
+        return {}
 
     def close(self) -> None:  # noqa: B027
         pass

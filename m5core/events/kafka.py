@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError
 from kafka.structs import OffsetAndMetadata
 
@@ -58,6 +58,28 @@ class KafkaSource(EventSource):
     def seek(self, offsets: Mapping[TP, int]) -> None:
         for (t, p), off in offsets.items():
             self.consumer.seek(TopicPartition(t, p), off)
+
+    def on_assign(self, start: Callable[[list[TP]], Mapping[TP, int]]) -> None:
+        """Re-subscribes with a listener (before the first poll): kafka-python runs it inside poll(), after the
+        group's commits are known and before any record of the new partitions is fetched."""
+        source = self
+
+        class _Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                pass
+
+            def on_partitions_assigned(self, assigned):
+                source.seek(start([(tp.topic, tp.partition) for tp in assigned]))
+
+        self.consumer.subscribe(list(self.consumer.subscription() or ()), listener=_Listener())
+
+    def committed(self, partitions: list[TP]) -> dict[TP, int]:
+        out = {}
+        for t, p in partitions:
+            off = self.consumer.committed(TopicPartition(t, p))
+            if off is not None:
+                out[(t, p)] = int(off)
+        return out
 
     def end_offsets(self) -> dict[TP, int]:
         parts = list(self.consumer.assignment())

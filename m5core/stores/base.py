@@ -8,10 +8,12 @@ Implementations: `redis.RedisStore` (production), `local.LocalStore` (embedded, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from m5core.events.base import TopicPartition, offsets_from_meta, offsets_to_meta  # noqa: F401 - the stores' codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,15 @@ class EmbeddingStore(ABC):
     @abstractmethod
     def swap_pointer(self, name: str, value: str, prev_name: str) -> str | None:
         """Set `name` to value and `prev_name` to its old value atomically; -> the old value."""
+
+    @abstractmethod
+    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record that everything below `offsets` of the change topic is held here: written after the batch's
+        records, so a store that comes back from a crash with less than it acknowledged comes back with
+        older offsets too, and the indexer replays from them (`Indexer.start_offsets`)."""
+
+    @abstractmethod
+    def load_offsets(self, group: str) -> dict[TopicPartition, int]: ...
 
     @abstractmethod
     def ping(self) -> bool: ...

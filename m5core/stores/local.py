@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from m5core.stores.base import EmbeddingStore, VectorRecord
+from m5core.stores.base import EmbeddingStore, TopicPartition, VectorRecord, offsets_from_meta, offsets_to_meta
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS vectors (
   PRIMARY KEY (ns, asin)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS offsets (ns TEXT NOT NULL, grp TEXT NOT NULL, tp TEXT NOT NULL, next INTEGER NOT NULL, PRIMARY KEY (ns, grp, tp));
 """
 _COLS = "vec, pv, bv, h, loc, pl, ts, del"
 
@@ -170,6 +171,18 @@ class LocalStore(EmbeddingStore):
                 self.db.execute("ROLLBACK")
                 raise
         return None if row is None else row[0]
+
+    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        with self._lock:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO offsets (ns, grp, tp, next) VALUES (?, ?, ?, ?)",
+                [(self.namespace, group, tp, off) for tp, off in offsets_to_meta(offsets).items()],
+            )
+
+    def load_offsets(self, group: str) -> dict[TopicPartition, int]:
+        with self._lock:
+            rows = self.db.execute("SELECT tp, next FROM offsets WHERE ns=? AND grp=?", (self.namespace, group)).fetchall()
+        return offsets_from_meta(dict(rows))
 
     def ping(self) -> bool:
         return True

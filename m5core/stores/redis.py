@@ -7,14 +7,14 @@ through one script call, so the store must be a single Redis node (not Cluster).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 import redis
 
 from m5core.batching import batched
-from m5core.stores.base import EmbeddingStore, VectorRecord, dequantize_int8, quantize_int8
+from m5core.stores.base import EmbeddingStore, TopicPartition, VectorRecord, dequantize_int8, offsets_from_meta, offsets_to_meta, quantize_int8
 
 _PUT = """
 local out = {}
@@ -176,6 +176,16 @@ class RedisStore(EmbeddingStore):
                     return None if old is None else old.decode()
                 except redis.WatchError:
                     continue
+
+    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """One HSET after the batch's writes on the same connection order: an AOF cut by a crash keeps a prefix of
+        the command stream, so it never holds these offsets without the records written before them."""
+        if offsets:
+            self.client.hset(f"{self.namespace}:offsets:{group}", mapping=offsets_to_meta(offsets))
+
+    def load_offsets(self, group: str) -> dict[TopicPartition, int]:
+        raw = self.client.hgetall(f"{self.namespace}:offsets:{group}")
+        return offsets_from_meta({k.decode(): int(v) for k, v in raw.items()})
 
     def ping(self) -> bool:
         try:

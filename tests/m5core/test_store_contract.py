@@ -100,3 +100,12 @@ def test_active_pointer_swaps_atomically_and_keeps_the_previous(store, unique_na
     assert store.get_pointer(name + ":prev") is None
     assert store.swap_pointer(name, "ns-b", name + ":prev") == "ns-a"
     assert (store.get_pointer(name), store.get_pointer(name + ":prev")) == ("ns-b", "ns-a")
+
+
+def test_change_topic_offsets_are_kept_per_group_and_namespace(store):
+    assert store.load_offsets("g1") == {}
+    store.save_offsets("g1", {("catalog.changes", 0): 10, ("catalog.changes", 2): 7})
+    store.save_offsets("g1", {("catalog.changes", 0): 25})
+    store.save_offsets("g2", {("catalog.changes", 1): 3})
+    assert store.load_offsets("g1") == {("catalog.changes", 0): 25, ("catalog.changes", 2): 7}
+    assert store.load_offsets("g2") == {("catalog.changes", 1): 3}
