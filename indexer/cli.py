@@ -38,17 +38,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args) -> int:
-    from indexer.runtime import run
+    from indexer.runtime import BundleMismatch, run
 
-    return run(settings_from_args(IndexerSettings, args, args.parser))
+    try:
+        return run(settings_from_args(IndexerSettings, args, args.parser))
+    except BundleMismatch as exc:
+        args.parser.exit(2, f"m5 index run: error: {exc}\n")
 
 
 def _backfill(args) -> int:
     from indexer.backfill import backfill
+    from indexer.runtime import BundleMismatch, check_bundle
     from m5core.bundle import load_manifest
     from m5core.encoder import OnnxEncoder
-    from m5core.events import open_sink
-    from m5core.stores import open_store
+    from m5core.events import open_sink, open_source
+    from m5core.stores import active_namespace, open_store
 
     s = settings_from_args(IndexerSettings, args, args.parser)
     path = args.catalog / "products.jsonl" if args.catalog.is_dir() else args.catalog
@@ -56,10 +60,13 @@ def _backfill(args) -> int:
         args.parser.error(f"catalog: {path} does not exist")
     manifest = load_manifest(s.bundle)
     enc = OnnxEncoder(s.bundle, "product", threads=s.encode_threads, manifest=manifest)
-    from m5core.events import open_source
-    from m5core.stores import active_namespace
-
-    store, sink = open_store(s, active_namespace(s)), open_sink(s)
+    store = open_store(s, active_namespace(s))
+    try:
+        check_bundle(store, enc.version)
+    except BundleMismatch as exc:
+        store.close()
+        args.parser.exit(2, f"m5 index backfill: error: {exc}\n")
+    sink = open_sink(s)
     feed = open_source(s, [s.embeddings_topic], None) if args.snapshot else None
     out = backfill(
         path, store, sink, enc, s, manifest.render_scheme, s.batch, snapshot_root=s.snapshot_dir if args.snapshot else None, feed_source=feed

@@ -126,3 +126,18 @@ def test_reembed_refuses_to_switch_when_a_gate_fails(local):
     with pytest.raises(ReembedRefused, match="overlap"):
         reembed(s, Collapsed(32, "broken-v3"), gates=Gates(min_overlap=0.5, sample=20, k=5))
     assert active_namespace(s) == "m5"
+
+
+def test_an_indexer_with_the_old_bundle_refuses_the_switched_namespace(local):
+    """After a switch, an indexer restarted with the old bundle would fill the new namespace with old-model vectors."""
+    from indexer.runtime import BundleMismatch, build_indexer
+
+    s, path, docs = local
+    backfill(path, open_store(s), LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    assert build_indexer(s, HashEncoder(32, "old-v1")).store.namespace == "m5"  # its own namespace: fine
+    out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(min_coverage=1.0, sample=20, k=5))
+    with pytest.raises(BundleMismatch, match=rf"namespace {out['to']} holds vectors of bundle\(s\) \['new-v2'\], this process encodes with old-v1"):
+        build_indexer(s, HashEncoder(32, "old-v1"))
+    assert build_indexer(s, HashEncoder(48, "new-v2")).store.namespace == out["to"]
+    assert rollback(s) == (out["to"], "m5")
+    assert build_indexer(s, HashEncoder(32, "old-v1")).store.namespace == "m5"  # and back after a rollback
