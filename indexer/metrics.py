@@ -19,7 +19,7 @@ STALE = Counter("m5_indexer_stale_events", "Events older than what the store hol
 WRITES = Counter("m5_indexer_vectors_written", "Vectors written to the store and the feed.")
 BUNDLE_INFO = Gauge("m5_indexer_bundle_info", "Bundle the indexer encodes with.", ["version"])
 STORE_SIZE = Gauge("m5_indexer_store_size", "Live vectors in the store.")
-STORE_ROLLBACKS = Counter(
-    "m5_indexer_store_rollbacks",
-    "Partitions whose store offsets were behind the group's commit at assignment: the store lost acknowledged writes (replayed).",
+STORE_REPLAYS = Counter(
+    "m5_indexer_store_offset_replays",
+    "Partitions assigned at store offsets behind the group's commit (a re-embedded namespace, or a store that lost acknowledged writes): replayed.",
 )

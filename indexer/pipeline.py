@@ -48,18 +48,25 @@ class Indexer:
 
         Normally they equal the group's commit (or are one batch ahead, after a crash between the two). Behind
         it, the store came back with less than it acknowledged (a Redis host crash loses up to a second of
-        an `appendfsync everysec` AOF): replaying from the store's offsets writes the lost records again."""
+        an `appendfsync everysec` AOF), or it is a re-embedded namespace that starts where the copy began:
+        replaying from the store's offsets writes the missing records."""
         saved = self.store.load_offsets(self.s.group_id)
         mine = {tp: off for tp, off in saved.items() if tp in set(partitions)}
         self._to_compare.update(mine)  # with the group's commit after poll() returns: no broker call inside its callback
         return mine
 
-    def _report_rollbacks(self) -> None:
+    def _report_replays(self) -> None:
         started, self._to_compare = self._to_compare, {}
         for tp, c in self.source.committed(list(started)).items():
             if c > started[tp]:
-                M.STORE_ROLLBACKS.inc()
-                log.warning("the store held %s:%d only up to offset %d, %d below the group's commit: replayed", *tp, started[tp], c - started[tp])
+                M.STORE_REPLAYS.inc()
+                log.warning(
+                    "%s:%d starts at the store's offset %d, %d below the group's commit (a re-embedded namespace, or a store "
+                    "that lost acknowledged writes): replaying them",
+                    *tp,
+                    started[tp],
+                    c - started[tp],
+                )
 
     # ------------------------------------------------------------------ loop
     def run(self, max_idle_s: float | None = None) -> None:
@@ -68,7 +75,7 @@ class Indexer:
         while not self.stop.is_set():
             msgs = self.source.poll(self.s.max_batch, self.s.max_wait_ms / 1000)
             if self._to_compare:
-                self._report_rollbacks()
+                self._report_replays()
             self._report_lag()  # busy or idle: lag matters most while there is a backlog
             if not msgs:
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from indexer.write import records_of
 from m5core.batching import batched
+from m5core.events.base import offsets_to_meta
 from m5core.index import AnnIndex
 from m5core.schema import render_product
 from m5core.settings import StoreConfig
@@ -176,6 +177,11 @@ def reembed(
         raise ReembedRefused(f"bundle {encoder.version} is already the active namespace {old_ns}")
     old, new = open_store(settings, old_ns), open_store(settings, new_ns)
     try:
+        # Where the event indexer stood before the copy: the new namespace starts there, so the indexer restarted
+        # on it (`Indexer.start_offsets`) replays every change since, including those it wrote to the old namespace
+        # after the catch-up below; versions make the overlap a no-op.
+        group = getattr(settings, "group_id", None)
+        start = old.load_offsets(group) if group else {}
         written = copy_namespace(old, new, encoder, scheme, batch)
         caught = catch_up(old, new, encoder, scheme, batch)
         report: dict = {"from": old_ns, "to": new_ns, "written": written, "catch_up": caught, "old_count": old.count(), "new_count": new.count()}
@@ -192,6 +198,9 @@ def reembed(
         if "recall_at_k" in report and report["recall_at_k"] < gates.min_recall:
             failed.append(f"recall@{gates.k} {report['recall_at_k']:.3f} < {gates.min_recall}")
         report["seconds"] = round(time.perf_counter() - t0, 2)
+        if group and start:
+            new.save_offsets(group, start)
+            report["replay_from"] = offsets_to_meta(start)
         if failed:
             raise ReembedRefused(f"{new_ns} not activated: " + "; ".join(failed) + f" (report {report})")
         if switch:

@@ -10,7 +10,7 @@ import base64
 import fcntl
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import orjson
@@ -129,6 +129,10 @@ class LocalSource(EventSource):
             if out or time.monotonic() >= deadline:
                 return out
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
+
+    def on_assign(self, start: Callable[[list[TopicPartition]], Mapping[TopicPartition, int]]) -> None:
+        """One reader owns every topic here: its partitions are assigned at once."""
+        self.seek(start([(t, 0) for t in self.topics]))
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         for (topic, _), off in offsets.items():

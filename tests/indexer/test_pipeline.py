@@ -223,7 +223,7 @@ def test_a_store_that_comes_back_with_less_than_it_acknowledged_is_refilled(pipe
         store.client.restore(k, 0, v)
     assert not any(store.get(a) for a in later) and store.version_of(first[0]) == 1  # what a cut AOF would hold
 
-    before = REGISTRY.get_sample_value("m5_indexer_store_rollbacks_total") or 0
+    before = REGISTRY.get_sample_value("m5_indexer_store_offset_replays_total") or 0
     run_and_leave()
     assert all(store.get(a) for a in later) and store.version_of(first[0]) == 2
-    assert (REGISTRY.get_sample_value("m5_indexer_store_rollbacks_total") or 0) > before
+    assert (REGISTRY.get_sample_value("m5_indexer_store_offset_replays_total") or 0) > before

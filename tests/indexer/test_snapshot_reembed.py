@@ -141,3 +141,34 @@ def test_an_indexer_with_the_old_bundle_refuses_the_switched_namespace(local):
     assert build_indexer(s, HashEncoder(48, "new-v2")).store.namespace == out["to"]
     assert rollback(s) == (out["to"], "m5")
     assert build_indexer(s, HashEncoder(32, "old-v1")).store.namespace == "m5"  # and back after a rollback
+
+
+def test_changes_after_the_reembed_copy_reach_the_new_namespace(local):
+    """The old indexer keeps writing the old namespace after the re-embed's catch-up; the indexer restarted on the
+    new bundle starts from the offsets the old namespace held before the copy, so those changes are replayed."""
+    s, path, docs = local
+    sink = LocalSink(s.local_events_dir)
+    for d in docs[:10]:
+        sink.send(s.changes_topic, d["asin"].encode(), upsert(d["asin"], 1))
+    sink.flush()
+
+    def run_indexer(enc):
+        idx = Indexer(s, LocalSource(s.local_events_dir, [s.changes_topic], s.group_id), sink, open_store(s, active_namespace(s)), enc)
+        idx.run(max_idle_s=0.5)
+        return idx.store
+
+    old = run_indexer(HashEncoder(32, "old-v1"))
+    assert old.count() == 10 and old.load_offsets(s.group_id) == {(s.changes_topic, 0): 10}
+    out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(min_coverage=1.0, sample=5, k=3), switch=False)
+    assert out["replay_from"] == {f"{s.changes_topic}:0": 10}
+    for d in docs[10:15]:  # reach the old indexer after the catch-up, before the switch and its restart
+        sink.send(s.changes_topic, d["asin"].encode(), upsert(d["asin"], 1))
+    sink.send(s.changes_topic, docs[0]["asin"].encode(), delete(docs[0]["asin"], 2))
+    sink.flush()
+    assert run_indexer(HashEncoder(32, "old-v1")).count() == 14
+    from m5core.stores import switch_namespace
+
+    switch_namespace(s, out["to"])
+    new = run_indexer(HashEncoder(48, "new-v2"))
+    assert new.namespace == out["to"] and new.count() == 14
+    assert all(new.get(d["asin"]).bundle_version == "new-v2" for d in docs[1:15]) and new.get(docs[0]["asin"]) is None
