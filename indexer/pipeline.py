@@ -41,6 +41,9 @@ class Indexer:
         self._lag_at = float("-inf")
         M.BUNDLE_INFO.labels(encoder.version).set(1)
         self._to_compare: dict[tuple[str, int], int] = {}
+        self._saved: dict[tuple[str, int], int] = {}  # what this member last recorded in the store, per partition
+        self._began: dict[tuple[str, int], int] = {}  # the first offset this member read, per partition
+        self._checked_at = time.monotonic()
         source.on_assign(self.start_offsets)
 
     def start_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -54,6 +57,29 @@ class Indexer:
         mine = {tp: off for tp, off in saved.items() if tp in set(partitions)}
         self._to_compare.update(mine)  # with the group's commit after poll() returns: no broker call inside its callback
         return mine
+
+    def _store_went_back(self, msgs: list[Message]) -> bool:
+        """A store that came back with less than it acknowledged while this member kept its partitions (a Redis
+        host crash and restart between two batches): its offsets are behind the ones this member saved. Seek
+        those partitions back to what it holds (where this member began them, if it holds none) and drop the
+        batch in hand; the next polls replay the lost changes. One HGETALL per batch."""
+        for m in msgs:
+            self._began.setdefault((m.topic, m.partition), m.offset)
+        if not self._saved:
+            return False
+        held = self.store.load_offsets(self.s.group_id)
+        mine = set(self.source.assignment()) | {(m.topic, m.partition) for m in msgs}  # not a partition moved away
+        back = {tp: held.get(tp, self._began.get(tp, 0)) for tp, saved in self._saved.items() if tp in mine and held.get(tp, -1) < saved}
+        if not back:
+            return False
+        for tp, off in back.items():
+            M.STORE_REPLAYS.inc()
+            log.warning(
+                "%s:%d: the store holds offsets up to %d, below the %d this member saved: it lost writes; replaying", *tp, off, self._saved[tp]
+            )
+            del self._saved[tp]
+        self.source.seek(back)
+        return True
 
     def _report_replays(self) -> None:
         started, self._to_compare = self._to_compare, {}
@@ -78,6 +104,12 @@ class Indexer:
                 self._report_replays()
             self._report_lag()  # busy or idle: lag matters most while there is a backlog
             if not msgs:
+                if time.monotonic() - self._checked_at > 5.0:  # a quiet stream still learns of a store that went back
+                    self._checked_at = time.monotonic()
+                    try:
+                        self._store_went_back([])
+                    except Exception:  # noqa: BLE001 - an unreachable store is the next batch's retry loop's business
+                        log.debug("store offsets unavailable", exc_info=True)
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     return
                 continue
@@ -126,6 +158,8 @@ class Indexer:
 
     # ------------------------------------------------------------------ one batch
     def process(self, msgs: list[Message]) -> None:
+        if self._store_went_back(msgs):
+            return  # the source now reads from what the store holds: the next polls replay what it lost
         events: list[ChangeEvent] = []
         source: dict[int, Message] = {}  # id(event) -> its message: a dead letter names the event that failed
         for m in msgs:
@@ -144,6 +178,7 @@ class Indexer:
             key = (m.topic, m.partition)
             offsets[key] = max(offsets.get(key, 0), m.offset + 1)
         self.store.save_offsets(self.s.group_id, offsets)  # after the records and the feed: see start_offsets
+        self._saved.update(offsets)
         self.source.commit(offsets)
         M.BATCHES.inc()
 

@@ -67,6 +67,10 @@ class EventSource(ABC):
         """Where a group transport assigns partitions: `start(partitions)` says where to read each from (those it
         names; the rest resume at the group's commit). A no-op for single-owner transports."""
 
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions this reader owns now."""
+        return []
+
     def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """The group's committed next offsets of these partitions (those with a commit)."""
         return {}

@@ -73,6 +73,9 @@ class KafkaSource(EventSource):
 
         self.consumer.subscribe(list(self.consumer.subscription() or ()), listener=_Listener())
 
+    def assignment(self) -> list[TP]:
+        return [(tp.topic, tp.partition) for tp in self.consumer.assignment()]
+
     def committed(self, partitions: list[TP]) -> dict[TP, int]:
         out = {}
         for t, p in partitions:

@@ -130,6 +130,9 @@ class LocalSource(EventSource):
                 return out
             time.sleep(min(0.01, max(0.0, deadline - time.monotonic())))
 
+    def assignment(self) -> list[TopicPartition]:
+        return [(t, 0) for t in self.topics]
+
     def on_assign(self, start: Callable[[list[TopicPartition]], Mapping[TopicPartition, int]]) -> None:
         """One reader owns every topic here: its partitions are assigned at once."""
         self.seek(start([(t, 0) for t in self.topics]))

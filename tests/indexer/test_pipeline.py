@@ -227,3 +227,28 @@ def test_a_store_that_comes_back_with_less_than_it_acknowledged_is_refilled(pipe
     run_and_leave()
     assert all(store.get(a) for a in later) and store.version_of(first[0]) == 2
     assert (REGISTRY.get_sample_value("m5_indexer_store_offset_replays_total") or 0) > before
+
+
+def test_a_store_that_goes_back_under_a_running_indexer_is_refilled(pipeline):
+    """The same loss while one member keeps its partitions (Redis restarted between two of its batches): its next
+    batch finds the store's offsets behind the ones it saved, seeks back to them and replays the lost changes."""
+    s, make, produce, producer, store, read = pipeline
+    idx = make()
+    first, later = [f"B00000040{i}" for i in range(10)], [f"B00000050{i}" for i in range(10)]
+    for asin in first:
+        produce(asin, upsert(asin, 1))
+    producer.flush()
+    idx.run(max_idle_s=1.5)
+    saved = {k: store.client.dump(k) for k in store.client.scan_iter(f"{s.namespace}:*")}
+    for asin in later:
+        produce(asin, upsert(asin, 1))
+    producer.flush()
+    idx.run(max_idle_s=1.5)
+    store.client.delete(*store.client.scan_iter(f"{s.namespace}:*"))
+    for k, v in saved.items():
+        store.client.restore(k, 0, v)
+    assert not any(store.get(a) for a in later)
+    produce("B000000600", upsert("B000000600", 1))  # the stream goes on
+    producer.flush()
+    idx.run(max_idle_s=1.5)
+    assert all(store.get(a) for a in later + first + ["B000000600"])
