@@ -42,7 +42,6 @@ class Indexer:
         M.BUNDLE_INFO.labels(encoder.version).set(1)
         self._to_compare: dict[tuple[str, int], int] = {}
         self._saved: dict[tuple[str, int], int] = {}  # what this member last recorded in the store, per partition
-        self._began: dict[tuple[str, int], int] = {}  # the first offset this member read, per partition
         self._checked_at = time.monotonic()
         source.on_assign(self.start_offsets)
 
@@ -52,24 +51,24 @@ class Indexer:
         Normally they equal the group's commit (or are one batch ahead, after a crash between the two). Behind
         it, the store came back with less than it acknowledged (a Redis host crash loses up to a second of
         an `appendfsync everysec` AOF), or it is a re-embedded namespace that starts where the copy began:
-        replaying from the store's offsets writes the missing records."""
+        replaying from the store's offsets writes the missing records. A partition the store holds no offsets
+        for starts at its beginning: the store may have lost all of it (an AOF older than its first batch), and
+        a replay of what it already holds costs a version check per event, not an encode."""
         saved = self.store.load_offsets(self.s.group_id)
-        mine = {tp: off for tp, off in saved.items() if tp in set(partitions)}
+        mine = {tp: saved.get(tp, 0) for tp in partitions}
         self._to_compare.update(mine)  # with the group's commit after poll() returns: no broker call inside its callback
         return mine
 
     def _store_went_back(self, msgs: list[Message]) -> bool:
         """A store that came back with less than it acknowledged while this member kept its partitions (a Redis
         host crash and restart between two batches): its offsets are behind the ones this member saved. Seek
-        those partitions back to what it holds (where this member began them, if it holds none) and drop the
-        batch in hand; the next polls replay the lost changes. One HGETALL per batch."""
-        for m in msgs:
-            self._began.setdefault((m.topic, m.partition), m.offset)
+        those partitions back to what it holds (their beginning, if it holds none) and drop the batch in hand;
+        the next polls replay the lost changes. One HGETALL per batch."""
         if not self._saved:
             return False
         held = self.store.load_offsets(self.s.group_id)
         mine = set(self.source.assignment()) | {(m.topic, m.partition) for m in msgs}  # not a partition moved away
-        back = {tp: held.get(tp, self._began.get(tp, 0)) for tp, saved in self._saved.items() if tp in mine and held.get(tp, -1) < saved}
+        back = {tp: held.get(tp, 0) for tp, saved in self._saved.items() if tp in mine and held.get(tp, -1) < saved}
         if not back:
             return False
         for tp, off in back.items():

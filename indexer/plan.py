@@ -73,6 +73,9 @@ def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, st
         held_version, _, tomb = stored[asin]
         if asin not in {e.asin for e in fresh} and any(e.asin == asin and e.version == held_version for e in plan.stale):
             plan.republish.append((asin, held_version, tomb))
+    # A delete in the batch was (or may already have been, before a crash or a store rollback) published as a
+    # tombstone: the relisting after it must publish its vector, even with the content the store holds.
+    deleted_here = {e.asin for e in fresh if e.op == "delete"}
     for asin, (state, doc, version, ts, orphans, invalid) in fold(fresh, stored_docs).items():
         plan.unknown += orphans
         plan.invalid += invalid
@@ -84,7 +87,7 @@ def plan_batch(events: list[ChangeEvent], stored: dict[str, tuple[int | None, st
             plan.delete.append((asin, version, ts))
         elif state == "live":
             doc = {**doc, "version": version}
-            if held_hash is not None and not tomb and content_hash(doc) == held_hash:
+            if held_hash is not None and not tomb and asin not in deleted_here and content_hash(doc) == held_hash:
                 plan.touch.append(doc)
             else:
                 plan.embed.append(doc)

@@ -191,8 +191,11 @@ class FeedFollower:
         return True
 
     def _upsert(self, recs: list[VectorRecord]) -> int:
+        # An equal version replaces what the index holds: a store write lost and replayed is encoded again, in
+        # another batch, and dynamic int8 quantisation makes that vector differ in the 4th digit; the feed's
+        # later record is the one the store holds (and the one compaction keeps).
         recs = [
-            r for r in recs if (self.index.version_of(r.asin) or -1) < r.product_version and self.deleted.get(r.asin, (-1,))[0] < r.product_version
+            r for r in recs if (self.index.version_of(r.asin) or -1) <= r.product_version and self.deleted.get(r.asin, (-1,))[0] < r.product_version
         ]
         if not recs:
             return 0
@@ -266,7 +269,7 @@ class FeedFollower:
                     continue
                 del dels[asin]
             prev = ups.get(rec.asin)
-            if prev is None or prev.product_version < rec.product_version:
+            if prev is None or prev.product_version <= rec.product_version:
                 ups[rec.asin] = rec
         # An unversioned tombstone removes the product only if the store no longer holds it (a replayed old one
         # must not remove a relisted product). May raise: nothing is applied yet.

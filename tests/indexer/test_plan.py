@@ -41,6 +41,14 @@ def test_older_or_equal_than_stored_is_stale_and_equal_is_republished():
     assert sorted(plan.republish) == [(A, 5, False), (B, 4, True)]
 
 
+def test_a_relisting_after_a_delete_in_the_batch_is_embedded_even_with_the_stored_content():
+    """The delete's tombstone may be on the feed already (published before a crash or a store rollback): a touch
+    would leave every follower with the product deleted while the store holds it live."""
+    doc = up(A, 8).product.model_dump()
+    plan = plan_batch([dele(A, 11), up(A, 12)], {A: (8, content_hash({**doc, "version": 12}), False)}, {A: doc})
+    assert not plan.touch and [d["version"] for d in plan.embed] == [12]
+
+
 def test_same_content_hash_is_touched_not_embedded():
     doc = up(A, 1).product.model_dump()
     plan = plan_batch([pat(A, 2, price=3.5)], {A: (1, content_hash(doc), False)}, {A: doc})

@@ -266,3 +266,18 @@ def test_an_unversioned_tombstone_still_asks_the_store(tmp_path):
     src.append("B000000002", None)  # the store never held it: gone
     f.poll_once()
     assert f.index.contains("B000000001") and not f.index.contains("B000000002")
+
+
+def test_a_later_record_of_the_same_version_replaces_the_vector():
+    """A store write lost and replayed is encoded again in another batch: int8 dynamic quantisation gives a vector that
+    differs in the 4th digit, the store keeps the second, and so must every follower (compaction keeps the last)."""
+    src = MemorySource()
+    f = FeedFollower(src, AnnIndex(ENC.dim, "flat"))
+    first, again = rec("B000000001", "red shoes", pv=3), rec("B000000001", "red shoes again", pv=3)
+    src.append("B000000001", encode_feed_value(first))
+    f.poll_once()
+    src.append("B000000001", encode_feed_value(again))
+    f.poll_once()
+    assert top1(f.index, "red shoes again") == "B000000001" and f.index.version_of("B000000001") == 3
+    got = f.index._index.reconstruct(f.index._ids["B000000001"])
+    np.testing.assert_allclose(got, again.vector, rtol=1e-5)
