@@ -1,11 +1,11 @@
 """Seeded chaos on the real servers: nothing lost, stale, resurrected or frozen.
 
-Kafka (the shared broker), a private Redis (`appendfsync everysec`, as production runs it), two indexers in one
+A private Kafka broker and a private Redis (`appendfsync everysec`, as production runs it), two indexers in one
 group and one `m5 serve` replica, while a change stream flows: upserts, patches, deletes, relistings, duplicate
 and out-of-order deliveries, and bad events of every kind. A seeded schedule of faults hits them meanwhile:
 kill -9 of an indexer (and its restart), a third indexer joining and leaving (a rebalance mid-batch), Redis
 kill -9 and restart, Redis restarted from an older copy of its AOF (a host crash: acknowledged writes gone), and
-a service kill -9 and restart. When the stream has drained, an oracle computed from the events checks every
+a service kill -9 and restart, and a broker restart. When the stream has drained, an oracle computed from the events checks every
 ASIN in the store, in the compacted feed read back from its topic, and in the service replica (HTTP); the DLQ
 must hold every bad event with its reason and no good event.
 
@@ -90,6 +90,34 @@ class PrivateRedis:
         self.start()
 
 
+class PrivateKafka:
+    """A KRaft broker of the test's own, started and stopped by the project's script (on the shared broker's jars)."""
+
+    SCRIPT = REPO / "deploy" / "local" / "services.sh"
+
+    def __init__(self, root: Path):
+        shared_libs = Path(os.environ.get("M5_CACHE_DIR", REPO / ".cache" / "m5")) / "kafka" / "libs"
+        (root / "kafka").mkdir(parents=True)
+        if (shared_libs / ".complete").exists():
+            os.symlink(shared_libs, root / "kafka" / "libs")  # no second Maven resolve
+        port = free_port()
+        self.env = {**os.environ, "M5_CACHE_DIR": str(root), "M5_KAFKA_PORT": str(port), "M5_KAFKA_CONTROLLER_PORT": str(free_port())}
+        self.bootstrap = f"127.0.0.1:{port}"
+        self.run("start")
+
+    def run(self, action: str) -> None:
+        r = subprocess.run([str(self.SCRIPT), action, "kafka"], env=self.env, capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    def topics(self, *specs: tuple[str, int, bool]) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin.create_topics([NewTopic(n, parts, 1, topic_configs={"cleanup.policy": "compact"} if compact else {}) for n, parts, compact in specs])
+        admin.close()
+
+
 class Proc:
     """A restartable `python -m ...` process with its own log."""
 
@@ -144,7 +172,7 @@ def change_stream(products: list[dict], count: int, rng: random.Random):
     return out, final
 
 
-def test_chaos_converges_to_the_oracle(kafka_bootstrap, kafka_topics, unique_name, trained_bundle, test_catalog, tmp_path):
+def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog, tmp_path):
     rng = random.Random(SEED)
     products = [p for _, p in zip(range(300), load_catalog(test_catalog).products())]
     stream, final = change_stream(products, int(SECONDS * RATE), rng)
@@ -157,7 +185,10 @@ def test_chaos_converges_to_the_oracle(kafka_bootstrap, kafka_topics, unique_nam
         final.setdefault(p["asin"], ("live", p["version"]))
 
     rds = PrivateRedis(tmp_path / "redis")
-    changes, feed, dlq = kafka_topics("changes", partitions=3), kafka_topics("emb", partitions=3, compact=True), kafka_topics("dlq")
+    kafka = PrivateKafka(tmp_path / "kafka-cache")
+    kafka_bootstrap = kafka.bootstrap
+    changes, feed, dlq = unique_name("changes"), unique_name("emb"), unique_name("dlq")
+    kafka.topics((changes, 3, False), (feed, 3, True), (dlq, 1, False))
     namespace, port = unique_name("ns"), free_port()
     env = {
         **os.environ,
@@ -188,30 +219,46 @@ def test_chaos_converges_to_the_oracle(kafka_bootstrap, kafka_topics, unique_nam
         p.start()
     service.start()
     faults: Counter = Counter()
-    stop = threading.Event()
+    stop, round_done = threading.Event(), threading.Event()
 
     def produce() -> None:
+        """At least once, as a catalog service would: a chunk the broker did not take (it was restarting) is sent again."""
         sink = KafkaSink(kafka_bootstrap)
-        t0 = time.monotonic()
+        t0, chunk = time.monotonic(), []
+
+        def flush() -> None:
+            while True:
+                try:
+                    sink.flush(timeout_s=60)
+                    return
+                except Exception:  # noqa: BLE001 - a broker restart: send the chunk again once it is back
+                    time.sleep(1.0)
+                    for k, v in chunk:
+                        sink.send(changes, k, v)
+
         for i, (key, payload, _) in enumerate(stream):
             sink.send(changes, key, payload)
+            chunk.append((key, payload))
             if i >= len(first) and i % 50 == 0:
-                sink.flush()
+                flush()
+                chunk = []
                 time.sleep(max(0.0, t0 + (i - len(first)) / RATE - time.monotonic()))
-        sink.flush()
+        flush()
         sink.close()
 
     def chaos() -> None:
         older: Path | None = None
-        kinds = ["kill_indexer", "join_leave", "redis_kill", "redis_older_aof", "service_kill", "aof_copy"]
+        kinds = ["kill_indexer", "join_leave", "redis_kill", "redis_older_aof", "service_kill", "aof_copy", "broker_restart"]
         schedule: list[str] = []
         while not stop.wait(rng.uniform(1.5, 3.5)):
             if not schedule:  # every kind once per round, in a seeded order
+                if faults:
+                    round_done.set()
                 schedule = rng.sample(kinds, len(kinds))
             fault = schedule.pop()
-            if fault == "aof_copy" or (fault == "redis_older_aof" and older is None):
+            if fault == "aof_copy":
                 older = rds.copy_aof()
-                faults["aof_copy"] += 1
+                faults[fault] += 1
             elif fault == "kill_indexer":
                 victim = indexers[rng.randrange(2)]
                 victim.kill()
@@ -227,8 +274,17 @@ def test_chaos_converges_to_the_oracle(kafka_bootstrap, kafka_topics, unique_nam
                 rds.restart_from(None)
                 faults[fault] += 1
             elif fault == "redis_older_aof":
+                if older is None:  # take the copy now and let writes pile up on top of it
+                    older = rds.copy_aof()
+                    faults["aof_copy"] += 1
+                    time.sleep(rng.uniform(1.0, 3.0))
                 rds.restart_from(older)
                 older = None
+                faults[fault] += 1
+            elif fault == "broker_restart":
+                kafka.run("stop")
+                stop.wait(rng.uniform(0, 2))
+                kafka.run("start")
                 faults[fault] += 1
             elif fault == "service_kill":
                 service.kill()
@@ -244,6 +300,7 @@ def test_chaos_converges_to_the_oracle(kafka_bootstrap, kafka_topics, unique_nam
     chaos_thread.start()
     try:
         producer.join()
+        round_done.wait(timeout=600)  # every fault kind at least once, however short the run
         stop.set()
         chaos_thread.join()
         for p in [*indexers[:2], service]:
@@ -330,3 +387,4 @@ def test_chaos_converges_to_the_oracle(kafka_bootstrap, kafka_topics, unique_nam
         for p in [*indexers, service]:
             p.kill()
         rds.kill()
+        kafka.run("stop")
