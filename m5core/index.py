@@ -286,10 +286,16 @@ class AnnIndex:
                 asins=np.array(self._asins, dtype="U10"),
                 live=self._live[:n],
                 versions=self._versions[:n],
-                mask_keys=np.array(["\t".join(k) for k in self._masks], dtype=object),
                 masks=np.stack([m[:n] for m in self._masks.values()]) if self._masks else np.zeros((0, n), bool),
             )
-            info = {"dim": self.dim, "kind": self.kind, "requested_kind": self.requested_kind, "version": self.version, "meta": meta or {}}
+            info = {
+                "dim": self.dim,
+                "kind": self.kind,
+                "requested_kind": self.requested_kind,
+                "version": self.version,
+                "mask_keys": [list(k) for k in self._masks],  # in JSON: the arrays file holds plain arrays only
+                "meta": meta or {},
+            }
         (tmp / "index.json").write_text(json.dumps(info))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
@@ -301,11 +307,13 @@ class AnnIndex:
         idx = cls(info["dim"], info["requested_kind"], info["version"])
         idx.kind = info["kind"]
         idx._index = faiss.read_index(str(path / "index.faiss"))
-        z = np.load(path / "meta.npz", allow_pickle=True)
+        if "mask_keys" not in info:
+            raise ValueError(f"{path}: snapshot written before masks moved out of pickled arrays; it is rebuilt from the store")
+        z = np.load(path / "meta.npz", allow_pickle=False)  # a snapshot directory must not be able to run code
         idx._asins = [str(a) for a in z["asins"]]
         idx._ids = {a: i for i, a in enumerate(idx._asins)}
         idx._live = z["live"].copy()
         idx._n_live = None
         idx._versions = z["versions"].copy()
-        idx._masks = {tuple(k.split("\t")): m.copy() for k, m in zip(z["mask_keys"], z["masks"])}
+        idx._masks = {tuple(k): m.copy() for k, m in zip(info["mask_keys"], z["masks"])}
         return idx, info["meta"]

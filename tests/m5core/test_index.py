@@ -117,3 +117,27 @@ def test_snapshot_keeps_run_time_values(tmp_path):
     idx.save(tmp_path / "snap")
     back, _ = AnnIndex.load(tmp_path / "snap")
     assert back.search(x[:1], 5, locale="fr_FR", product_line="garden")[0][0][0] == "F000000001"
+
+
+def test_snapshots_hold_plain_arrays_and_a_pickled_one_is_refused(tmp_path):
+    """Whoever can write the snapshot directory must not be able to run code in the service: no pickle on load."""
+    import json as _json
+
+    idx = AnnIndex(8, "flat", "v1")
+    vecs = np.eye(8, dtype=np.float32)[:3]
+    idx.upsert(["B000000001", "B000000002", "B000000003"], vecs, ["en_US", "de_DE", "en_US"], ["media", "toys", "media"], [1, 1, 2])
+    idx.save(tmp_path / "snap")
+    back, _ = AnnIndex.load(tmp_path / "snap")
+    assert back.search(vecs[:1], 3, locale="en_US")[0][0][0] == "B000000001" and back.version_of("B000000003") == 2
+    with np.load(tmp_path / "snap" / "meta.npz", allow_pickle=False) as z:
+        assert all(z[k].dtype != object for k in z.files)
+    z = dict(np.load(tmp_path / "snap" / "meta.npz"))
+    z["asins"] = np.array(["B000000001", "B000000002", "B000000003"], dtype=object)  # a pickled array where strings belong
+    np.savez(tmp_path / "snap" / "meta.npz", **z)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        AnnIndex.load(tmp_path / "snap")
+    info = _json.loads((tmp_path / "snap" / "index.json").read_text())
+    del info["mask_keys"]
+    (tmp_path / "snap" / "index.json").write_text(_json.dumps(info))
+    with pytest.raises(ValueError, match="rebuilt from the store"):
+        AnnIndex.load(tmp_path / "snap")
