@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -46,12 +47,23 @@ class LexicalRef(BaseModel):
     dims: int = Field(gt=0)
 
 
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+"""A bundle version is a plain name: it becomes a directory and a Redis namespace suffix, and arrives from the store."""
+
+
+def check_version(version: str) -> str:
+    """Raises BundleError for a version that is not a plain name (`../x`, `a/b`, empty): it never reaches a path."""
+    if not isinstance(version, str) or not re.fullmatch(VERSION_PATTERN, version):
+        raise BundleError(f"bundle version {version!r} is not a plain name (letters, digits, '.', '_', '-'; at most 128)")
+    return version
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["m5-bundle/1"] = "m5-bundle/1"
     name: str = "m5"
-    version: str
+    version: str = Field(pattern=VERSION_PATTERN)
     """Unique bundle version; stored with every vector so a mismatched query tower is detected."""
     created_at: float
     dim: int = Field(gt=0)

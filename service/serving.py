@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from m5core.bundle import check_version
 from m5core.encoder import Encoder
 from m5core.events import EmptySource, EventSource, open_source
 from m5core.feed import FeedFollower
@@ -102,7 +103,9 @@ def build_serving(
 
 
 def bundle_dir_for(bundles_dir: Path, version: str) -> Path:
-    """The bundle directory holding `version` (bundles are `<bundles_dir>/<version>/`, as export writes them)."""
+    """The bundle directory holding `version` (bundles are `<bundles_dir>/<version>/`, as export writes them).
+    The version comes from the store: checked as a plain name before it touches a path."""
+    check_version(version)
     for cand in [bundles_dir / version, *sorted(p for p in bundles_dir.iterdir() if p.is_dir())]:
         try:
             if orjson.loads((cand / "manifest.json").read_bytes()).get("version") == version:

@@ -71,3 +71,13 @@ def test_onnx_encoder_parallel_sub_batches_match_one_thread(trained_bundle):
         assert two._pool is not None and two._pool._max_workers == 2
     finally:
         two.close()
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "a/b", "", ".hidden", "x" * 129, "m5 v1"])
+def test_bundle_versions_are_plain_names_before_they_touch_a_path(tmp_path, bad):
+    from m5core.bundle import BundleError, check_version
+    from service.serving import bundle_dir_for
+
+    assert check_version("m5-20261202203054-811aae") == "m5-20261202203054-811aae"
+    with pytest.raises(BundleError, match="not a plain name"):
+        bundle_dir_for(tmp_path, bad)
