@@ -17,7 +17,7 @@ from evaluation import cli as eval_cli
 from indexer import cli as indexer_cli
 from loadtests import cli as loadtest_cli
 from m5cli import demo
-from m5core.settings import FeedConfig, M5Settings, StoreConfig
+from m5core.settings import FeedConfig, M5Settings, StoreConfig, mask_url
 from service import cli as service_cli
 from trainer import cli as trainer_cli
 
@@ -64,7 +64,7 @@ def _unavailable(exc: BaseException) -> str | None:
     name = type(exc).__name__
     module = type(exc).__module__
     if module.startswith("redis") and name in {"ConnectionError", "TimeoutError"}:
-        url = _configured(StoreConfig, "redis_url")
+        url = mask_url(_configured(StoreConfig, "redis_url"))
         return f"cannot reach Redis at {url} ({exc}); start it with `{START_HINT['redis']}`"
     if module.startswith("kafka") and name in {"NoBrokersAvailable", "KafkaTimeoutError"}:
         boot = _configured(FeedConfig, "kafka_bootstrap")

@@ -30,6 +30,22 @@ class M5Settings(BaseSettings):
         return json.loads(self.model_dump_json())
 
 
+def mask_url(url: str) -> str:
+    """`redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`: what logs, errors and /readyz may show."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***" if parts.username else ":***"
+    host = parts.hostname or ""
+    netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 class StoreConfig(M5Settings):
     store: Literal["redis", "local"] = "local"
     """Embedding store backend: `redis` (production) or `local` (embedded on-disk, for the demo)."""

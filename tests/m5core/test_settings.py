@@ -43,3 +43,23 @@ def test_unknown_key_is_an_error():
 
 def test_help_reads_attribute_docstrings():
     assert "store of record" in _parser().format_help()
+
+
+def test_passwords_in_urls_are_masked_for_logs_and_errors():
+    from m5core.settings import mask_url
+
+    assert mask_url("redis://default:s3cret@redis.internal:6380/2") == "redis://default:***@redis.internal:6380/2"
+    assert mask_url("redis://:s3cret@127.0.0.1/0") == "redis://:***@127.0.0.1/0"
+    assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert "s3cret" not in mask_url("rediss://u:s3cret@h:1/0?ssl_cert_reqs=none")
+
+
+def test_the_cli_names_an_unreachable_redis_without_its_password(monkeypatch, capsys):
+    from m5cli.main import main
+
+    monkeypatch.setenv("M5_REDIS_URL", "redis://default:s3cret@127.0.0.1:1/0")
+    monkeypatch.setenv("M5_STORE", "redis")
+    monkeypatch.setenv("M5_REDIS_TIMEOUT_S", "0.5")
+    rc = main(["index", "rollback"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "cannot reach Redis at redis://default:***@127.0.0.1:1/0" in err and "s3cret" not in err
