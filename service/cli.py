@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import tempfile
 
 from m5core.settings import add_settings_arguments, settings_from_args
-from service.settings import ServiceSettings
+from service.settings import LOOPBACK, ServiceSettings, exposure_error
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,12 @@ def _serve(args) -> int:
     import uvicorn
 
     s = settings_from_args(ServiceSettings, args, args.parser)
+    if (why := exposure_error(s)) is not None:
+        args.parser.exit(2, f"m5 serve: error: {why}\n")
+    if s.insecure and s.api_key is None and s.host not in LOOPBACK:
+        logging.getLogger("m5.serve").warning(
+            "SERVING WITHOUT AUTHENTICATION on %s:%d (--insecure): every embedding is readable by anyone who can reach it", s.host, s.port
+        )
     export_env(s)
     mp_dir = None
     if s.workers > 1:

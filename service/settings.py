@@ -6,6 +6,19 @@ from pydantic import SecretStr
 
 from m5core.settings import BundleConfig, FeedConfig, IndexConfig, StoreConfig
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def exposure_error(s: ServiceSettings) -> str | None:
+    """Why these settings must not serve, or None. Without a key, anyone who reaches the port reads every
+    embedding and runs the model: only the loopback interface may serve that way, unless told `--insecure`."""
+    if s.host in LOOPBACK or s.api_key is not None or s.insecure:
+        return None
+    return (
+        f"--host {s.host} without --api-key: anyone who can reach port {s.port} could read every embedding and run the model; "
+        "set --api-key (or M5_API_KEY), or pass --insecure to serve openly anyway"
+    )
+
 
 class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     host: str = "127.0.0.1"
@@ -16,6 +29,8 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     """uvicorn worker processes (each holds its own index; see docs/service.md)."""
     api_key: SecretStr | None = None
     """When set, every route but /healthz, /readyz and /metrics needs `X-API-Key` or `Authorization: Bearer`."""
+    insecure: bool = False
+    """Serve without a key on an address other hosts can reach (refused otherwise); logged as a warning."""
     max_body_bytes: int = 1_048_576
     """Larger request bodies get 413."""
     max_k: int = 1000

@@ -63,9 +63,20 @@ def test_ports_and_env_match_the_settings_defaults():
         assert field in ServiceSettings.model_fields or field in IndexerSettings.model_fields, key
     assert env["M5_KAFKA_BOOTSTRAP"] == "kafka:9092" and env["M5_REDIS_URL"].startswith("redis://redis:6379")
     ienv = SERVICES["indexer"]["environment"]
-    assert {k: v for k, v in ienv.items() if k != "M5_GROUP_INSTANCE_ID"} == env  # one shared block
+    assert {k: v for k, v in ienv.items() if k != "M5_GROUP_INSTANCE_ID"} == {k: v for k, v in env.items() if k != "M5_API_KEY"}  # one block
     fields = {k.removeprefix("M5_").lower(): v for k, v in ienv.items()}
     assert IndexerSettings(**{k: v for k, v in fields.items() if k in IndexerSettings.model_fields}).group_instance_id == "indexer-0"
+
+
+def test_the_compose_service_serves_a_reachable_port_only_with_a_key():
+    """`m5 serve --host 0.0.0.0` refuses to start keyless; compose makes the key a required variable."""
+    from service.settings import ServiceSettings, exposure_error
+
+    env, cmd = SERVICES["service"]["environment"], SERVICES["service"]["command"]
+    host = cmd[cmd.index("--host") + 1]
+    assert host == "0.0.0.0" and env["M5_API_KEY"].startswith("${M5_API_KEY:?")
+    assert exposure_error(ServiceSettings(host=host)) is not None
+    assert exposure_error(ServiceSettings(host=host, api_key="k")) is None
 
 
 def _dockerfile_cmd(name: str) -> list[str]:

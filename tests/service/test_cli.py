@@ -3,6 +3,8 @@
 import argparse
 import os
 
+import pytest
+
 from m5core.settings import settings_from_args
 from service.cli import export_env, register
 from service.settings import ServiceSettings
@@ -23,3 +25,18 @@ def test_serve_flags_become_worker_environment(monkeypatch):
     finally:
         for name in s.model_fields:
             os.environ.pop(f"M5_{name.upper()}", None)
+
+
+def test_serving_a_reachable_address_without_a_key_is_refused(monkeypatch, capsys):
+    from m5cli.main import main
+
+    for var in ("M5_API_KEY", "M5_INSECURE", "M5_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--host", "0.0.0.0", "--port", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--host 0.0.0.0 without --api-key" in err and "--insecure" in err
+    from service.settings import ServiceSettings, exposure_error
+
+    assert exposure_error(ServiceSettings(host="0.0.0.0", insecure=True)) is None
+    assert exposure_error(ServiceSettings(host="127.0.0.1")) is None
