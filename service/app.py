@@ -98,7 +98,11 @@ def create_app(
     )
     app.add_middleware(HotPath)  # inside ServiceMiddleware: metrics, limits and auth cover it too
     app.add_middleware(
-        ServiceMiddleware, max_in_flight=s.max_in_flight, max_body_bytes=s.max_body_bytes, api_key=s.api_key.get_secret_value() if s.api_key else None
+        ServiceMiddleware,
+        max_in_flight=s.max_in_flight,
+        max_body_bytes=s.max_body_bytes,
+        api_key=s.api_key.get_secret_value() if s.api_key else None,
+        body_timeout_s=s.body_timeout_s,
     )
     install_error_handlers(app)
 

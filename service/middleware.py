@@ -1,10 +1,11 @@
-"""The one ASGI middleware around every request: in-flight limit, API key, body size limit, and its metrics.
+"""The one ASGI middleware around every request: in-flight limit, API key, body size and read-time limits, and its metrics.
 
 A pure ASGI middleware (not BaseHTTPMiddleware) costs a few microseconds per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 
@@ -25,8 +26,9 @@ async def _send_json(send, status: int, body: bytes, headers: list[tuple[bytes, 
 
 
 class ServiceMiddleware:
-    def __init__(self, app, max_in_flight: int, max_body_bytes: int, api_key: str | None):
+    def __init__(self, app, max_in_flight: int, max_body_bytes: int, api_key: str | None, body_timeout_s: float = 10.0):
         self.app = app
+        self.body_timeout_s = body_timeout_s
         self.max_in_flight = max_in_flight
         self.max_body = max_body_bytes
         self.api_key = api_key.encode() if api_key else None
@@ -38,8 +40,14 @@ class ServiceMiddleware:
         t0 = time.perf_counter()
         method = scope["method"]
         status = [500]
+        verdict: list = [None]  # set by the body reader: (status, body) to answer instead of whatever the app makes of it
 
         async def send_wrapper(msg):
+            if verdict[0] is not None:  # the app saw a broken body (FastAPI turns any read error into a 4xx of its own)
+                if msg["type"] == "http.response.start":
+                    status[0] = verdict[0][0]
+                    await _send_json(send, *verdict[0])
+                return
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
             await send(msg)
@@ -56,14 +64,14 @@ class ServiceMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_body:
             REQUESTS.labels("too_large", method, "413").inc()
             return await _send_json(send, 413, b'{"detail":"request body over the size limit"}')
-        receive = self._limited(receive)
+        receive = self._limited(receive, t0, verdict)
         self.in_flight += 1
         IN_FLIGHT.inc()
         try:
             await self.app(scope, receive, send_wrapper)
-        except _TooLarge:
-            status[0] = 413
-            await _send_json(send, 413, b'{"detail":"request body over the size limit"}')
+        except _BodyRefused:  # raised past the app: answer here
+            status[0] = verdict[0][0]
+            await _send_json(send, *verdict[0])
         finally:
             self.in_flight -= 1
             IN_FLIGHT.dec()
@@ -80,20 +88,31 @@ class ServiceMiddleware:
                 return True
         return False
 
-    def _limited(self, receive):
-        """Chunked bodies have no content-length: count as they arrive."""
-        seen = [0]
+    def _limited(self, receive, t0: float, verdict: list):
+        """Chunked bodies have no content-length: count as they arrive. A body must arrive whole within
+        `body_timeout_s` of the request's start: a slow client (or a slowloris) gets 408 instead of holding a
+        connection and an in-flight slot. After the body, receive() is the app's wait for a disconnect: untimed."""
+        seen, done = [0], [False]
 
         async def wrapped():
-            msg = await receive()
+            if done[0]:
+                return await receive()
+            try:
+                async with asyncio.timeout(max(0.0, t0 + self.body_timeout_s - time.perf_counter())):
+                    msg = await receive()
+            except TimeoutError:
+                verdict[0] = (408, b'{"detail":"request body not received in time"}', [(b"connection", b"close")])
+                raise _BodyRefused() from None
             if msg["type"] == "http.request":
                 seen[0] += len(msg.get("body", b""))
                 if seen[0] > self.max_body:
-                    raise _TooLarge()
+                    verdict[0] = (413, b'{"detail":"request body over the size limit"}')
+                    raise _BodyRefused()
+                done[0] = not msg.get("more_body", False)
             return msg
 
         return wrapped
 
 
-class _TooLarge(Exception):
-    pass
+class _BodyRefused(Exception):
+    """The body broke a limit; `verdict` says how to answer."""

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from m5core.settings import BundleConfig, FeedConfig, IndexConfig, StoreConfig
 
@@ -33,6 +33,8 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     """Serve without a key on an address other hosts can reach (refused otherwise); logged as a warning."""
     max_body_bytes: int = 1_048_576
     """Larger request bodies get 413."""
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    """A request body not received whole within this many seconds of the request's start gets 408."""
     max_k: int = 1000
     """Largest k for /search."""
     max_batch_asins: int = 1000

@@ -290,3 +290,33 @@ async def test_readiness_reads_the_lag_the_follower_thread_measured(api):
     r = await h.client.get("/readyz")
     assert r.status_code == 200 and r.json()["feed_lag"] == 0 and 0 <= r.json()["feed_lag_age_s"] < 5
     assert callers and set(callers) == {"feed-follower"}
+
+
+async def test_a_body_that_arrives_too_slowly_gets_408_and_a_prompt_one_does_not(api):
+    """A slow client (or a slowloris) must not hold a connection and an in-flight slot: its body has a deadline."""
+    h = await api(body_timeout_s=0.3)
+
+    async def body(pause: float):
+        yield b'{"queries": ['
+        await asyncio.sleep(pause)
+        yield b'"shoes"]}'
+
+    headers = {"content-type": "application/json"}
+    slow = await h.client.post("/query/embed", content=body(1.5), headers=headers)
+    assert slow.status_code == 408 and "in time" in slow.json()["detail"]
+    prompt = await h.client.post("/query/embed", content=body(0.05), headers=headers)
+    assert prompt.status_code == 200
+    assert h.app.state.m5 is not None and (await h.client.get("/readyz")).status_code == 200
+
+
+async def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(api):
+    h = await api(max_body_bytes=1000)
+
+    async def body():
+        yield b'{"queries": ["'
+        for _ in range(10):
+            yield b"x" * 200
+        yield b'"]}'
+
+    r = await h.client.post("/query/embed", content=body(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "size limit" in r.json()["detail"]
