@@ -163,7 +163,7 @@ class FeedFollower:
         if index.dim != self.index.dim:
             self.log.warning("snapshot %s has dim %d, expected %d; bootstrapping from the store", snap, index.dim, self.index.dim)
             return False
-        age = time.time() - float(meta.get("created_at") or 0)
+        age = time.time() - float(meta.get("created_at") or (snap / "index.json").stat().st_mtime)
         if self.max_snapshot_age_s is not None and age > self.max_snapshot_age_s:
             self.log.warning(
                 "snapshot %s is %.0f s old, over the %.0f s bound (the feed may have dropped tombstones since); bootstrapping from the %s",

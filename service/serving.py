@@ -59,6 +59,7 @@ class Serving:
 
     def start(self) -> None:
         if self.source is not None:
+            self.follower.lag()  # a first reading before the thread owns the consumer: /readyz has one from the start
             self.thread = threading.Thread(target=self.follower.run, args=(self.stop,), name="feed-follower", daemon=True)
             self.thread.start()
 
