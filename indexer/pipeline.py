@@ -197,10 +197,9 @@ class Indexer:
         for e, why in plan.invalid:
             self._dead(DeadLetter("schema", f"patch v{e.version} for {e.asin}: {why}", source[id(e)]))
         for asin, version, tomb in plan.republish:
-            rec = None if tomb else self.store.get(asin)
             if tomb:
                 self.sink.send(self.s.embeddings_topic, asin.encode(), None, tombstone_headers(version))
-            elif rec is not None:
+            elif (rec := self.store.get(asin)) is not None:
                 self.sink.send(self.s.embeddings_topic, asin.encode(), encode_feed_value(rec))
         for asin, version, _ in plan.delete:
             if self.store.delete(asin, version):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from m5core.events.base import TopicPartition, offsets_from_meta, offsets_to_meta  # noqa: F401 - the stores' codec
+from m5core.events.base import TopicPartition
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from m5core.stores.base import EmbeddingStore, TopicPartition, VectorRecord, offsets_from_meta, offsets_to_meta
+from m5core.events.base import TopicPartition, offsets_from_meta, offsets_to_meta
+from m5core.stores.base import EmbeddingStore, VectorRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (

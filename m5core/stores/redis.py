@@ -14,7 +14,8 @@ import numpy as np
 import redis
 
 from m5core.batching import batched
-from m5core.stores.base import EmbeddingStore, TopicPartition, VectorRecord, dequantize_int8, offsets_from_meta, offsets_to_meta, quantize_int8
+from m5core.events.base import TopicPartition, offsets_from_meta, offsets_to_meta
+from m5core.stores.base import EmbeddingStore, VectorRecord, dequantize_int8, quantize_int8
 
 _PUT = """
 local out = {}
