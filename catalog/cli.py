@@ -144,21 +144,26 @@ def _common_import_flags(a: argparse.ArgumentParser) -> None:
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _with_examples(sub: argparse._SubParsersAction, name: str, **kw) -> argparse.ArgumentParser:
+    """A sub-command whose epilog (worked examples) keeps its own line breaks."""
+    return sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+
 def _register_import(csub: argparse._SubParsersAction) -> None:
-    imp = csub.add_parser(
+    imp = _with_examples(
+        csub,
         "import",
         help="import your own catalog (ESCI, or JSONL/CSV/Parquet with a field map)",
         description="Import a catalog from files into a catalog directory. Two layouts: esci, generic.",
         epilog=IMPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     isub = imp.add_subparsers(dest="layout", metavar="LAYOUT", required=True)
-    e = isub.add_parser(
+    e = _with_examples(
+        isub,
         "esci",
         help="the Shopping Queries (ESCI) products and examples tables",
         description="Import the Shopping Queries (ESCI) dataset: products and examples, as Parquet, CSV or JSONL.",
         epilog=ESCI_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("--products", type=Path, required=True, help="products table (shopping_queries_dataset_products.parquet)")
     e.add_argument("--examples", type=Path, required=True, help="examples table (shopping_queries_dataset_examples.parquet)")
@@ -170,13 +175,13 @@ def _register_import(csub: argparse._SubParsersAction) -> None:
     )
     _common_import_flags(e)
     e.set_defaults(func=_import)
-    g = isub.add_parser(
+    g = _with_examples(
+        isub,
         "generic",
         help="any JSONL, CSV/TSV or Parquet products table, with a field map",
         description="Import products (and optionally queries and judgements) from JSONL, CSV/TSV or Parquet, "
         "mapping each field to a column or a constant.",
         epilog=GENERIC_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     g.add_argument("--products", type=Path, required=True, help="products table (.jsonl, .csv, .tsv, .parquet; .gz for text)")
     g.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN", help="product field <- source column (repeatable)")
@@ -224,27 +229,18 @@ def _import(args) -> int:
             products = im.Source(
                 args.products, im.generic_map("products", base.get("products"), im.parse_assignments(args.map, "--map"), sets, defaults)
             )
-            queries = judgements = None
-            if args.queries:
-                queries = im.Source(
-                    args.queries,
-                    im.generic_map(
-                        "queries",
-                        base.get("queries"),
-                        im.parse_assignments(args.query_map, "--query-map"),
-                        im.parse_assignments(args.query_set, "--query-set"),
-                    ),
+            queries, judgements = (
+                im.Source(
+                    path,
+                    im.generic_map(kind, base.get(kind), im.parse_assignments(cols, f"--{flag}-map"), im.parse_assignments(consts, f"--{flag}-set")),
                 )
-            if args.judgements:
-                judgements = im.Source(
-                    args.judgements,
-                    im.generic_map(
-                        "judgements",
-                        base.get("judgements"),
-                        im.parse_assignments(args.judgement_map, "--judgement-map"),
-                        im.parse_assignments(args.judgement_set, "--judgement-set"),
-                    ),
+                if path
+                else None
+                for kind, flag, path, cols, consts in (
+                    ("queries", "query", args.queries, args.query_map, args.query_set),
+                    ("judgements", "judgement", args.judgements, args.judgement_map, args.judgement_set),
                 )
+            )
             extra = {"ids": args.ids, "negatives_per_cluster": args.negatives_per_group}
         valid_share = im.DEFAULT_VALID_SHARE if args.valid_share is None else args.valid_share
         m = im.import_catalog(

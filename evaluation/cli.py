@@ -14,6 +14,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def add_scope_flag(p: argparse.ArgumentParser) -> None:
+    """`--scope`, shared by `m5 eval` and `m5 train report`: both rank what the judgements judged unless told otherwise."""
+    p.add_argument(
+        "--scope",
+        choices=["marketplace", "all"],
+        default="marketplace",
+        help="rank the query's marketplace (default, as judged) or the whole catalog",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a bundle or a baseline: search and duplicate-detection metrics", description=__doc__)
     p.add_argument("--catalog", type=Path, help="catalog directory with judgements (m5 catalog generate); required unless --handwritten-only")
@@ -41,12 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--no-handwritten", action="store_true", help="evaluate --catalog only")
     which.add_argument("--handwritten-only", action="store_true", help="evaluate the hand-written set only (no --catalog)")
     p.add_argument("--threads", type=_positive, default=2, help="encoder threads (default 2)")
-    p.add_argument(
-        "--scope",
-        choices=["marketplace", "all"],
-        default="marketplace",
-        help="rank the query's marketplace (default, as judged) or the whole catalog",
-    )
+    add_scope_flag(p)
     p.add_argument("--out", type=Path, help="write report.json (one key per set), report.md and PNG curves here")
     p.set_defaults(func=_run)
 

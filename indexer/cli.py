@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 from indexer.settings import IndexerSettings
@@ -60,21 +61,16 @@ def _backfill(args) -> int:
         args.parser.error(f"catalog: {path} does not exist")
     manifest = load_manifest(s.bundle)
     enc = OnnxEncoder(s.bundle, "product", threads=s.encode_threads, manifest=manifest)
-    store = open_store(s, active_namespace(s))
-    try:
-        check_bundle(store, enc.version)
-    except BundleMismatch as exc:
-        store.close()
-        args.parser.exit(2, f"m5 index backfill: error: {exc}\n")
-    sink = open_sink(s)
-    feed = open_source(s, [s.embeddings_topic], None) if args.snapshot else None
-    out = backfill(
-        path, store, sink, enc, s, manifest.render_scheme, s.batch, snapshot_root=s.snapshot_dir if args.snapshot else None, feed_source=feed
-    )
-    if feed is not None:
-        feed.close()
-    sink.close()
-    store.close()
+    with ExitStack() as opened:
+        store = opened.enter_context(closing(open_store(s, active_namespace(s))))
+        try:
+            check_bundle(store, enc.version)
+        except BundleMismatch as exc:
+            args.parser.exit(2, f"m5 index backfill: error: {exc}\n")
+        sink = opened.enter_context(closing(open_sink(s)))
+        feed = opened.enter_context(closing(open_source(s, [s.embeddings_topic], None))) if args.snapshot else None
+        snapshot_root = s.snapshot_dir if args.snapshot else None
+        out = backfill(path, store, sink, enc, s, manifest.render_scheme, s.batch, snapshot_root=snapshot_root, feed_source=feed)
     print(f"backfill: {out}")
     return 0
 
@@ -89,16 +85,13 @@ def _snapshot(args) -> int:
     from m5core.stores import active_namespace, open_store
 
     s = settings_from_args(IndexerSettings, args, args.parser)
-    dim = load_manifest(s.bundle, verify=False).dim
-    store = open_store(s, active_namespace(s))
-    source = open_source(s, [s.embeddings_topic], None)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    snap = Snapshotter(source, store, s.snapshot_dir, dim, s.index_kind, s.snapshot_interval_s, s.snapshots_keep, s.max_snapshot_age_s)
-    snap.run(stop, max_idle_s=2.0 if args.once else None)
-    source.close()
-    store.close()
+    with closing(open_store(s, active_namespace(s))) as store, closing(open_source(s, [s.embeddings_topic], None)) as source:
+        dim = load_manifest(s.bundle, verify=False).dim
+        snap = Snapshotter(source, store, s.snapshot_dir, dim, s.index_kind, s.snapshot_interval_s, s.snapshots_keep, s.max_snapshot_age_s)
+        snap.run(stop, max_idle_s=2.0 if args.once else None)
     print(f"snapshot: {snap.snapshots[-1]} ({len(snap.index)} vectors)")
     return 0
 

@@ -8,27 +8,21 @@ lives in process and follows the indexer's feed.
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
-import time
 from contextlib import asynccontextmanager
-from pathlib import Path as FsPath
 from typing import Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from m5core.bundle import load_manifest
-from m5core.encoder import Encoder, OnnxEncoder
+from m5core.encoder import Encoder
 from m5core.index import AnnIndex
 from m5core.schema import ASIN_PATTERN
-from m5core.stores import active_namespace
 from m5core.stores.base import EmbeddingStore
 from service import metrics as M
-from service.errors import OCTET, ApiError, from_store, install_error_handlers, json_response
-from service.hotpath import HotPath, embedding_reply
+from service.errors import OCTET, install_error_handlers, json_response
+from service.hotpath import HotPath, embedding_reply, embeddings_doc
 from service.middleware import ServiceMiddleware
 from service.schemas import (
     AsinBatchRequest,
@@ -42,7 +36,7 @@ from service.schemas import (
     openapi_limits,
 )
 from service.search import query_vectors, search
-from service.serving import Serving, State, build_serving, bundle_dir_for
+from service.serving import Serving, State, start_state
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -67,31 +61,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        import faiss
-
-        faiss.omp_set_num_threads(s.search_threads)
-        enc = encoder or OnnxEncoder(s.bundle, "query", threads=1, manifest=load_manifest(s.bundle))
-        namespace = active_namespace(s) if store is None else s.namespace  # follows a re-embed's namespace switch
-        serving = build_serving(s, namespace, enc, store=store, index=index, feed_source=feed_source, follow_feed=follow_feed)
-        bundles_dir = s.bundles_dir or FsPath(s.bundle).parent
-        state = State(s, serving, load_tower or (lambda version: OnnxEncoder(bundle_dir_for(bundles_dir, version), "query", threads=1)))
-        serving.start()
-        watch_stop, watcher = threading.Event(), None
-        if s.model_poll_s > 0 and (store is None or load_tower is not None):
-            watcher = threading.Thread(target=state.watch_model, args=(watch_stop,), name="model-watch", daemon=True)
-            watcher.start()
-        log.info("service up: %d vectors (%s index), query tower %s, namespace %s", len(serving.index), serving.index.kind, enc.version, namespace)
-        M.BUNDLE_INFO.labels(enc.version).set(1)
-        app.state.m5 = state
-        # The index's million ASIN strings and dicts live as long as the worker: move them out of the
-        # collector's generations, or each full collection walks them all inside some request.
-        gc.collect()
-        gc.freeze()
+        app.state.m5 = start_state(
+            s, encoder=encoder, store=store, index=index, feed_source=feed_source, follow_feed=follow_feed, load_tower=load_tower
+        )
         yield
-        watch_stop.set()
-        if watcher:
-            watcher.join(timeout=5)
-        state.serving.close()
+        app.state.m5.close()
 
     app = FastAPI(
         title="M5", version="0.1.0", lifespan=lifespan, description='Product and query embeddings and kNN search. Errors are `{"detail": message}`.'
@@ -113,6 +87,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     errors = {code: {"model": Problem} for code in (401, 404, 413, 422, 503)}
+    needs_model = {**errors, 409: {"model": Problem}}  # 409: the query tower and the indexed vectors disagree
 
     @app.get(
         "/asin/{asin}/embedding",
@@ -130,41 +105,15 @@ def create_app(
 
     @app.post("/asin/embeddings", response_model=AsinBatchResponse, responses=errors, summary="Embeddings of many products")
     async def asin_embeddings(request: Request, body: AsinBatchRequest) -> Response:
-        if len(body.asins) > s.max_batch_asins:
-            raise ApiError(422, f"asins: at most {s.max_batch_asins}")
-        recs = from_store(request.app.state.m5.serving.store.get_many, body.asins)
-        found = [
-            {
-                "asin": a,
-                "dim": int(r.vector.shape[0]),
-                "dtype": "float32",
-                "vector": r.vector,
-                "scale": None,
-                "bundle_version": r.bundle_version,
-                "product_version": r.product_version,
-            }
-            for a, r in zip(body.asins, recs)
-            if r
-        ]
-        return json_response({"embeddings": found, "missing": [a for a, r in zip(body.asins, recs) if r is None]})
+        return json_response(embeddings_doc(request.app.state.m5, body.asins))
 
-    @app.post(
-        "/query/embed",
-        response_model=QueryEmbedResponse,
-        responses={**errors, 409: {"model": Problem}},
-        summary="Embed search queries with the query tower",
-    )
+    @app.post("/query/embed", response_model=QueryEmbedResponse, responses=needs_model, summary="Embed search queries with the query tower")
     async def query_embed(request: Request, body: QueryEmbedRequest) -> Response:
         g: Serving = request.app.state.m5.serving
         vecs = query_vectors(g, body.queries, s, field="queries")
         return json_response({"dim": g.encoder.dim, "bundle_version": g.encoder.version, "vectors": vecs})
 
-    @app.post(
-        "/search",
-        response_model=SearchResponse,
-        responses={**errors, 409: {"model": Problem}},
-        summary="k nearest products by query text, vector or ASIN",
-    )
+    @app.post("/search", response_model=SearchResponse, responses=needs_model, summary="k nearest products by query text, vector or ASIN")
     async def search_route(request: Request, body: SearchRequest) -> Response:
         return json_response(search(request.app.state.m5.serving, body, s))
 
@@ -177,26 +126,8 @@ def create_app(
         state: State | None = getattr(request.app.state, "m5", None)
         if state is None:
             return json_response({"ready": False, "reasons": ["starting"]}, 503)
-        g = state.serving
-        reasons = []
-        if not await run_in_threadpool(g.store.ping):  # bounded by the store's timeout, off the event loop
-            reasons.append(f"store ({s.store}) unreachable")
-        lag = g.follower.last_lag  # read by the follower's own thread (FeedFollower.run)
-        if lag > s.feed_lag_ready_bound:
-            reasons.append(f"index is {lag} feed messages behind (bound {s.feed_lag_ready_bound})")
-        if (msg := g.mismatch()) is not None:
-            reasons.append(f"bundle mismatch: {msg}")
-        doc = {
-            "ready": not reasons,
-            "reasons": reasons,
-            "index_size": len(g.index),
-            "index_kind": g.index.kind,
-            "feed_lag": lag,
-            "feed_lag_age_s": None if g.follower.lag_at is None else round(time.monotonic() - g.follower.lag_at, 1),
-            "bundle_version": g.encoder.version,
-            "namespace": g.namespace,
-        }
-        return json_response(doc, 200 if not reasons else 503)
+        doc = await run_in_threadpool(state.readiness)  # the store ping waits up to its timeout: off the event loop
+        return json_response(doc, 200 if doc["ready"] else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:

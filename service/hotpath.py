@@ -1,10 +1,9 @@
 """`GET /asin/{asin}/embedding` and `POST /search` straight from ASGI, skipping FastAPI's routing.
 
 They are most of the traffic and their handlers are one store read or one index search: FastAPI's
-per-request routing and dependency solving was the larger part of their cost (133 -> 54 us for a GET in
-process; ~200 us of a search's 290 us). Anything not recognised exactly (other routes, a malformed ASIN,
-an unknown query parameter, a body the model rejects) goes on to FastAPI, which validates and answers
-as before; metrics, limits and auth stay in ServiceMiddleware around both.
+per-request routing and dependency solving was the larger part of their cost (docs/benchmarks.md).
+Anything not recognised exactly (other routes, a malformed ASIN, an unknown query parameter, a body the
+model rejects) goes on to FastAPI, which validates and answers as before; metrics, limits and auth stay in ServiceMiddleware around both.
 """
 
 from __future__ import annotations
@@ -20,6 +19,27 @@ from service.errors import JSON, OCTET, ApiError, from_store, json_response, pro
 from service.schemas import SearchRequest
 from service.search import search
 from service.serving import State
+
+
+def embeddings_doc(state: State, asins: list[str]) -> dict:
+    """POST /asin/embeddings: the stored vectors of many products in one store round trip, and which are missing."""
+    if len(asins) > state.settings.max_batch_asins:
+        raise ApiError(422, f"asins: at most {state.settings.max_batch_asins}")
+    recs = from_store(state.serving.store.get_many, asins)
+    found = [
+        {
+            "asin": a,
+            "dim": int(r.vector.shape[0]),
+            "dtype": "float32",
+            "vector": r.vector,
+            "scale": None,
+            "bundle_version": r.bundle_version,
+            "product_version": r.product_version,
+        }
+        for a, r in zip(asins, recs)
+        if r
+    ]
+    return {"embeddings": found, "missing": [a for a, r in zip(asins, recs) if r is None]}
 
 
 def embedding_reply(state: State, asin: str, dtype: str, octet: bool) -> tuple[int, bytes, dict, str]:

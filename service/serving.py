@@ -131,6 +131,8 @@ class State:
     load_tower: Callable[[str], Encoder]
     """bundle version -> its query tower, for model switches."""
     started: float = field(default_factory=time.time)
+    watch_stop: threading.Event = field(default_factory=threading.Event)
+    watcher: threading.Thread | None = None
 
     def follow_model(self, namespace: str) -> bool:
         """Switch to `namespace` if the active-namespace pointer moved there. -> switched.
@@ -165,6 +167,39 @@ class State:
         gc.freeze()
         return True
 
+    def readiness(self) -> dict:
+        """/readyz: ready unless the store is unreachable, the index lags the feed beyond its bound, or the
+        query tower and the indexed vectors come from different bundles; each reason is named."""
+        s, g = self.settings, self.serving
+        reasons = []
+        if not g.store.ping():
+            reasons.append(f"store ({s.store}) unreachable")
+        lag = g.follower.last_lag  # read by the follower's own thread (FeedFollower.run)
+        if lag > s.feed_lag_ready_bound:
+            reasons.append(f"index is {lag} feed messages behind (bound {s.feed_lag_ready_bound})")
+        if (msg := g.mismatch()) is not None:
+            reasons.append(f"bundle mismatch: {msg}")
+        return {
+            "ready": not reasons,
+            "reasons": reasons,
+            "index_size": len(g.index),
+            "index_kind": g.index.kind,
+            "feed_lag": lag,
+            "feed_lag_age_s": None if g.follower.lag_at is None else round(time.monotonic() - g.follower.lag_at, 1),
+            "bundle_version": g.encoder.version,
+            "namespace": g.namespace,
+        }
+
+    def watch(self) -> None:
+        self.watcher = threading.Thread(target=self.watch_model, args=(self.watch_stop,), name="model-watch", daemon=True)
+        self.watcher.start()
+
+    def close(self) -> None:
+        self.watch_stop.set()
+        if self.watcher is not None:
+            self.watcher.join(timeout=5)
+        self.serving.close()
+
     def watch_model(self, stop: threading.Event) -> None:
         """Thread body: poll the active-namespace pointer (one store read) every `model_poll_s`."""
         pointer = active_pointer(self.settings)[0]
@@ -173,3 +208,39 @@ class State:
                 self.follow_model(self.serving.store.get_pointer(pointer) or self.settings.namespace)
             except Exception:  # noqa: BLE001 - keep serving the current model; retry on the next tick
                 log.exception("model switch failed; still serving %s", self.serving.namespace)
+
+
+def start_state(
+    s: ServiceSettings,
+    *,
+    encoder: Encoder | None = None,
+    store: EmbeddingStore | None = None,
+    index: AnnIndex | None = None,
+    feed_source: EventSource | None = None,
+    follow_feed: bool = True,
+    load_tower: Callable[[str], Encoder] | None = None,
+) -> State:
+    """The service's startup: query tower, serving set, feed follower and (unless a store is injected without
+    `load_tower`, as tests do) the watcher that follows the active-namespace pointer."""
+    import faiss
+
+    from m5core.bundle import load_manifest
+    from m5core.encoder import OnnxEncoder
+    from m5core.stores import active_namespace
+
+    faiss.omp_set_num_threads(s.search_threads)
+    enc = encoder or OnnxEncoder(s.bundle, "query", threads=1, manifest=load_manifest(s.bundle))
+    namespace = active_namespace(s) if store is None else s.namespace  # follows a re-embed's namespace switch
+    serving = build_serving(s, namespace, enc, store=store, index=index, feed_source=feed_source, follow_feed=follow_feed)
+    bundles_dir = s.bundles_dir or Path(s.bundle).parent
+    state = State(s, serving, load_tower or (lambda version: OnnxEncoder(bundle_dir_for(bundles_dir, version), "query", threads=1)))
+    serving.start()
+    if s.model_poll_s > 0 and (store is None or load_tower is not None):
+        state.watch()
+    log.info("service up: %d vectors (%s index), query tower %s, namespace %s", len(serving.index), serving.index.kind, enc.version, namespace)
+    M.BUNDLE_INFO.labels(enc.version).set(1)
+    # The index's million ASIN strings and dicts live as long as the worker: move them out of the
+    # collector's generations, or each full collection walks them all inside some request.
+    gc.collect()
+    gc.freeze()
+    return state

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from evaluation.cli import add_scope_flag
+
 _STAGES = {
     "all": "tokenizer -> MLM pre-training -> fine-tuning -> distillation -> int8 bundle",
     "tokenizer": "train the WordPiece tokenizer on the catalog into RUN_DIR/tokenizer.json",
@@ -65,12 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--catalog", type=Path, help="also evaluate search/duplicates on this catalog's test split")
     r.add_argument("--baselines", action="store_true", help="include BM25 (and MiniLM when installed) rows")
     r.add_argument("--latency-iters", type=int, default=300, help="batch-1 calls per tower for p50/p99 (0: skip)")
-    r.add_argument(
-        "--scope",
-        choices=["marketplace", "all"],
-        default="marketplace",
-        help="search the query's marketplace (default, as judged) or the whole catalog",
-    )
+    add_scope_flag(r)
     r.add_argument("--out", type=Path, help="write the markdown here as well as to stdout")
     hw = r.add_mutually_exclusive_group()
     hw.add_argument(

@@ -40,7 +40,8 @@ def test_peer_tuned_recall_and_upsert_visible(make_peer, data):
         effort = max(recalls, key=recalls.get)
 
         found = peer.search(queries[:3], K, effort)  # (3, K) int keys
-        assert found.shape == (3, K) and ((found >= 0) & (found < N)).all()
+        assert found.shape == (3, K)
+        assert ((found >= 0) & (found < N)).all()
 
         # Read-your-writes at the widest effort (ef 2048 > N visits the whole graph), so a miss means the
         # write was not applied. At the tuned ef an HNSW search can miss a fresh node far from the data's

@@ -36,7 +36,8 @@ def test_mix_has_every_kind_of_change_and_price_patches_keep_content(small):
             same = content_hash(before) == content_hash(after)
             kinds["patch_price" if ev.price is not None else "patch_attr"] += 1
             if ev.price is not None:
-                assert same and ev.attributes is None
+                assert same
+                assert ev.attributes is None
             docs[ev.asin] = after
         else:
             kinds[ev.op] += 1
@@ -83,9 +84,11 @@ def test_events_cli_writes_valid_json_lines(small, tmp_path):
 
 def test_events_cli_rejects_bad_count(small):
     r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--count", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--count" in r.stderr
+    assert r.returncode == 2
+    assert "--count" in r.stderr
 
 
 def test_events_cli_rejects_negative_rate(small):
     r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "events", "--catalog", str(small), "--rate", "-1"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--rate" in r.stderr
+    assert r.returncode == 2
+    assert "--rate" in r.stderr

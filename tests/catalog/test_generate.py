@@ -51,7 +51,8 @@ def test_exact_judgements_match_every_query_attribute(cat):
             p = products[asin]
             if label == "E":
                 n_exact += 1
-                assert p["product_type"] == q["product_type"] and p["locale"] == q["locale"]
+                assert p["product_type"] == q["product_type"]
+                assert p["locale"] == q["locale"]
                 canon = _canon(p)
                 assert all(canon.get(k) == v for k, v in q["attributes"].items()), (q, p["attributes"])
             elif label == "S":
@@ -73,9 +74,11 @@ def test_exact_judgements_are_complete(cat):
 def test_training_only_queries_never_repeat_an_evaluation_query(cat):
     qs = cat.queries()
     extra = [q for q in qs if q["query_id"].startswith("t")]
-    assert len(extra) > 100 and all(q["split"] == "train" for q in extra)  # 0.2 per product, minus repeats
+    assert len(extra) > 100
+    assert all(q["split"] == "train" for q in extra)  # 0.2 per product, minus repeats
     held_out = {q["text"] for q in qs if q["split"] != "train"}
-    assert held_out and not held_out & {q["text"] for q in extra}
+    assert held_out
+    assert not held_out & {q["text"] for q in extra}
 
 
 def test_duplicate_clusters_share_type_brand_and_key_attributes(cat):
@@ -84,7 +87,8 @@ def test_duplicate_clusters_share_type_brand_and_key_attributes(cat):
     assert multi
     for c in multi:
         ps = [products[a] for a in c["asins"]]
-        assert len({p["product_type"] for p in ps}) == 1 and len({p["brand"] for p in ps}) == 1
+        assert len({p["product_type"] for p in ps}) == 1
+        assert len({p["brand"] for p in ps}) == 1
         for k in KEY_ATTRIBUTES:
             vals = {_canon(p).get(k) for p in ps}
             assert len(vals) == 1, (k, [p["attributes"] for p in ps])
@@ -96,7 +100,9 @@ def test_hard_negatives_differ_in_a_key_attribute(cat):
     assert hard
     for d in hard:
         a, b = products[d["asin_a"]], products[d["asin_b"]]
-        assert d["label"] == 0 and a["brand"] == b["brand"] and a["product_type"] == b["product_type"]
+        assert d["label"] == 0
+        assert a["brand"] == b["brand"]
+        assert a["product_type"] == b["product_type"]
         assert _canon(a) != _canon(b)
 
 
@@ -148,4 +154,5 @@ def test_missing_files_say_how_to_fix(tmp_path):
 @pytest.mark.parametrize("argv,word", [(["--products", "0"], "--products"), (["--locales", "us,fr"], "--locales")])
 def test_cli_errors_exit_2_naming_the_flag(tmp_path, argv, word):
     r = subprocess.run([sys.executable, "-m", "m5cli", "catalog", "generate", "--out", str(tmp_path), *argv], capture_output=True, text=True)
-    assert r.returncode == 2 and word in r.stderr
+    assert r.returncode == 2
+    assert word in r.stderr

@@ -153,7 +153,9 @@ def test_esci_manifest_counts_per_file_and_source(esci):
 
 
 def test_esci_catalog_has_the_files_train_and_eval_read(esci):
-    assert esci.clusters() == [] and esci.duplicate_pairs() == [] and esci.copurchase() == []
+    assert esci.clusters() == []
+    assert esci.duplicate_pairs() == []
+    assert esci.copurchase() == []
 
 
 def test_esci_csv_imports_the_same_catalog_as_parquet(tmp_path, esci):
@@ -212,7 +214,8 @@ def test_generic_judgements_follow_the_hashed_ids(tmp_path):
     cat = load_catalog(tmp_path / "c")
     asins = {p["asin"] for p in cat.products()}
     judged = {a for labels in cat.judgements().values() for a in labels}
-    assert judged and judged <= asins
+    assert judged
+    assert judged <= asins
     assert {q["query_id"]: q["lexical_gap"] for q in cat.queries()} == {"g-q1": False, "g-q2": False, "g-q3": True}
 
 
@@ -301,7 +304,8 @@ def test_missing_mapped_column_is_an_error_naming_it_and_writes_nothing(tmp_path
     )
     err = capsys.readouterr().err
     assert rc == 2
-    assert "no column 'blurb'" in err and "generic_products.jsonl" in err
+    assert "no column 'blurb'" in err
+    assert "generic_products.jsonl" in err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -318,7 +322,8 @@ def test_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path)
         _esci(out)
     assert (out / "keep.txt").read_text() == "old"
     _esci(out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert not (out / "keep.txt").exists()
+    assert (out / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temporary or old directory left beside it
 
 
@@ -360,7 +365,8 @@ def test_no_product_imported_is_an_error_with_the_first_reasons(tmp_path):
 # ----------------------------------------------------------------------------------- pure parts
 def test_hashed_ids_are_stable_asins():
     assert im.hash_asin("sku-001") == "D3VPVH4WJ9"  # pinned: ids must not change between releases or machines
-    assert is_asin(im.hash_asin("x" * 300)) and im.hash_asin("sku-001") != im.hash_asin("sku-002")
+    assert is_asin(im.hash_asin("x" * 300))
+    assert im.hash_asin("sku-001") != im.hash_asin("sku-002")
 
 
 def test_locale_normalisation():

@@ -55,13 +55,16 @@ def test_ports_and_env_match_the_settings_defaults():
     from indexer.settings import IndexerSettings
     from service.settings import ServiceSettings
 
-    assert "8000:8000" in SERVICES["service"]["ports"] and ServiceSettings().port == 8000
-    assert "9108:9108" in SERVICES["indexer"]["ports"] and IndexerSettings().metrics_port == 9108
+    assert "8000:8000" in SERVICES["service"]["ports"]
+    assert ServiceSettings().port == 8000
+    assert "9108:9108" in SERVICES["indexer"]["ports"]
+    assert IndexerSettings().metrics_port == 9108
     env = SERVICES["service"]["environment"]
     for key in env:
         field = key.removeprefix("M5_").lower()
         assert field in ServiceSettings.model_fields or field in IndexerSettings.model_fields, key
-    assert env["M5_KAFKA_BOOTSTRAP"] == "kafka:9092" and env["M5_REDIS_URL"].startswith("redis://redis:6379")
+    assert env["M5_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["M5_REDIS_URL"].startswith("redis://redis:6379")
     ienv = SERVICES["indexer"]["environment"]
     assert {k: v for k, v in ienv.items() if k != "M5_GROUP_INSTANCE_ID"} == {k: v for k, v in env.items() if k != "M5_API_KEY"}  # one block
     fields = {k.removeprefix("M5_").lower(): v for k, v in ienv.items()}
@@ -74,7 +77,8 @@ def test_the_compose_service_serves_a_reachable_port_only_with_a_key():
 
     env, cmd = SERVICES["service"]["environment"], SERVICES["service"]["command"]
     host = cmd[cmd.index("--host") + 1]
-    assert host == "0.0.0.0" and env["M5_API_KEY"].startswith("${M5_API_KEY:?")
+    assert host == "0.0.0.0"
+    assert env["M5_API_KEY"].startswith("${M5_API_KEY:?")
     assert exposure_error(ServiceSettings(host=host)) is not None
     assert exposure_error(ServiceSettings(host=host, api_key="k")) is None
 
@@ -104,7 +108,8 @@ def test_prometheus_in_docker_scrapes_compose_services_and_loads_the_mounted_rul
     cfg = yaml.safe_load((REPO / mounts["/etc/prometheus/prometheus.yml"]).read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in cfg["scrape_configs"]}
     assert targets == {"m5-service": ["service:8000"], "m5-indexer": ["indexer:9108"]}
-    assert cfg["rule_files"] == ["rules/*.yml"] and mounts["/etc/prometheus/rules"] == "./deploy/prometheus/rules"
+    assert cfg["rule_files"] == ["rules/*.yml"]
+    assert mounts["/etc/prometheus/rules"] == "./deploy/prometheus/rules"
 
 
 def test_grafana_provisioning_points_at_mounted_dashboards_and_the_prometheus_service():
@@ -113,14 +118,16 @@ def test_grafana_provisioning_points_at_mounted_dashboards_and_the_prometheus_se
     (provider,) = yaml.safe_load((prov / "dashboards" / "m5.yml").read_text())["providers"]
     assert provider["options"]["path"] in mounts
     (ds,) = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())["datasources"]
-    assert ds["url"] == "http://prometheus:9090" and ds["isDefault"]
+    assert ds["url"] == "http://prometheus:9090"
+    assert ds["isDefault"]
 
 
 def test_kafka_keeps_its_log_on_the_volume_and_topics_init_makes_the_three_topics():
     kafka = SERVICES["kafka"]
     data = kafka["environment"]["KAFKA_LOG_DIRS"]
     assert any(v.endswith(":" + data) for v in kafka["volumes"])
-    assert "9092:9092" in kafka["ports"] and "6379:6379" in SERVICES["redis"]["ports"]
+    assert "9092:9092" in kafka["ports"]
+    assert "6379:6379" in SERVICES["redis"]["ports"]
     assert "9090:9090" in SERVICES["prometheus"]["ports"]
     init = " ".join(SERVICES["topics-init"]["command"])
     for topic, parts in (("catalog.changes", 3), ("catalog.embeddings", 3), ("catalog.changes.dlq", 1)):

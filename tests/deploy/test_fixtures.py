@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_redis_client_and_unique_names(redis_client, unique_name):
     key = unique_name("m5-test")
-    assert key != unique_name("m5-test") and key.startswith("m5-test-")
+    assert key != unique_name("m5-test")
+    assert key.startswith("m5-test-")
     redis_client.set(key, b"v", ex=30)
     assert redis_client.get(key) == b"v"
     redis_client.delete(key)
@@ -19,7 +20,8 @@ def test_redis_client_and_unique_names(redis_client, unique_name):
 def test_kafka_admin_creates_and_deletes_topics(kafka_admin, unique_name):
     name = kafka_admin.create(unique_name("adm"), partitions=3, compact=True)
     try:
-        assert name in kafka_admin.topics() and kafka_admin.partitions(name) == 3
+        assert name in kafka_admin.topics()
+        assert kafka_admin.partitions(name) == 3
     finally:
         kafka_admin.delete(name)
 

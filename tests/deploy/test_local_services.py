@@ -16,20 +16,24 @@ SCRIPT = REPO / "deploy" / "local" / "services.sh"
 def test_start_is_idempotent_and_status_reports_up(redis_url, kafka_bootstrap, prometheus_url):
     t0 = time.monotonic()
     r = subprocess.run([str(SCRIPT), "start", "all"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "already up" in r.stderr
+    assert r.returncode == 0
+    assert "already up" in r.stderr
     assert time.monotonic() - t0 < 30
     s = subprocess.run([str(SCRIPT), "status"], capture_output=True, text=True)
-    assert s.returncode == 0 and s.stdout.count(" up ") == 3
+    assert s.returncode == 0
+    assert s.stdout.count(" up ") == 3
 
 
 def test_unknown_service_is_an_error():
     r = subprocess.run([str(SCRIPT), "start", "zookeeper"], capture_output=True, text=True)
-    assert r.returncode != 0 and "unknown service" in r.stderr
+    assert r.returncode != 0
+    assert "unknown service" in r.stderr
 
 
 def test_redis_runs_with_aof(redis_url):
     cfg = redis.Redis.from_url(redis_url).config_get("append*")
-    assert cfg["appendonly"] == "yes" and cfg["appendfsync"] == "everysec"
+    assert cfg["appendonly"] == "yes"
+    assert cfg["appendfsync"] == "everysec"
 
 
 def test_kafka_round_trip_and_default_topics(kafka_bootstrap, kafka_topics, unique_name):

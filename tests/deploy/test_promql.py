@@ -8,7 +8,8 @@ from tests.deploy.promql import all_expressions, dashboard_expressions, expand_g
 
 def test_the_extractor_finds_every_panel_and_rule():
     dash, rules = dashboard_expressions(), rule_expressions()
-    assert len(dash) >= 10 and len(rules) >= 10
+    assert len(dash) >= 10
+    assert len(rules) >= 10
     where = {w.split(":")[0] for w, _ in dash} | {w.split(":")[0] for w, _ in rules}
     assert where >= {"m5-service.json", "m5-indexer.json", "m5-alerts.yml"}
     used = set().union(*(metric_names(e) for _, e in all_expressions()))
@@ -46,8 +47,10 @@ def test_a_syntax_error_is_status_error_not_an_empty_result(prometheus_url):
     # guards the check above: it relies on Prometheus telling a bad expression from a quiet one
     bad = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": "sum by (le (rate(m5_x[1m]))"}).json()
     quiet = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": "m5_no_such_metric_total"}).json()
-    assert bad["status"] == "error" and bad["errorType"] == "bad_data"
-    assert quiet["status"] == "success" and quiet["data"]["result"] == []
+    assert bad["status"] == "error"
+    assert bad["errorType"] == "bad_data"
+    assert quiet["status"] == "success"
+    assert quiet["data"]["result"] == []
 
 
 def test_grafana_interval_variables_are_expanded():

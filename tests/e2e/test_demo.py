@@ -33,9 +33,11 @@ def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
         wait_http_ok(f"{base}/readyz", proc, 900, log)
 
         found = httpx.post(f"{base}/search", json={"query": "red running shoes", "k": 5}, timeout=10).json()
-        assert len(found["hits"]) == 5 and found["index_size"] == 5000
+        assert len(found["hits"]) == 5
+        assert found["index_size"] == 5000
         emb = httpx.get(f"{base}/asin/{found['hits'][0]['asin']}/embedding", timeout=10)
-        assert emb.status_code == 200 and len(emb.json()["vector"]) == emb.json()["dim"] > 0
+        assert emb.status_code == 200
+        assert len(emb.json()["vector"]) == emb.json()["dim"] > 0
         assert emb.json()["bundle_version"] == found["bundle_version"]
 
         # the command the demo prints: 200 changes on the local event log, deletes among them

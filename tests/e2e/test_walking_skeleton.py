@@ -68,11 +68,13 @@ async def test_event_to_http_answer(real_servers, kafka_bootstrap, redis_url, un
 
             # POST /query/embed with the query tower; search by text finds an indexed product
             r = await client.post("/query/embed", json={"queries": [target["title"]]})
-            assert r.status_code == 200 and len(r.json()["vectors"][0]) == manifest.dim
+            assert r.status_code == 200
+            assert len(r.json()["vectors"][0]) == manifest.dim
             r = await client.post("/search", json={"vector": want.tolist(), "k": 1})
             assert r.json()["hits"][0]["asin"] == target["asin"]
             r = await client.post("/search", json={"query": target["title"], "k": 30})
-            assert r.status_code == 200 and len(r.json()["hits"]) == 30
+            assert r.status_code == 200
+            assert len(r.json()["hits"]) == 30
 
             # a delete flows through the same path and disappears from every endpoint
             ev = ChangeEvent(op="delete", asin=target["asin"], version=target["version"] + 1, ts=time.time())
@@ -84,7 +86,8 @@ async def test_event_to_http_answer(real_servers, kafka_bootstrap, redis_url, un
                 if gone and hits[0]["asin"] != target["asin"]:
                     break
                 await asyncio.sleep(0.1)
-            assert gone and hits[0]["asin"] != target["asin"]
+            assert gone
+            assert hits[0]["asin"] != target["asin"]
             sink.close()
             await client.aclose()
     finally:

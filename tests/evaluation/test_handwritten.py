@@ -88,7 +88,8 @@ def test_random_encoder_runs_on_every_language(hw_dir):
 
 def test_handwritten_home_is_beside_the_evaluation_package(monkeypatch):
     monkeypatch.delenv("M5_HANDWRITTEN_DIR")
-    assert handwritten_dir() == HANDWRITTEN_DIR and HANDWRITTEN_DIR.parent.name == "evaluation"
+    assert handwritten_dir() == HANDWRITTEN_DIR
+    assert HANDWRITTEN_DIR.parent.name == "evaluation"
 
 
 def test_handwritten_env_and_override(monkeypatch, tmp_path):

@@ -21,17 +21,20 @@ def cat_dir(tmp_path_factory):
 
 
 def _check(r):
-    assert r["queries"] > 0 and r["search"]["queries"] == r["queries"]
+    assert r["queries"] > 0
+    assert r["search"]["queries"] == r["queries"]
     for m in ("recall_at_100", "map", "ndcg_at_10", "exact_share_at_10"):
         assert 0.0 <= r["search"][m] <= 1.0
     assert r["search_head"]["queries"] + r["search_tail"]["queries"] == r["queries"]
-    assert 0.0 <= r["duplicates"]["auc"] <= 1.0 and r["duplicates"]["auc_by_product_line"]
+    assert 0.0 <= r["duplicates"]["auc"] <= 1.0
+    assert r["duplicates"]["auc_by_product_line"]
 
 
 def test_dense_encoder_report(cat_dir):
     r = evaluate(HashEncoder(64), cat_dir, "test")
     _check(r)
-    assert r["encode_products_per_s"] > 0 and r["duplicates"]["score"] == "cosine"
+    assert r["encode_products_per_s"] > 0
+    assert r["duplicates"]["score"] == "cosine"
 
 
 def test_bm25_scorer_path_beats_random(cat_dir):
@@ -49,7 +52,8 @@ def test_marketplace_scope_only_ranks_the_querys_marketplace(cat_dir):
     cannot tell locales apart (random)."""
     mine = evaluate(RandomEncoder(), cat_dir, "test")
     every = evaluate(RandomEncoder(), cat_dir, "test", scope="all")
-    assert mine["scope"] == "marketplace" and every["scope"] == "all"
+    assert mine["scope"] == "marketplace"
+    assert every["scope"] == "all"
     for m in ("recall_at_100", "ndcg_at_10", "exact_share_at_10"):
         assert mine["search"][m] >= every["search"][m]
     assert mine["search"]["recall_at_100"] > every["search"]["recall_at_100"]
@@ -59,12 +63,14 @@ def test_marketplace_scope_only_ranks_the_querys_marketplace(cat_dir):
 
 def test_separate_towers_are_used(cat_dir):
     r = evaluate(None, cat_dir, "valid", product_encoder=HashEncoder(32, "p"), query_encoder=HashEncoder(32, "q"))
-    assert r["split"] == "valid" and r["queries"] > 0
+    assert r["split"] == "valid"
+    assert r["queries"] > 0
 
 
 def test_random_encoder_is_deterministic_and_normalised():
     a, b = RandomEncoder().embed(["x", "y"]), RandomEncoder().embed(["x", "y"])
-    assert np.array_equal(a, b) and np.allclose(np.linalg.norm(a, axis=1), 1.0)
+    assert np.array_equal(a, b)
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0)
     assert RandomEncoder().embed([]).shape == (0, 64)
 
 
@@ -83,7 +89,9 @@ def test_catalog_without_judgements_is_refused(cat_dir, tmp_path):
     with pytest.raises(CatalogError, match="judgements.jsonl"):
         evaluate(HashEncoder(), bare)
     r = subprocess.run([sys.executable, "-m", "m5cli", "eval", "--catalog", str(bare), "--encoder", "random"], capture_output=True, text=True)
-    assert r.returncode == 2 and "judgements.jsonl" in r.stderr and "Recall" not in r.stdout
+    assert r.returncode == 2
+    assert "judgements.jsonl" in r.stderr
+    assert "Recall" not in r.stdout
 
 
 def test_empty_judgements_are_refused_not_zero(cat_dir, tmp_path):
@@ -98,14 +106,16 @@ def test_empty_judgements_are_refused_not_zero(cat_dir, tmp_path):
 
 def test_eval_cli_bad_split_exits_2(cat_dir):
     r = subprocess.run([sys.executable, "-m", "m5cli", "eval", "--catalog", str(cat_dir), "--split", "dev"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--split" in r.stderr
+    assert r.returncode == 2
+    assert "--split" in r.stderr
 
 
 def test_minilm_weights_ship_in_the_wheel():
     from evaluation.baselines import minilm_model_dir
 
     d = minilm_model_dir()
-    assert (d / "config.json").is_file() and (d / "tokenizer.json").is_file()
+    assert (d / "config.json").is_file()
+    assert (d / "tokenizer.json").is_file()
 
 
 def test_minilm_onnx_baseline_gives_sentence_transformers_vectors(tmp_path, monkeypatch):

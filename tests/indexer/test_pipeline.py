@@ -34,8 +34,10 @@ def test_newest_version_wins_out_of_order_and_deletes_stick(pipeline):
     producer.flush()
     make().run(max_idle_s=1.5)
     rec = store.get("B000000001")
-    assert rec.product_version == 3 and b"third" in store.get_doc("B000000001")
-    assert store.get("B000000002") is None and store.version_of("B000000002") == 2
+    assert rec.product_version == 3
+    assert b"third" in store.get_doc("B000000001")
+    assert store.get("B000000002") is None
+    assert store.version_of("B000000002") == 2
     feed = read(s.embeddings_topic, 2)
     tombs = [m for m in feed if m.value is None]
     assert [(m.key, m.headers) for m in tombs] == [(b"B000000002", (("pv", b"2"),))]  # the delete's version rides in a header
@@ -50,13 +52,15 @@ def test_dead_letters_keep_the_good_events_flowing(pipeline):
     produce("B000000003", upsert("B000000003", 1))
     producer.flush()
     make().run(max_idle_s=1.5)
-    assert store.get("B000000001") and store.get("B000000003")
+    assert store.get("B000000001")
+    assert store.get("B000000003")
     dlq = read(s.dlq_topic, len(bad_events()) + 1)
     reasons = sorted(orjson.loads(m.value)["reason"] for m in dlq)
     assert reasons == sorted([r for _, _, r in bad_events()] + ["unknown_asin"])
     schema = [orjson.loads(m.value) for m in dlq if orjson.loads(m.value)["reason"] == "schema"]
     assert all(d["source"]["topic"] == s.changes_topic and d["payload"] for d in schema)
-    assert any(d["error"].startswith("asin:") for d in schema) and any(d["error"].startswith("op:") for d in schema)
+    assert any(d["error"].startswith("asin:") for d in schema)
+    assert any(d["error"].startswith("op:") for d in schema)
 
 
 def test_unchanged_content_is_not_reembedded(pipeline):
@@ -68,7 +72,8 @@ def test_unchanged_content_is_not_reembedded(pipeline):
     make().run(max_idle_s=1.5)
     assert store.get("B000000001").product_version == 3
     doc = orjson.loads(store.get_doc("B000000001"))
-    assert doc["price"] == 9.5 and doc["attributes"] == {"colour": "blue"}
+    assert doc["price"] == 9.5
+    assert doc["attributes"] == {"colour": "blue"}
     feed = read(s.embeddings_topic, 1)
     # one batch folds the three events: a single vector reaches the feed, at version 3
     assert [decode_feed_value(m.value).product_version for m in feed] == [3]
@@ -103,7 +108,9 @@ def test_a_patch_that_breaks_the_product_is_dead_lettered_as_itself(pipeline):
     producer.flush()
     indexer.run(max_idle_s=1.5)
     (dead,) = [orjson.loads(m.value) for m in read(s.dlq_topic, 1)]
-    assert dead["reason"] == "schema" and "attributes" in dead["error"] and '"version":2' in dead["payload"]
+    assert dead["reason"] == "schema"
+    assert "attributes" in dead["error"]
+    assert '"version":2' in dead["payload"]
     doc = orjson.loads(store.get_doc("B000000001"))
     assert (doc["version"], doc["price"], len(doc["attributes"])) == (3, 4.0, 1)
 
@@ -127,7 +134,8 @@ def test_price_only_patch_after_upsert_skips_the_encoder(pipeline):
     produce("B000000001", patch("B000000001", 2, price=1.0))
     producer.flush()
     make(encoder=Counting()).run(max_idle_s=5.0)
-    assert calls == [] and store.get("B000000001").product_version == 2
+    assert calls == []
+    assert store.get("B000000001").product_version == 2
 
 
 def test_consumer_lag_is_reported_while_a_backlog_drains_and_reaches_zero(pipeline):
@@ -188,8 +196,10 @@ def test_an_encode_failure_dead_letters_only_the_product_that_causes_it(pipeline
     assert [a for a in asins if store.get(a) is None] == [asins[5]]
     msgs = read(s.dlq_topic, 1)
     dlq = [orjson.loads(m.value) for m in msgs]
-    assert [d["reason"] for d in dlq] == ["encode_failed"] and msgs[0].key == asins[5].encode()
-    assert dlq[0]["error"].startswith(f"{asins[5]} v1: ValueError: tokenizer crashed") and "poison ivy" in dlq[0]["payload"]
+    assert [d["reason"] for d in dlq] == ["encode_failed"]
+    assert msgs[0].key == asins[5].encode()
+    assert dlq[0]["error"].startswith(f"{asins[5]} v1: ValueError: tokenizer crashed")
+    assert "poison ivy" in dlq[0]["payload"]
 
 
 def test_a_store_that_comes_back_with_less_than_it_acknowledged_is_refilled(pipeline):
@@ -216,16 +226,19 @@ def test_a_store_that_comes_back_with_less_than_it_acknowledged_is_refilled(pipe
     produce(first[0], upsert(first[0], 2, title="blue running shoes"))
     producer.flush()
     run_and_leave()
-    assert all(store.get(a) for a in later) and store.version_of(first[0]) == 2
+    assert all(store.get(a) for a in later)
+    assert store.version_of(first[0]) == 2
 
     store.client.delete(*store.client.scan_iter(f"{s.namespace}:*"))
     for k, v in saved.items():
         store.client.restore(k, 0, v)
-    assert not any(store.get(a) for a in later) and store.version_of(first[0]) == 1  # what a cut AOF would hold
+    assert not any(store.get(a) for a in later)
+    assert store.version_of(first[0]) == 1  # what a cut AOF would hold
 
     before = REGISTRY.get_sample_value("m5_indexer_store_offset_replays_total") or 0
     run_and_leave()
-    assert all(store.get(a) for a in later) and store.version_of(first[0]) == 2
+    assert all(store.get(a) for a in later)
+    assert store.version_of(first[0]) == 2
     assert (REGISTRY.get_sample_value("m5_indexer_store_offset_replays_total") or 0) > before
 
 

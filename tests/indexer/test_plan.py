@@ -21,23 +21,30 @@ def pat(asin, v, **kw):
 
 def test_new_asin_is_embedded():
     plan = plan_batch([up(A, 1)], {}, {})
-    assert [d["asin"] for d in plan.embed] == [A] and not plan.touch and not plan.delete and plan.ts == {A: 2.0}
+    assert [d["asin"] for d in plan.embed] == [A]
+    assert not plan.touch
+    assert not plan.delete
+    assert plan.ts == {A: 2.0}
 
 
 def test_several_events_for_one_asin_collapse_to_the_newest_in_any_order():
     plan = plan_batch([up(A, 3, title="third"), up(A, 1, title="first"), up(A, 2, title="second")], {}, {})
-    assert len(plan.embed) == 1 and plan.embed[0]["title"] == "third" and plan.embed[0]["version"] == 3
+    assert len(plan.embed) == 1
+    assert plan.embed[0]["title"] == "third"
+    assert plan.embed[0]["version"] == 3
 
 
 def test_delete_after_upsert_in_one_batch_deletes():
     plan = plan_batch([up(A, 1), dele(A, 2)], {}, {})
-    assert plan.delete == [(A, 2, 3.0)] and not plan.embed
+    assert plan.delete == [(A, 2, 3.0)]
+    assert not plan.embed
 
 
 def test_older_or_equal_than_stored_is_stale_and_equal_is_republished():
     stored = {A: (5, "h", False), B: (4, None, True)}
     plan = plan_batch([up(A, 4), up(A, 5), up(B, 4)], stored, {})
-    assert not plan.embed and len(plan.stale) == 3
+    assert not plan.embed
+    assert len(plan.stale) == 3
     assert sorted(plan.republish) == [(A, 5, False), (B, 4, True)]
 
 
@@ -46,14 +53,17 @@ def test_a_relisting_after_a_delete_in_the_batch_is_embedded_even_with_the_store
     would leave every follower with the product deleted while the store holds it live."""
     doc = up(A, 8).product.model_dump()
     plan = plan_batch([dele(A, 11), up(A, 12)], {A: (8, content_hash({**doc, "version": 12}), False)}, {A: doc})
-    assert not plan.touch and [d["version"] for d in plan.embed] == [12]
+    assert not plan.touch
+    assert [d["version"] for d in plan.embed] == [12]
 
 
 def test_same_content_hash_is_touched_not_embedded():
     doc = up(A, 1).product.model_dump()
     plan = plan_batch([pat(A, 2, price=3.5)], {A: (1, content_hash(doc), False)}, {A: doc})
-    assert not plan.embed and len(plan.touch) == 1
-    assert plan.touch[0]["price"] == 3.5 and plan.touch[0]["version"] == 2
+    assert not plan.embed
+    assert len(plan.touch) == 1
+    assert plan.touch[0]["price"] == 3.5
+    assert plan.touch[0]["version"] == 2
 
 
 def test_a_move_to_another_product_line_is_written_not_touched():
@@ -88,20 +98,25 @@ def test_a_patch_that_would_break_the_product_is_set_aside_with_the_reason():
 def test_attribute_patch_changes_content_and_is_embedded():
     doc = product(A, 1)
     plan = plan_batch([pat(A, 2, attributes={"colour": "blue"})], {A: (1, content_hash(doc), False)}, {A: doc})
-    assert len(plan.embed) == 1 and plan.embed[0]["attributes"] == {"colour": "blue"}
+    assert len(plan.embed) == 1
+    assert plan.embed[0]["attributes"] == {"colour": "blue"}
 
 
 def test_patch_for_an_unknown_asin_is_reported_unknown():
     plan = plan_batch([pat(B, 2, price=1.0)], {}, {B: None})
-    assert [e.asin for e in plan.unknown] == [B] and not plan.embed and not plan.touch
+    assert [e.asin for e in plan.unknown] == [B]
+    assert not plan.embed
+    assert not plan.touch
 
 
 def test_upsert_then_patch_in_one_batch_folds_onto_the_upsert():
     plan = plan_batch([up(A, 1), pat(A, 2, attributes={"size": "M"})], {}, {A: None})
-    assert len(plan.embed) == 1 and plan.embed[0]["attributes"] == {"colour": "red", "size": "M"}
+    assert len(plan.embed) == 1
+    assert plan.embed[0]["attributes"] == {"colour": "red", "size": "M"}
 
 
 def test_upsert_over_a_tombstone_with_the_same_hash_is_embedded_again():
     doc = product(A, 3)
     plan = plan_batch([up(A, 3)], {A: (2, content_hash(doc), True)}, {})
-    assert len(plan.embed) == 1 and not plan.touch
+    assert len(plan.embed) == 1
+    assert not plan.touch

@@ -122,7 +122,8 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
             time.sleep(0.2)
         idx.stop.set()
         t.join(timeout=30)
-        assert not t.is_alive() and errors == []
+        assert not t.is_alive()
+        assert errors == []
         assert 30 <= at_kill < len(final) - len(deleted)  # it really was mid-stream
         for a, v in final.items():
             assert store.version_of(a) == v, a

@@ -44,9 +44,11 @@ def test_backfill_writes_store_feed_and_a_snapshot_in_one_pass(local):
     store, sink = open_store(s), LocalSink(s.local_events_dir)
     feed = LocalSource(s.local_events_dir, [s.embeddings_topic], "snap")
     out = backfill(path, store, sink, HashEncoder(32), s, batch=16, snapshot_root=s.snapshot_dir, feed_source=feed)
-    assert out["written"] == 60 and store.count() == 60
+    assert out["written"] == 60
+    assert store.count() == 60
     index, meta = load_latest(s.snapshot_dir)
-    assert len(index) == 60 and offsets_from_meta(meta["offsets"]) == {(s.embeddings_topic, 0): 60}
+    assert len(index) == 60
+    assert offsets_from_meta(meta["offsets"]) == {(s.embeddings_topic, 0): 60}
     rec = store.get(docs[7]["asin"])
     assert index.search(rec.vector[None, :], 1)[0][0][0] == docs[7]["asin"]
 
@@ -73,7 +75,8 @@ def test_snapshotter_resumes_from_its_snapshot_and_applies_only_the_tail(local):
     backfill(path, store, sink, HashEncoder(32), s, batch=32)
     first = Snapshotter(LocalSource(s.local_events_dir, [s.embeddings_topic], "snap"), store, s.snapshot_dir, 32, "flat", 3600, 2)
     first.run(threading.Event(), max_idle_s=0.3)
-    assert len(first.index) == 60 and len(list_snapshots(s.snapshot_dir)) == 1
+    assert len(first.index) == 60
+    assert len(list_snapshots(s.snapshot_dir)) == 1
 
     # more changes through the event path: one delete, one new product
     sink.send(s.changes_topic, b"B000000003", delete("B000000003", 2))
@@ -86,9 +89,11 @@ def test_snapshotter_resumes_from_its_snapshot_and_applies_only_the_tail(local):
     assert len(second.index) == 60  # loaded from the file, not the store
     second.run(threading.Event(), max_idle_s=0.3)
     assert second.follower.applied == 2  # only the tail: one new vector, one removal
-    assert second.index.contains("B000009999") and not second.index.contains("B000000003")
+    assert second.index.contains("B000009999")
+    assert not second.index.contains("B000000003")
     index, meta = load_latest(s.snapshot_dir)
-    assert len(index) == 60 and offsets_from_meta(meta["offsets"]) == {(s.embeddings_topic, 0): 62}
+    assert len(index) == 60
+    assert offsets_from_meta(meta["offsets"]) == {(s.embeddings_topic, 0): 62}
     assert len(list_snapshots(s.snapshot_dir)) == 2  # snapshots_keep
 
 
@@ -99,17 +104,21 @@ def test_reembed_switches_the_active_namespace_and_rollback_returns(local):
     store.delete(docs[0]["asin"], 5)
     new_enc = HashEncoder(48, "new-v2")
     out = reembed(s, new_enc, gates=Gates(min_coverage=1.0, sample=20, k=5))
-    assert out["to"] == namespace_for("m5", "new-v2") and out["new_count"] == 59 and out["switched"]
+    assert out["to"] == namespace_for("m5", "new-v2")
+    assert out["new_count"] == 59
+    assert out["switched"]
     assert active_namespace(s) == out["to"]
     new = open_store(s, out["to"])
     rec = new.get(docs[1]["asin"])
-    assert rec.bundle_version == "new-v2" and rec.vector.shape == (48,)
+    assert rec.bundle_version == "new-v2"
+    assert rec.vector.shape == (48,)
     assert new.get(docs[0]["asin"]) is None
     assert orjson.loads(new.get_doc(docs[1]["asin"]))["title"] == docs[1]["title"]
     # the same bundle again is refused: it is the active namespace already
     with pytest.raises(ReembedRefused):
         reembed(s, new_enc)
-    assert rollback(s) == (out["to"], "m5") and active_namespace(s) == "m5"
+    assert rollback(s) == (out["to"], "m5")
+    assert active_namespace(s) == "m5"
 
 
 def test_reembed_refuses_to_switch_when_a_gate_fails(local):
@@ -158,7 +167,8 @@ def test_changes_after_the_reembed_copy_reach_the_new_namespace(local):
         return idx.store
 
     old = run_indexer(HashEncoder(32, "old-v1"))
-    assert old.count() == 10 and old.load_offsets(s.group_id) == {(s.changes_topic, 0): 10}
+    assert old.count() == 10
+    assert old.load_offsets(s.group_id) == {(s.changes_topic, 0): 10}
     out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(min_coverage=1.0, sample=5, k=3), switch=False)
     assert out["replay_from"] == {f"{s.changes_topic}:0": 10}
     for d in docs[10:15]:  # reach the old indexer after the catch-up, before the switch and its restart
@@ -170,5 +180,7 @@ def test_changes_after_the_reembed_copy_reach_the_new_namespace(local):
 
     switch_namespace(s, out["to"])
     new = run_indexer(HashEncoder(48, "new-v2"))
-    assert new.namespace == out["to"] and new.count() == 14
-    assert all(new.get(d["asin"]).bundle_version == "new-v2" for d in docs[1:15]) and new.get(docs[0]["asin"]) is None
+    assert new.namespace == out["to"]
+    assert new.count() == 14
+    assert all(new.get(d["asin"]).bundle_version == "new-v2" for d in docs[1:15])
+    assert new.get(docs[0]["asin"]) is None

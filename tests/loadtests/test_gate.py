@@ -36,7 +36,8 @@ def test_passing_run_has_no_violations(tmp_path):
         [("GET", "/asin/{asin}/embedding", 1000, 5, 2, 6, 15), ("POST", "/search [query]", 200, 0, 9, 20, 40), ("", "Aggregated", 1200, 5, 3, 9, 30)],
     )
     stats = gate.read_stats(csv)
-    assert stats[EMBEDDING].p99_ms == 15 and stats[EMBEDDING].error_rate == 0.005
+    assert stats[EMBEDDING].p99_ms == 15
+    assert stats[EMBEDDING].error_rate == 0.005
     assert "Aggregated" in stats
     assert gate.check(stats, gate.parse_sla(SLA, ROUTES)) == []
 
@@ -54,7 +55,8 @@ def test_each_broken_budget_is_reported(tmp_path):
     }
     assert "p99_ms 80 breaks budget 50" in str(next(v for v in violations if v.route == SEARCH_QUERY))
     report = gate.table(gate.read_stats(csv), gate.parse_sla(SLA, ROUTES), violations)
-    assert "FAIL" in report and EMBEDDING in report
+    assert "FAIL" in report
+    assert EMBEDDING in report
 
 
 def test_route_without_traffic_is_a_violation(tmp_path):
@@ -97,7 +99,8 @@ def test_missing_files_are_named(tmp_path):
 
 def test_shipped_sla_is_valid():
     budgets = gate.load_sla(Path(__file__).resolve().parents[2] / "loadtests" / "sla.yaml", ROUTES)
-    assert EMBEDDING in budgets and budgets[EMBEDDING].p99_ms is not None
+    assert EMBEDDING in budgets
+    assert budgets[EMBEDDING].p99_ms is not None
 
 
 def test_plots_from_history(tmp_path):
@@ -132,6 +135,7 @@ def test_index_stream_sends_change_events_at_the_rate(tmp_path, monkeypatch, tes
     source = LocalSource(tmp_path / "events", ["lt.changes"], "check")
     events = [ChangeEvent.model_validate_json(m.value) for m in source.poll(max_records=1000, timeout_s=0.1)]
     source.close()
-    assert len(events) == sent and {e.op for e in events} <= {"upsert", "patch", "delete"}
+    assert len(events) == sent
+    assert {e.op for e in events} <= {"upsert", "patch", "delete"}
     with pytest.raises(ValueError, match="index rate"):
         index_stream(0, test_catalog, 0, stop)

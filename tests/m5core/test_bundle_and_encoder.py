@@ -35,7 +35,8 @@ def test_hash_encoder_is_deterministic_and_batch_equals_single():
     assert isinstance(enc, Encoder)
     texts = ["red running shoes", "blaue Laufschuhe", "حذاء جري"]
     batch = enc.embed(texts)
-    assert batch.shape == (3, 32) and batch.dtype == np.float32
+    assert batch.shape == (3, 32)
+    assert batch.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1.0, rtol=1e-5)
     for i, t in enumerate(texts):
         np.testing.assert_array_equal(enc.embed([t])[0], batch[i])
@@ -68,7 +69,8 @@ def test_onnx_encoder_parallel_sub_batches_match_one_thread(trained_bundle):
             assert b.shape == (n, two.dim)
             assert np.einsum("nd,nd->n", a, b).min() > 0.99
             assert np.argmax(b @ a.T, axis=1).tolist() == list(range(n))
-        assert two._pool is not None and two._pool._max_workers == 2
+        assert two._pool is not None
+        assert two._pool._max_workers == 2
     finally:
         two.close()
 

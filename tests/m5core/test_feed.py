@@ -63,13 +63,18 @@ def test_applies_upserts_deletes_and_skips_older_versions():
     src.append("B000000002", encode_feed_value(rec("B000000002", "green tea")))
     src.append("B000000001", encode_feed_value(rec("B000000001", "old text", pv=1)))  # late and older: ignored
     assert f.poll_once() == 3
-    assert len(idx) == 2 and idx.version_of("B000000001") == 2 and top1(idx, "red shoes") == "B000000001"
-    assert f.offsets == {(TOPIC, 0): 3} and f.lag() == 0
+    assert len(idx) == 2
+    assert idx.version_of("B000000001") == 2
+    assert top1(idx, "red shoes") == "B000000001"
+    assert f.offsets == {(TOPIC, 0): 3}
+    assert f.lag() == 0
     src.append("B000000002", None)  # tombstone
     src.append("B000000001", encode_feed_value(rec("B000000001", "blue hat", pv=3)))
     f.poll_once()
-    assert not idx.contains("B000000002") and idx.version_of("B000000001") == 3
-    assert top1(idx, "blue hat") == "B000000001" and f.offsets == {(TOPIC, 0): 5}
+    assert not idx.contains("B000000002")
+    assert idx.version_of("B000000001") == 3
+    assert top1(idx, "blue hat") == "B000000001"
+    assert f.offsets == {(TOPIC, 0): 5}
 
 
 def test_malformed_values_are_counted_and_skipped():
@@ -84,7 +89,9 @@ def test_malformed_values_are_counted_and_skipped():
     src.append("B000000004", encode_feed_value(nan))
     src.append("B000000005", encode_feed_value(rec("B000000005", "good one")))
     assert f.poll_once() == 5
-    assert f.malformed == 4 and len(idx) == 1 and idx.contains("B000000005")
+    assert f.malformed == 4
+    assert len(idx) == 1
+    assert idx.contains("B000000005")
     assert f.offsets == {(TOPIC, 0): 5}  # skipped records are consumed, not retried forever
 
 
@@ -96,7 +103,8 @@ def test_bootstrap_from_store_then_follow_local_transport(tmp_path):
     sink.flush()
     src = LocalSource(tmp_path / "ev", [TOPIC], "svc")
     f = FeedFollower(src, AnnIndex(ENC.dim, "flat"), store)
-    assert f.bootstrap() == 2 and f.offsets == {(TOPIC, 0): 1}
+    assert f.bootstrap() == 2
+    assert f.offsets == {(TOPIC, 0): 1}
     new = rec("B000000003", "purple umbrella")
     store.put([new])
     sink.send(TOPIC, b"B000000003", encode_feed_value(new))
@@ -114,7 +122,9 @@ def test_bootstrap_from_store_then_follow_local_transport(tmp_path):
         stop.set()
         t.join(timeout=5)
     assert not t.is_alive()
-    assert f.index.contains("B000000003") and not f.index.contains("B000000002") and f.lag() == 0
+    assert f.index.contains("B000000003")
+    assert not f.index.contains("B000000002")
+    assert f.lag() == 0
 
 
 def test_bootstrap_from_latest_snapshot_replays_only_the_tail(tmp_path):
@@ -132,9 +142,12 @@ def test_bootstrap_from_latest_snapshot_replays_only_the_tail(tmp_path):
     src.pos = 0
     f = FeedFollower(src, AnnIndex(ENC.dim, "flat"), snapshot_dir=tmp_path)
     assert f.bootstrap() == 2
-    assert f.snapshot_meta["offsets"] == {f"{TOPIC}:0": 2} and src.pos == 2 and f.bundle_versions == {ENC.version}
+    assert f.snapshot_meta["offsets"] == {f"{TOPIC}:0": 2}
+    assert src.pos == 2
+    assert f.bundle_versions == {ENC.version}
     assert f.poll_once() == 1  # only the tail
-    assert len(f.index) == 3 and f.offsets == {(TOPIC, 0): 3}
+    assert len(f.index) == 3
+    assert f.offsets == {(TOPIC, 0): 3}
 
 
 def test_snapshot_of_another_dim_falls_back_to_the_store(tmp_path):
@@ -142,7 +155,9 @@ def test_snapshot_of_another_dim_falls_back_to_the_store(tmp_path):
     store = LocalStore(tmp_path / "s.sqlite")
     store.put([rec("B000000001", "red shoes")])
     f = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path)
-    assert f.bootstrap() == 1 and f.snapshot_meta is None and f.index.dim == ENC.dim
+    assert f.bootstrap() == 1
+    assert f.snapshot_meta is None
+    assert f.index.dim == ENC.dim
 
 
 class BlippingStore(LocalStore):
@@ -176,9 +191,12 @@ def test_a_batch_whose_apply_fails_is_read_again_not_skipped(tmp_path):
     store.blips = 1
     with pytest.raises(ConnectionError):
         f.poll_once()
-    assert f.offsets == start and f.index.contains("B000000001") and not f.index.contains("B000000002")
+    assert f.offsets == start
+    assert f.index.contains("B000000001")
+    assert not f.index.contains("B000000002")
     assert f.poll_once() == 2  # the same two messages again
-    assert not f.index.contains("B000000001") and f.index.contains("B000000002")
+    assert not f.index.contains("B000000001")
+    assert f.index.contains("B000000002")
     assert f.offsets == {(TOPIC, 0): start.get((TOPIC, 0), 0) + 2}
 
 
@@ -199,8 +217,10 @@ def test_snapshots_record_only_what_the_index_applied(tmp_path):
     path = snap.snapshot()
     follower = FeedFollower(LocalSource(tmp_path / "ev", [TOPIC], "svc"), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path / "snaps")
     follower.bootstrap()
-    assert follower.snapshot_meta is not None and path.name in str(latest_snapshot(tmp_path / "snaps"))
-    assert follower.index.contains("B000000001") and meta_offsets == 0  # the snapshot still holds it, and knows the delete is ahead
+    assert follower.snapshot_meta is not None
+    assert path.name in str(latest_snapshot(tmp_path / "snaps"))
+    assert follower.index.contains("B000000001")
+    assert meta_offsets == 0  # the snapshot still holds it, and knows the delete is ahead
     follower.poll_once()
     assert not follower.index.contains("B000000001")
 
@@ -215,9 +235,12 @@ def test_a_snapshot_older_than_the_bound_is_passed_over_for_the_store(tmp_path):
     store = LocalStore(tmp_path / "s.sqlite")
     store.put([rec("B000000001", "red shoes")])  # B000000002 was deleted, and its tombstone compacted away
     f = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path, max_snapshot_age_s=12 * 3600)
-    assert f.bootstrap() == 1 and f.snapshot_meta is None and not f.index.contains("B000000002")
+    assert f.bootstrap() == 1
+    assert f.snapshot_meta is None
+    assert not f.index.contains("B000000002")
     fresh = FeedFollower(MemorySource(), AnnIndex(ENC.dim, "flat"), store, snapshot_dir=tmp_path, max_snapshot_age_s=14 * 3600)
-    assert fresh.bootstrap() == 2 and fresh.snapshot_meta is not None  # within its bound the snapshot is used
+    assert fresh.bootstrap() == 2
+    assert fresh.snapshot_meta is not None  # within its bound the snapshot is used
 
 
 def test_versioned_tombstones_order_deletes_and_upserts_by_version(tmp_path):
@@ -249,8 +272,10 @@ def test_versioned_tombstones_order_deletes_and_upserts_by_version(tmp_path):
     feed((b, 5))  # and in a later batch
     assert f.index.version_of(b) == 7
     feed(rec(a, "red shoes relisted", pv=6))  # relisted after the delete
-    assert f.index.version_of(a) == 6 and top1(f.index, "red shoes relisted") == a
-    assert src.poll(timeout_s=0.01) == [] and f.malformed == 0
+    assert f.index.version_of(a) == 6
+    assert top1(f.index, "red shoes relisted") == a
+    assert src.poll(timeout_s=0.01) == []
+    assert f.malformed == 0
 
 
 def test_an_unversioned_tombstone_still_asks_the_store(tmp_path):
@@ -265,7 +290,8 @@ def test_an_unversioned_tombstone_still_asks_the_store(tmp_path):
     src.append("B000000001", None)  # an old delete, replayed
     src.append("B000000002", None)  # the store never held it: gone
     f.poll_once()
-    assert f.index.contains("B000000001") and not f.index.contains("B000000002")
+    assert f.index.contains("B000000001")
+    assert not f.index.contains("B000000002")
 
 
 def test_a_later_record_of_the_same_version_replaces_the_vector():
@@ -278,6 +304,7 @@ def test_a_later_record_of_the_same_version_replaces_the_vector():
     f.poll_once()
     src.append("B000000001", encode_feed_value(again))
     f.poll_once()
-    assert top1(f.index, "red shoes again") == "B000000001" and f.index.version_of("B000000001") == 3
+    assert top1(f.index, "red shoes again") == "B000000001"
+    assert f.index.version_of("B000000001") == 3
     got = f.index._index.reconstruct(f.index._ids["B000000001"])
     np.testing.assert_allclose(got, again.vector, rtol=1e-5)

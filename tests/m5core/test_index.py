@@ -59,16 +59,19 @@ def test_upsert_replace_remove_exclude(kind):
     a = asins[10]
     new = x[2000]
     idx.upsert([a], new[None], ["en_US"], ["media"], [2])
-    assert len(idx) == 3000 and idx.version_of(a) == 2
+    assert len(idx) == 3000
+    assert idx.version_of(a) == 2
     top = idx.search(new[None], 2)[0]
     assert a in [h[0] for h in top]
     idx.remove([a])
-    assert not idx.contains(a) and len(idx) == 2999
+    assert not idx.contains(a)
+    assert len(idx) == 2999
     assert a not in [h[0] for h in idx.search(new[None], 20)[0]]
     idx.upsert([a], new[None], ["en_US"], ["media"], [3])
     assert idx.contains(a)
     hits = idx.search(new[None], 5, exclude=a)[0]
-    assert a not in [h[0] for h in hits] and len(hits) == 5
+    assert a not in [h[0] for h in hits]
+    assert len(hits) == 5
 
 
 def test_k_larger_than_n_and_empty():
@@ -86,7 +89,8 @@ def test_snapshot_round_trip(tmp_path, kind):
     idx.save(tmp_path / "snap", {"offsets": {"catalog.embeddings:0": 42}})
     back, meta = AnnIndex.load(tmp_path / "snap")
     assert meta == {"offsets": {"catalog.embeddings:0": 42}}
-    assert len(back) == len(idx) and back.kind == idx.kind
+    assert len(back) == len(idx)
+    assert back.kind == idx.kind
     q = x[5:8]
     assert back.search(q, 5, locale="en_US") == idx.search(q, 5, locale="en_US")
 
@@ -128,7 +132,8 @@ def test_snapshots_hold_plain_arrays_and_a_pickled_one_is_refused(tmp_path):
     idx.upsert(["B000000001", "B000000002", "B000000003"], vecs, ["en_US", "de_DE", "en_US"], ["media", "toys", "media"], [1, 1, 2])
     idx.save(tmp_path / "snap")
     back, _ = AnnIndex.load(tmp_path / "snap")
-    assert back.search(vecs[:1], 3, locale="en_US")[0][0][0] == "B000000001" and back.version_of("B000000003") == 2
+    assert back.search(vecs[:1], 3, locale="en_US")[0][0][0] == "B000000001"
+    assert back.version_of("B000000003") == 2
     with np.load(tmp_path / "snap" / "meta.npz", allow_pickle=False) as z:
         assert all(z[k].dtype != object for k in z.files)
     z = dict(np.load(tmp_path / "snap" / "meta.npz"))

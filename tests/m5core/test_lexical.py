@@ -53,7 +53,8 @@ def test_appended_vectors_are_unit_length_and_let_a_shared_word_decide():
 
 def test_char_ngrams_mark_word_ends_and_keep_short_words():
     assert char_ngrams("Akku 4 XL") == ["<akk", "akku", "kku>", "<4>", "<xl>"]
-    assert char_ngrams("ab") == ["<ab>"] and char_ngrams("abc") == ["<abc", "abc>"]
+    assert char_ngrams("ab") == ["<ab>"]
+    assert char_ngrams("abc") == ["<abc", "abc>"]
     assert char_ngrams("-- !") == []
 
 
@@ -86,25 +87,30 @@ def test_known_share_counts_the_words_a_vocabulary_reads():
     assert known_share(tok, "مثقاب لاسلكي") == 0.0  # letter by letter
     assert known_share(tok, "drill مثقاب") == 0.5
     assert known_share(tok, "zwei 18v") == 1.0  # two pieces of two characters; model numbers left out
-    assert known_share(tok, "18v 2000") == 1.0 and words("18V") == ["18v"]
+    assert known_share(tok, "18v 2000") == 1.0
+    assert words("18V") == ["18v"]
 
 
 def test_adaptive_share_sends_an_unreadable_query_to_the_block_alone():
     block = LexicalBlock.fit(CORPUS, dims=64, share=0.4)
-    assert block.adaptive and block.query_share(1.0) == pytest.approx(0.4) and block.query_share(0.0) == 1.0
+    assert block.adaptive
+    assert block.query_share(1.0) == pytest.approx(0.4)
+    assert block.query_share(0.0) == 1.0
     assert block.query_share(0.5) == pytest.approx(0.7)
     fixed = LexicalBlock.fit(CORPUS, dims=64, share=0.4, adaptive=False)
     assert fixed.query_share(0.0) == pytest.approx(0.4)
     dense = np.full((2, 4), 0.5, np.float32)
     v = block.append(dense, block.queries(["خرطوم حديقة", "cast iron"]), shares=[1.0, 0.4])
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
-    assert not v[0, :4].any() and v[1, :4].any()
+    assert not v[0, :4].any()
+    assert v[1, :4].any()
     np.testing.assert_allclose(v[1], block.append(dense[1:], block.queries(["cast iron"]))[0], rtol=1e-6)
 
 
 def test_text_without_words_adds_nothing():
     block = LexicalBlock.fit(CORPUS, dims=64, share=0.4)
-    assert not block.products(["", "--- !!"]).any() and not block.queries([""]).any()
+    assert not block.products(["", "--- !!"]).any()
+    assert not block.queries([""]).any()
     dense = np.full((1, 4), 0.5, np.float32)
     np.testing.assert_allclose(block.append(dense, block.queries([""]))[0, :4], dense[0], rtol=1e-6)
 
@@ -148,13 +154,16 @@ def test_trained_bundle_serves_dense_plus_lexical(trained_bundle, tmp_path):
     from m5core.encoder import OnnxEncoder
 
     m = load_manifest(trained_bundle)
-    assert m.lexical is not None and m.dim == m.dense_dim + m.lexical.dims
+    assert m.lexical is not None
+    assert m.dim == m.dense_dim + m.lexical.dims
     prod, query = OnnxEncoder(trained_bundle, "product"), OnnxEncoder(trained_bundle, "query")
     dense = OnnxEncoder(trained_bundle, "product", lexical="off")
-    assert prod.dim == query.dim == m.dim and dense.dim == m.dense_dim
+    assert prod.dim == query.dim == m.dim
+    assert dense.dim == m.dense_dim
     texts = ["zorblax garden hose 20m", "garden hose 20m"]
     p, q = prod.embed(texts), query.embed(["zorblax hose"])
-    assert p.shape == (2, m.dim) and dense.embed(texts).shape == (2, m.dense_dim)
+    assert p.shape == (2, m.dim)
+    assert dense.embed(texts).shape == (2, m.dense_dim)
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-5)
     s = (q @ p.T)[0]
     assert s[0] - s[1] > 0.01

@@ -56,9 +56,11 @@ def test_ndcg_uses_esci_gains():
 
 def test_curves_run_from_origin_to_one():
     roc = roc_curve([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
-    assert roc["fpr"][0] == roc["tpr"][0] == 0.0 and roc["fpr"][-1] == roc["tpr"][-1] == 1.0
+    assert roc["fpr"][0] == roc["tpr"][0] == 0.0
+    assert roc["fpr"][-1] == roc["tpr"][-1] == 1.0
     pr = pr_curve([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
-    assert pr["precision"] == pytest.approx([1.0, 0.5, 2 / 3, 0.5]) and pr["recall"][-1] == 1.0
+    assert pr["precision"] == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
+    assert pr["recall"][-1] == 1.0
 
 
 def test_mlm_accuracy_is_token_weighted_per_language():

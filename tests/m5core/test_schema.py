@@ -40,7 +40,8 @@ def product(**over):
 
 def test_valid_product_round_trips():
     p = Product.model_validate(product())
-    assert p.asin == "B000000001" and p.locale == "en_US"
+    assert p.asin == "B000000001"
+    assert p.locale == "en_US"
 
 
 @pytest.mark.parametrize(
@@ -138,8 +139,10 @@ def test_render_schemes():
     p = product()
     fields = render_product(p, "fields")
     plain = render_product(p, "plain")
-    assert fields.startswith("[TITLE] Acme") and "[ATTR] colour [VAL] blue" in fields
-    assert "[" not in plain and "colour blue" in plain
+    assert fields.startswith("[TITLE] Acme")
+    assert "[ATTR] colour [VAL] blue" in fields
+    assert "[" not in plain
+    assert "colour blue" in plain
 
 
 def test_event_payload_must_match_op():
@@ -157,5 +160,7 @@ def test_apply_patch_merges_and_removes():
         {"op": "patch", "asin": "B000000001", "version": 4, "ts": 2.0, "attributes": {"colour": "red", "size": None}, "price": 1.5}
     )
     doc = apply_patch(product(), ev)
-    assert doc["attributes"] == {"colour": "red"} and doc["price"] == 1.5 and doc["version"] == 4
+    assert doc["attributes"] == {"colour": "red"}
+    assert doc["price"] == 1.5
+    assert doc["version"] == 4
     assert product()["attributes"]["size"] == "42"  # input untouched

@@ -16,7 +16,8 @@ def test_flag_wins_over_env(monkeypatch):
     monkeypatch.setenv("M5_NAMESPACE", "from-env")
     p = _parser()
     s = settings_from_args(StoreConfig, p.parse_args(["--redis-url", "redis://flag:2/0"]), p)
-    assert s.redis_url == "redis://flag:2/0" and s.namespace == "from-env"
+    assert s.redis_url == "redis://flag:2/0"
+    assert s.namespace == "from-env"
 
 
 def test_bad_choice_exits_2_naming_the_flag(capsys):
@@ -62,4 +63,6 @@ def test_the_cli_names_an_unreachable_redis_without_its_password(monkeypatch, ca
     monkeypatch.setenv("M5_REDIS_TIMEOUT_S", "0.5")
     rc = main(["index", "rollback"])
     err = capsys.readouterr().err
-    assert rc == 1 and "cannot reach Redis at redis://default:***@127.0.0.1:1/0" in err and "s3cret" not in err
+    assert rc == 1
+    assert "cannot reach Redis at redis://default:***@127.0.0.1:1/0" in err
+    assert "s3cret" not in err

@@ -36,7 +36,8 @@ def test_put_get_round_trip(store):
     got = store.get(r.asin)
     close(got.vector, r.vector, store)
     assert (got.product_version, got.bundle_version, got.locale, got.product_line) == (1, "b-1", "en_US", "media")
-    assert store.count() == 1 and store.version_of(r.asin) == 1
+    assert store.count() == 1
+    assert store.version_of(r.asin) == 1
     assert store.get_doc(r.asin) == b'{"x":1}'
 
 
@@ -53,7 +54,8 @@ def test_delete_leaves_a_tombstone(store):
     store.put([rec(pv=3)])
     assert store.delete("B000000001", 2) is False  # older delete loses
     assert store.delete("B000000001", 4) is True
-    assert store.get("B000000001") is None and store.count() == 0
+    assert store.get("B000000001") is None
+    assert store.count() == 0
     assert store.version_of("B000000001") == 4
     assert store.put([rec(pv=3, seed=9)]) == [False]  # late, older upsert does not resurrect
     assert store.get("B000000001") is None
@@ -81,10 +83,13 @@ def test_get_many_versions_and_scan(store):
     store.put([rec(f"B00000000{i}", pv=i, seed=i) for i in range(1, 6)])
     store.delete("B000000003", 10)
     got = store.get_many(["B000000001", "B000000003", "ZZZZZZZZZZ"])
-    assert got[0] is not None and got[1] is None and got[2] is None
+    assert got[0] is not None
+    assert got[1] is None
+    assert got[2] is None
     assert store.versions_of(["B000000002", "B000000003", "ZZZZZZZZZZ"]) == [(2, "h2", False), (10, None, True), (None, None, False)]
     assert sorted(r.asin for r in store.scan(batch=2)) == ["B000000001", "B000000002", "B000000004", "B000000005"]
-    assert store.count() == 4 and store.ping()
+    assert store.count() == 4
+    assert store.ping()
 
 
 def test_iter_docs_yields_live_product_documents(store):

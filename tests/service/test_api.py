@@ -17,11 +17,13 @@ async def test_asin_embedding_json_and_octet(api):
     body = r.json()
     want = ENC.embed([TEXTS["B000000001"][0]])[0]
     np.testing.assert_allclose(body["vector"], want, rtol=1e-6)
-    assert r.headers["x-m5-bundle-version"] == ENC.version and r.headers["x-m5-product-version"] == "1"
+    assert r.headers["x-m5-bundle-version"] == ENC.version
+    assert r.headers["x-m5-product-version"] == "1"
     raw = await h.client.get("/asin/B000000001/embedding", headers={"accept": "application/octet-stream"})
     np.testing.assert_array_equal(np.frombuffer(raw.content, "<f4"), want)
     q = (await h.client.get("/asin/B000000001/embedding?dtype=int8")).json()
-    assert q["dtype"] == "int8" and abs(np.dot(np.array(q["vector"]) * q["scale"], want) - 1) < 0.01
+    assert q["dtype"] == "int8"
+    assert abs(np.dot(np.array(q["vector"]) * q["scale"], want) - 1) < 0.01
 
 
 @pytest.mark.parametrize(
@@ -35,14 +37,16 @@ async def test_asin_embedding_json_and_octet(api):
 async def test_asin_errors(api, path, status, word):
     h = await api()
     r = await h.client.get(path)
-    assert r.status_code == status and word in r.json()["detail"]
+    assert r.status_code == status
+    assert word in r.json()["detail"]
 
 
 async def test_batch_reports_missing(api):
     h = await api()
     r = await h.client.post("/asin/embeddings", json={"asins": ["B000000001", "B00000000Z"]})
     assert r.status_code == 200
-    assert [e["asin"] for e in r.json()["embeddings"]] == ["B000000001"] and r.json()["missing"] == ["B00000000Z"]
+    assert [e["asin"] for e in r.json()["embeddings"]] == ["B000000001"]
+    assert r.json()["missing"] == ["B00000000Z"]
 
 
 def metric(text: str, name: str) -> float:
@@ -66,13 +70,15 @@ async def test_query_embed_and_cache(api):
 async def test_search_by_text_vector_and_asin(api):
     h = await api()
     r = await h.client.post("/search", json={"query": "red running shoes", "k": 2})
-    assert r.status_code == 200 and r.json()["hits"][0]["asin"] == "B000000001"
+    assert r.status_code == 200
+    assert r.json()["hits"][0]["asin"] == "B000000001"
     vec = ENC.embed(["steel water bottle 1 l"])[0].tolist()
     r = await h.client.post("/search", json={"vector": vec, "k": 1})
     assert r.json()["hits"][0]["asin"] == "B000000004"
     r = await h.client.post("/search", json={"asin": "B000000001", "k": 10})
     hits = [x["asin"] for x in r.json()["hits"]]
-    assert "B000000001" not in hits and len(hits) == 4
+    assert "B000000001" not in hits
+    assert len(hits) == 4
     r = await h.client.post("/search", json={"query": "running shoes", "k": 10, "filters": {"locale": "de_DE"}})
     assert {x["asin"] for x in r.json()["hits"]} == {"B000000003", "B000000005"}
 
@@ -98,7 +104,8 @@ async def test_search_by_text_vector_and_asin(api):
 async def test_search_bad_input_is_422_naming_the_field(api, body, word):
     h = await api()
     r = await h.client.post("/search", json=body)
-    assert r.status_code == 422 and word in r.json()["detail"]
+    assert r.status_code == 422
+    assert word in r.json()["detail"]
 
 
 async def test_nan_vector_is_rejected(api):
@@ -117,7 +124,8 @@ async def test_body_limit_auth_and_overload(api):
     assert (await h.client.get("/healthz")).status_code == 200  # open without a key
     h2 = await api(max_in_flight=0)
     r = await h2.client.get("/asin/B000000001/embedding")
-    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
 
 
 async def test_filters_take_values_no_release_knew(api):
@@ -135,9 +143,11 @@ async def test_filters_take_values_no_release_knew(api):
     r = await h.client.post("/search", json={**body, "filters": {"product_line": "garden"}})
     assert [x["asin"] for x in r.json()["hits"]] == ["B00000000F"]
     r = await h.client.post("/search", json={**body, "filters": {"locale": "fr_FR", "product_line": "softlines"}})
-    assert r.status_code == 200 and r.json()["hits"] == []
+    assert r.status_code == 200
+    assert r.json()["hits"] == []
     r = await h.client.post("/search", json={**body, "filters": {"locale": "ja_JP"}})
-    assert r.status_code == 200 and r.json()["hits"] == []
+    assert r.status_code == 200
+    assert r.json()["hits"] == []
 
 
 async def test_feed_updates_are_searchable_without_restart(api):
@@ -167,9 +177,11 @@ async def test_bundle_mismatch_is_refused_and_not_ready(api):
     v = ENC.embed(["anything"])[0]
     h = await api(extra_records=[VectorRecord("B000000008", v, 1, "another-bundle", "h", "en_US", "media", 2.0)])
     r = await h.client.post("/query/embed", json={"queries": ["shoes"]})
-    assert r.status_code == 409 and "another-bundle" in r.json()["detail"]
+    assert r.status_code == 409
+    assert "another-bundle" in r.json()["detail"]
     ready = await h.client.get("/readyz")
-    assert ready.status_code == 503 and "mismatch" in ready.json()["reasons"][0]
+    assert ready.status_code == 503
+    assert "mismatch" in ready.json()["reasons"][0]
 
 
 async def test_feed_records_of_another_bundle_are_skipped(api):
@@ -192,7 +204,9 @@ async def test_feed_records_of_another_bundle_are_skipped(api):
 async def test_ready_and_metrics_names(api):
     h = await api()
     r = await h.client.get("/readyz")
-    assert r.status_code == 200 and r.json()["ready"] and r.json()["index_size"] == 5
+    assert r.status_code == 200
+    assert r.json()["ready"]
+    assert r.json()["index_size"] == 5
     await h.client.get("/asin/B000000001/embedding")
     m = (await h.client.get("/metrics")).text
     for name in (
@@ -215,12 +229,14 @@ async def test_hot_path_answers_like_the_routed_handler(api):
     for asin, q in [("B000000001", ""), ("B000000001", "dtype=int8"), ("B00000000Z", "")]:
         hot = await h.client.get(f"/asin/{asin}/embedding?{q}")
         routed = await h.client.get(f"/asin/{asin}/embedding?{q}&via=router")
-        assert hot.status_code == routed.status_code and hot.content == routed.content
+        assert hot.status_code == routed.status_code
+        assert hot.content == routed.content
         assert {k: v for k, v in hot.headers.items() if k.startswith("x-m5")} == {k: v for k, v in routed.headers.items() if k.startswith("x-m5")}
     for accept in ("application/octet-stream", "application/json"):
         hot = await h.client.get("/asin/B000000002/embedding", headers={"accept": accept})
         routed = await h.client.get("/asin/B000000002/embedding?via=router", headers={"accept": accept})
-        assert hot.content == routed.content and hot.headers["content-type"] == routed.headers["content-type"]
+        assert hot.content == routed.content
+        assert hot.headers["content-type"] == routed.headers["content-type"]
     text = (await h.client.get("/metrics")).text
     count = next(
         float(line.split()[-1])
@@ -235,12 +251,14 @@ async def test_search_hot_path_validates_like_fastapi(api):
     h = await api()
     v = ENC.embed(["red running shoes size 42"])[0].tolist()
     ok = await h.client.post("/search", json={"vector": v, "k": 2})
-    assert ok.status_code == 200 and ok.json()["hits"][0]["asin"] == "B000000001"
+    assert ok.status_code == 200
+    assert ok.json()["hits"][0]["asin"] == "B000000001"
     for body, word in [({"vector": v, "k": 0}, "k"), ({"k": 2}, "query"), ({"vector": v[:3], "k": 2}, "vector")]:
         r = await h.client.post("/search", json=body)
         assert r.status_code == 422 and word in r.json()["detail"], r.text
     r = await h.client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["detail"] == "body: not valid JSON"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body: not valid JSON"
     text = (await h.client.get("/metrics")).text
     assert any(
         line.startswith("m5_http_request_duration_seconds_count") and 'route="/search"' in line and float(line.split()[-1]) >= 5
@@ -252,10 +270,12 @@ async def test_request_limits_come_from_the_settings(api):
     """One home for limits: a deployment that raises or lowers them gets them in the handlers and in the schema."""
     wide = await api(max_queries=100, max_k=2000, max_query_chars=2000, max_batch_asins=2)
     r = await wide.client.post("/query/embed", json={"queries": [f"shoes {i}" for i in range(80)]})
-    assert r.status_code == 200 and len(r.json()["vectors"]) == 80
+    assert r.status_code == 200
+    assert len(r.json()["vectors"]) == 80
     assert (await wide.client.post("/search", json={"query": "shoes " * 200, "k": 1500})).status_code == 200
     r = await wide.client.post("/asin/embeddings", json={"asins": ["B000000001", "B000000002", "B000000003"]})
-    assert r.status_code == 422 and r.json()["detail"] == "asins: at most 2"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "asins: at most 2"
     doc = (await wide.client.get("/openapi.json")).json()["components"]["schemas"]
     assert doc["QueryEmbedRequest"]["properties"]["queries"]["maxItems"] == 100
     assert doc["SearchRequest"]["properties"]["k"]["maximum"] == 2000
@@ -264,11 +284,14 @@ async def test_request_limits_come_from_the_settings(api):
 
     narrow = await api(max_queries=3, max_k=5, max_query_chars=10)
     r = await narrow.client.post("/query/embed", json={"queries": ["a", "b", "c", "d"]})
-    assert r.status_code == 422 and r.json()["detail"] == "queries: at most 3"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "queries: at most 3"
     r = await narrow.client.post("/search", json={"query": "red running shoes", "k": 1})
-    assert r.status_code == 422 and r.json()["detail"] == "query: longer than 10 characters"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "query: longer than 10 characters"
     r = await narrow.client.post("/search", json={"query": "shoes", "k": 6})
-    assert r.status_code == 422 and r.json()["detail"] == "k: at most 5"
+    assert r.status_code == 422
+    assert r.json()["detail"] == "k: at most 5"
 
 
 async def test_readiness_reads_the_lag_the_follower_thread_measured(api):
@@ -288,8 +311,11 @@ async def test_readiness_reads_the_lag_the_follower_thread_measured(api):
             break
         await asyncio.sleep(0.05)
     r = await h.client.get("/readyz")
-    assert r.status_code == 200 and r.json()["feed_lag"] == 0 and 0 <= r.json()["feed_lag_age_s"] < 5
-    assert callers and set(callers) == {"feed-follower"}
+    assert r.status_code == 200
+    assert r.json()["feed_lag"] == 0
+    assert 0 <= r.json()["feed_lag_age_s"] < 5
+    assert callers
+    assert set(callers) == {"feed-follower"}
 
 
 async def test_a_body_that_arrives_too_slowly_gets_408_and_a_prompt_one_does_not(api):
@@ -303,10 +329,12 @@ async def test_a_body_that_arrives_too_slowly_gets_408_and_a_prompt_one_does_not
 
     headers = {"content-type": "application/json"}
     slow = await h.client.post("/query/embed", content=body(1.5), headers=headers)
-    assert slow.status_code == 408 and "in time" in slow.json()["detail"]
+    assert slow.status_code == 408
+    assert "in time" in slow.json()["detail"]
     prompt = await h.client.post("/query/embed", content=body(0.05), headers=headers)
     assert prompt.status_code == 200
-    assert h.app.state.m5 is not None and (await h.client.get("/readyz")).status_code == 200
+    assert h.app.state.m5 is not None
+    assert (await h.client.get("/readyz")).status_code == 200
 
 
 async def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(api):
@@ -319,4 +347,5 @@ async def test_a_chunked_body_over_the_limit_gets_413_while_it_streams(api):
         yield b'"]}'
 
     r = await h.client.post("/query/embed", content=body(), headers={"content-type": "application/json"})
-    assert r.status_code == 413 and "size limit" in r.json()["detail"]
+    assert r.status_code == 413
+    assert "size limit" in r.json()["detail"]

@@ -33,10 +33,12 @@ async def test_redis_store_path(redis_url, unique_name):
 
     async def check(c):
         raw = await c.get("/asin/B000000004/embedding", headers={"accept": "application/octet-stream"})
-        assert raw.status_code == 200 and raw.headers["content-type"] == "application/octet-stream"
+        assert raw.status_code == 200
+        assert raw.headers["content-type"] == "application/octet-stream"
         np.testing.assert_array_equal(np.frombuffer(raw.content, "<f4"), recs[3].vector)
         r = await c.post("/search", json={"asin": "B000000001", "k": 1})
-        assert r.json()["hits"][0]["asin"] == "B000000002" and r.json()["index_size"] == 5
+        assert r.json()["hits"][0]["asin"] == "B000000002"
+        assert r.json()["index_size"] == 5
         assert (await c.get("/asin/B00000000Z/embedding")).status_code == 404
         assert (await c.get("/readyz")).json()["ready"]
 
@@ -54,13 +56,16 @@ async def test_trained_bundle_query_tower(trained_bundle, tmp_path):
 
     async def check(c):
         r = await c.post("/query/embed", json={"queries": ["red running shoes"]})
-        assert r.status_code == 200 and r.json()["bundle_version"] == product.version
+        assert r.status_code == 200
+        assert r.json()["bundle_version"] == product.version
         v = np.array(r.json()["vectors"][0])
-        assert v.shape == (product.dim,) and abs(np.linalg.norm(v) - 1) < 1e-3
+        assert v.shape == (product.dim,)
+        assert abs(np.linalg.norm(v) - 1) < 1e-3
         direct = OnnxEncoder(trained_bundle, "query").embed(["red running shoes"])[0]
         np.testing.assert_allclose(v, direct, atol=1e-5)
         r = await c.post("/search", json={"query": "red running shoes", "k": 5})
-        assert r.status_code == 200 and len(r.json()["hits"]) == 5
+        assert r.status_code == 200
+        assert len(r.json()["hits"]) == 5
         assert r.json()["hits"][0]["score"] >= r.json()["hits"][-1]["score"]
 
     await _run(app, check)
@@ -78,7 +83,8 @@ async def test_starts_from_snapshot_and_swaps_without_failing_requests(tmp_path)
 
     async def check(c):
         r = await c.post("/search", json={"query": "steel water bottle", "k": 1})
-        assert r.json()["hits"][0]["asin"] == "B000000004" and r.json()["index_size"] == 5
+        assert r.json()["hits"][0]["asin"] == "B000000004"
+        assert r.json()["index_size"] == 5
         state = app.state.m5
         other = AnnIndex(ENC.dim, "flat", ENC.version)
         other.upsert(["B000000077"], ENC.embed(["steel water bottle"]), ["en_US"], ["hardlines"], [1])
@@ -98,10 +104,12 @@ async def test_starts_from_snapshot_and_swaps_without_failing_requests(tmp_path)
         codes, _ = await asyncio.gather(hammer(), swap())
         assert set(codes) == {200}
         r = await c.post("/search", json={"query": "steel water bottle", "k": 1})
-        assert r.json()["hits"][0]["asin"] == "B000000077" and state.serving.follower.index is other
+        assert r.json()["hits"][0]["asin"] == "B000000077"
+        assert state.serving.follower.index is other
         state.serving = dataclasses.replace(state.serving, encoder=HashEncoder(dim=ENC.dim, version="hash-v2"))  # tower no longer matches the index
         r = await c.post("/query/embed", json={"queries": ["steel water bottle"]})
-        assert r.status_code == 409 and "hash-v2" in r.json()["detail"]
+        assert r.status_code == 409
+        assert "hash-v2" in r.json()["detail"]
 
     await _run(app, check)
 
@@ -131,9 +139,13 @@ async def test_readiness_reasons_and_store_outage(tmp_path):
     async def check(c):
         r = await c.get("/readyz")
         reasons = r.json()["reasons"]
-        assert r.status_code == 503 and any("store" in x for x in reasons) and any("50 feed messages behind" in x for x in reasons)
+        assert r.status_code == 503
+        assert any("store" in x for x in reasons)
+        assert any("50 feed messages behind" in x for x in reasons)
         r = await c.get("/asin/B000000001/embedding")
-        assert r.status_code == 503 and "store unavailable" in r.json()["detail"] and r.headers["retry-after"] == "1"
+        assert r.status_code == 503
+        assert "store unavailable" in r.json()["detail"]
+        assert r.headers["retry-after"] == "1"
         assert (await c.get("/healthz")).status_code == 200
 
     await _run(app, check)

@@ -127,7 +127,8 @@ def test_field_tokens_and_extension_words_are_appended_after_the_vocabulary(tmp_
     assert [tok.token_to_id(f) for f in FIELD_TOKENS] == list(range(base, base + len(FIELD_TOKENS)))
     assert rows[tok.token_to_id("[TITLE]")] == [tok.token_to_id("title")]
     new = tok.token_to_id("akkus")
-    assert new is not None and new >= base + len(FIELD_TOKENS)
+    assert new is not None
+    assert new >= base + len(FIELD_TOKENS)
     assert [tok.id_to_token(i) for i in rows[new]] == ["a", "##k", "##k", "##u", "##s"]
     assert tok.encode("akkus mit", add_special_tokens=False).tokens == ["akkus", "mit"]
     assert tok.token_to_id("ab") is None  # two pieces: not worth a row
@@ -186,7 +187,8 @@ def test_train_from_the_packaged_checkpoint_for_a_few_steps(tmp_path, test_catal
     assert m.training_config["model"]["init"] == "minilm"
     assert m.training_config["model"]["vocab_size"] > 30522 + len(FIELD_TOKENS)
     vecs = OnnxEncoder(bundle, "query").embed(["cordless drill", "Akkuschrauber"])
-    assert vecs.shape == (2, m.dim) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
+    assert vecs.shape == (2, m.dim)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
 
 
 def test_the_masked_only_mlm_loss_equals_the_full_one(tmp_path):
@@ -231,7 +233,9 @@ def test_a_product_student_keeps_evenly_spaced_layers_and_moves_toward_the_teach
     texts = [" ".join(WORDS[(i * 5 + j) % 20] for j in range(3 + i % 5)) for i in range(16)]
     queries = [WORDS[i] for i in range(10)]
     student, m = distill_products(cfg, teacher, tok, texts, queries, torch.device("cpu"))
-    assert m["teacher_layers_kept"] == [0, 2] and len(student.encoder.encoder.layer) == 2 and student.config.layers == 2
+    assert m["teacher_layers_kept"] == [0, 2]
+    assert len(student.encoder.encoder.layer) == 2
+    assert student.config.layers == 2
     from trainer.pipeline import load_tower, save_tower
 
     save_tower(student, tmp_path / "product_student.pt")  # what `m5 train export` reads back

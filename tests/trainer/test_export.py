@@ -59,7 +59,8 @@ def test_the_fp32_ladder_climbs_embeddings_then_feed_forward_outputs_first_layer
     assert all("embeddings" in n for n in ladder[0])
     assert ladder[1:4] == [[f"/encoder/encoder/layer.{i}/output/dense/MatMul"] for i in range(3)]
     assert ladder[4:7] == [[f"/encoder/encoder/layer.{i}/intermediate/dense/MatMul"] for i in range(3)]
-    assert len(ladder) == 10 and all(len(g) >= 4 for g in ladder[7:])  # then each layer's attention MatMuls
+    assert len(ladder) == 10
+    assert all(len(g) >= 4 for g in ladder[7:])  # then each layer's attention MatMuls
 
 
 def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
@@ -68,9 +69,11 @@ def test_quantisation_keeps_layers_fp32_only_until_the_target_cosine(tmp_path):
     src, texts = _tiny_tower_onnx(tmp_path)
     ladder, manifest = fp32_ladder(src), _staged_manifest()
     easy = quantize_within(tmp_path, manifest, "product", ladder, texts, target_cosine=0.5)
-    assert easy["kept_fp32"] == [] and easy["cosine_mean"] >= 0.5
+    assert easy["kept_fp32"] == []
+    assert easy["cosine_mean"] >= 0.5
     strict = quantize_within(tmp_path, manifest, "product", ladder, texts, target_cosine=1.01)  # unreachable: every rung climbed
-    assert strict["rungs"] == 10 and "/encoder/encoder/layer.2/attention/self/query/MatMul" in strict["kept_fp32"]
+    assert strict["rungs"] == 10
+    assert "/encoder/encoder/layer.2/attention/self/query/MatMul" in strict["kept_fp32"]
     assert strict["cosine_mean"] > 0.9999  # everything fp32: the int8 file computes what fp32 does
 
 
@@ -93,8 +96,12 @@ def test_projection_keeps_cosines_of_vectors_that_live_in_fewer_dims():
     kept = project_towers(query, product, q0.numpy(), p0.numpy(), 3)
     with torch.no_grad():
         q1, p1 = query(ids[:4], mask[:4]), product(ids[4:], mask[4:])
-    assert q1.shape == (4, 3) and p1.shape == (8, 3) and query.config.proj_dim == product.config.proj_dim == 3
-    assert kept["dense_dims"] == 3 and kept["from"] == 16 and kept["energy_kept"] > 0.9999
+    assert q1.shape == (4, 3)
+    assert p1.shape == (8, 3)
+    assert query.config.proj_dim == product.config.proj_dim == 3
+    assert kept["dense_dims"] == 3
+    assert kept["from"] == 16
+    assert kept["energy_kept"] > 0.9999
     np.testing.assert_allclose((q1 @ p1.T).numpy(), (q0 @ p0.T).numpy(), atol=1e-5)
     with pytest.raises(ValueError, match="dense_dims: 16 must be below"):
         project_towers(query, product, q1.numpy(), p1.numpy(), 16)
@@ -110,7 +117,9 @@ def test_export_with_dense_dims_serves_the_projected_width(trained_bundle, test_
     over = {"catalog": str(test_catalog), "out": str(tmp_path), "run_dir": str(run), "export": {"dense_dims": 16, "lexical_dims": 48}}
     run_stage(load_config(None, "test", over), "export")
     m = load_manifest(tmp_path / "current")
-    assert m.dense_dim == 16 and m.dim == 64 and m.metrics["projection"]["dense_dims"] == 16
+    assert m.dense_dim == 16
+    assert m.dim == 64
+    assert m.metrics["projection"]["dense_dims"] == 16
     for tower in ("product", "query"):
         v = OnnxEncoder(tmp_path / "current", tower).embed(["garden hose 20m"])
         assert v.shape == (1, 64)

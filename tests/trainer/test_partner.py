@@ -66,7 +66,9 @@ def test_pairs_resolve_asins_and_negatives(tmp_path):
         [{"query": "bottle", "product_asin": "B000000001", "label": 1}, "", {"query": "bottle", "product_text": "red kettle", "label": 0}],
     )
     pairs = read_pairs(path, products, "plain")
-    assert pairs.kind == "search" and pairs.positives[0][1].startswith("Blue bottle") and pairs.negatives == {"bottle": ["red kettle"]}
+    assert pairs.kind == "search"
+    assert pairs.positives[0][1].startswith("Blue bottle")
+    assert pairs.negatives == {"bottle": ["red kettle"]}
     with pytest.raises(PairsError, match="product_asin 'B000000009' is not in the catalog"):
         read_pairs(_write(tmp_path / "q.jsonl", [{"query": "x", "product_asin": "B000000009", "label": 1}]), products)
 
@@ -82,7 +84,9 @@ def test_finetune_on_partner_pairs_publishes_a_loadable_bundle(tmp_path, trained
     pairs = _write(tmp_path / "pairs.jsonl", rows)
     bundle = finetune_on_pairs(trained_bundle.parent / "run", pairs, tmp_path / "partner", strategy="triplet", steps=3, name="acme")
     m = load_manifest(bundle)
-    assert m.version.startswith("acme-") and m.metrics["strategy"] == "triplet" and m.towers["query"].distilled_from is None
+    assert m.version.startswith("acme-")
+    assert m.metrics["strategy"] == "triplet"
+    assert m.towers["query"].distilled_from is None
     assert (tmp_path / "partner" / "current").resolve() == bundle
     v = PartnerBundle(bundle).embed_texts([rows[0]["text_a"]])
     assert v.shape == (1, m.dim)

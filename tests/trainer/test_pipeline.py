@@ -64,7 +64,8 @@ def test_bundle_loads_and_int8_tracks_fp32(trained_bundle, test_catalog):
     from m5core.schema import render_product
 
     m = load_manifest(trained_bundle)
-    assert m.towers["query"].distilled_from and m.metrics["parity"]["product_cosine_mean"] >= 0.99
+    assert m.towers["query"].distilled_from
+    assert m.metrics["parity"]["product_cosine_mean"] >= 0.99
     assert m.metrics["distill"]["rank_bank"] > 0  # the student was taught the teacher's ranking of real products
     texts = [render_product(p, m.render_scheme) for _, p in zip(range(40), load_catalog(test_catalog).products())]
     int8 = OnnxEncoder(trained_bundle, "product")
@@ -74,11 +75,13 @@ def test_bundle_loads_and_int8_tracks_fp32(trained_bundle, test_catalog):
         manifest=m.model_copy(update={"towers": {"product": m.towers["product"].model_copy(update={"onnx": "product.fp32.onnx"})}}),
     )
     a, b = int8.embed(texts), fp32.embed(texts)
-    assert a.shape == (40, m.dim) and float((a * b).sum(1).mean()) > 0.99
+    assert a.shape == (40, m.dim)
+    assert float((a * b).sum(1).mean()) > 0.99
     single = np.stack([int8.embed([t])[0] for t in texts[:5]])
     assert float((single * a[:5]).sum(1).min()) > 0.99  # batched ~ single (int8 scales per batch)
     q = OnnxEncoder(trained_bundle, "query").embed(["red running shoes"])
-    assert q.shape == (1, m.dim) and abs(float(np.linalg.norm(q)) - 1) < 1e-4
+    assert q.shape == (1, m.dim)
+    assert abs(float(np.linalg.norm(q)) - 1) < 1e-4
 
 
 def test_parity_gate_refuses_a_broken_int8_and_publishes_nothing(tmp_path, test_catalog, monkeypatch):
@@ -102,4 +105,5 @@ def test_parity_gate_refuses_a_broken_int8_and_publishes_nothing(tmp_path, test_
     with pytest.raises(ParityError, match="parity gate"):
         train_all(cfg, resume=False)
     out = tmp_path / "bundles"
-    assert not (out / "current").exists() and [p.name for p in out.iterdir()] == []
+    assert not (out / "current").exists()
+    assert [p.name for p in out.iterdir()] == []

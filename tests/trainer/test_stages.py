@@ -51,15 +51,19 @@ def test_stages_one_by_one_and_the_cross_encoder_scorer(tmp_path, test_catalog):
     import json
 
     m = json.loads((tmp_path / "run" / "stage_metrics.json").read_text())["finetune"]
-    assert 0.0 <= m["duplicate_auc"] <= 1.0 and m["cross_encoder_steps"] == 4
-    assert (tmp_path / "run" / "cross_encoder.pt").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    assert 0.0 <= m["duplicate_auc"] <= 1.0
+    assert m["cross_encoder_steps"] == 4
+    assert (tmp_path / "run" / "cross_encoder.pt").is_file()
+    assert (tmp_path / "run" / "loss.png").is_file()
 
 
 def test_report_tables(trained_bundle):
     from trainer.report import build_report
 
     text = build_report([trained_bundle], latency_iters=20)
-    assert "## MLM accuracy per language" in text and "| query | int8 |" in text and "| product | fp32 |" in text
+    assert "## MLM accuracy per language" in text
+    assert "| query | int8 |" in text
+    assert "| product | fp32 |" in text
     assert "| query, full tower | int8 |" in text  # a short query through the fine-tuned tower
 
 

@@ -33,7 +33,9 @@ def test_fp16_on_cpu_is_refused_and_deepspeed_json_follows_config():
     with pytest.raises(ConfigError, match="fp16"):
         cfg.deepspeed_config(cuda=False)
     ds = load_config(None, "tiny", {"pretrain": {"zero_stage": 2, "micro_batch": 8, "grad_accum": 4}}).deepspeed_config(cuda=False)
-    assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 4
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["gradient_accumulation_steps"] == 4
 
 
 def _batch(rng, b=64, s=40):
@@ -75,7 +77,9 @@ def test_whole_word_masking_masks_every_piece_of_a_word():
 def test_language_sampling_with_temperature_lifts_rare_languages():
     counts = {"en": 800, "de": 150, "ar": 50}
     flat, hot = language_probs(counts, 1.0), language_probs(counts, 0.3)
-    assert flat["ar"] == pytest.approx(0.05) and hot["ar"] > 0.15 and hot["en"] < flat["en"]
+    assert flat["ar"] == pytest.approx(0.05)
+    assert hot["ar"] > 0.15
+    assert hot["en"] < flat["en"]
     products = [
         {"locale": loc, "title": "t", "brand": "b", "product_type": "x"}
         for loc, n in (("en_US", 800), ("de_DE", 150), ("ar_AE", 50))
@@ -89,7 +93,9 @@ def test_language_sampling_with_temperature_lifts_rare_languages():
 
 def test_sequence_length_schedule():
     lens = [seq_len_for_step(s, 100, [(128, 0.9), (512, 0.1)]) for s in range(100)]
-    assert lens.count(128) == 90 and lens[-1] == 512 and lens[89] == 128
+    assert lens.count(128) == 90
+    assert lens[-1] == 512
+    assert lens[89] == 128
 
 
 @pytest.mark.parametrize("name", ["infonce", "bce", "triplet"])
@@ -121,7 +127,8 @@ def test_infonce_ignores_masked_false_negatives():
             *(torch.nn.functional.cross_entropy(logits[i][None], torch.tensor([i])) for i in range(1, 4)),
         ]
     ).mean()
-    assert torch.isclose(masked, by_hand) and unmasked > masked
+    assert torch.isclose(masked, by_hand)
+    assert unmasked > masked
 
 
 @pytest.mark.parametrize("name", ["bce", "triplet"])
