@@ -9,6 +9,7 @@ lives in process and follows the indexer's feed.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -21,7 +22,8 @@ from m5core.index import AnnIndex
 from m5core.schema import ASIN_PATTERN
 from m5core.stores.base import EmbeddingStore
 from service import metrics as M
-from service.errors import OCTET, install_error_handlers, json_response
+from service.auth import KeyRing
+from service.errors import OCTET, ApiError, from_store, install_error_handlers, json_response
 from service.hotpath import HotPath, embedding_reply, embeddings_doc
 from service.middleware import ServiceMiddleware
 from service.schemas import (
@@ -71,13 +73,8 @@ def create_app(
         title="M5", version="0.1.0", lifespan=lifespan, description='Product and query embeddings and kNN search. Errors are `{"detail": message}`.'
     )
     app.add_middleware(HotPath)  # inside ServiceMiddleware: metrics, limits and auth cover it too
-    app.add_middleware(
-        ServiceMiddleware,
-        max_in_flight=s.max_in_flight,
-        max_body_bytes=s.max_body_bytes,
-        api_key=s.api_key.get_secret_value() if s.api_key else None,
-        body_timeout_s=s.body_timeout_s,
-    )
+    keys = KeyRing(s.api_keys_file, s.api_key.get_secret_value() if s.api_key else None, s.key_rate_per_s, s.key_burst, log)
+    app.add_middleware(ServiceMiddleware, max_in_flight=s.max_in_flight, max_body_bytes=s.max_body_bytes, keys=keys, body_timeout_s=s.body_timeout_s)
     install_error_handlers(app)
 
     def openapi() -> dict:
@@ -128,6 +125,21 @@ def create_app(
             return json_response({"ready": False, "reasons": ["starting"]}, 503)
         doc = await run_in_threadpool(state.readiness)  # the store ping waits up to its timeout: off the event loop
         return json_response(doc, 200 if doc["ready"] else 503)
+
+    @app.post("/admin/keys/reload", summary="Re-read the keys file now (it is also re-read within a second of a change)", responses=errors)
+    async def reload_keys() -> Response:
+        return json_response({"reloaded": keys.refresh(time.monotonic(), force=True), "keys": len(keys.by_hash)})
+
+    @app.post("/admin/model/check", summary="Follow the active-namespace pointer now instead of at the next poll", responses=errors)
+    async def check_model(request: Request) -> Response:
+        state: State = request.app.state.m5
+        try:
+            switched = await run_in_threadpool(from_store, state.check_model)
+        except ApiError as exc:
+            if isinstance(exc.__cause__, RuntimeError):  # the new namespace's vectors are not its bundle's: stay
+                raise ApiError(409, f"model switch refused: {exc.__cause__}") from exc
+            raise
+        return json_response({"switched": switched, "namespace": state.serving.namespace})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:

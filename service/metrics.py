@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 REQUESTS = Counter("m5_http_requests", "HTTP requests by route, method and status.", ["route", "method", "status"])
+REQUESTS_BY_KEY = Counter("m5_http_requests_by_key", "HTTP requests by API key name (never the key) and status.", ["key", "status"])
 DURATION = Histogram("m5_http_request_duration_seconds", "Server-side handling time per route.", ["route", "method"], buckets=BUCKETS)
 IN_FLIGHT = Gauge("m5_http_requests_in_flight", "Requests in progress.", multiprocess_mode="livesum")
 CACHE_HITS = Counter("m5_query_cache_hits", "Query embeddings served from the LRU cache.")

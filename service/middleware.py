@@ -1,4 +1,5 @@
-"""The one ASGI middleware around every request: in-flight limit, API key, body size and read-time limits, and its metrics.
+"""The one ASGI middleware around every request: in-flight limit, API key and its scope and rate limit, body size and
+read-time limits, and its metrics.
 
 A pure ASGI middleware (not BaseHTTPMiddleware) costs a few microseconds per request.
 """
@@ -6,10 +7,11 @@ A pure ASGI middleware (not BaseHTTPMiddleware) costs a few microseconds per req
 from __future__ import annotations
 
 import asyncio
-import secrets
+import math
 import time
 
-from service.metrics import DURATION, IN_FLIGHT, REQUESTS
+from service.auth import KeyRing, scope_of
+from service.metrics import DURATION, IN_FLIGHT, REQUESTS, REQUESTS_BY_KEY
 
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
@@ -25,13 +27,25 @@ async def _send_json(send, status: int, body: bytes, headers: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
+UNAUTHORIZED = b'{"detail":"missing or wrong API key (X-API-Key or Authorization: Bearer)"}'
+
+
+def _presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for k, v in headers:
+        if k == b"x-api-key":
+            return v
+        if k == b"authorization" and v.startswith(b"Bearer "):
+            return v[7:]
+    return None
+
+
 class ServiceMiddleware:
-    def __init__(self, app, max_in_flight: int, max_body_bytes: int, api_key: str | None, body_timeout_s: float = 10.0):
+    def __init__(self, app, max_in_flight: int, max_body_bytes: int, keys: KeyRing, body_timeout_s: float = 10.0):
         self.app = app
         self.body_timeout_s = body_timeout_s
         self.max_in_flight = max_in_flight
         self.max_body = max_body_bytes
-        self.api_key = api_key.encode() if api_key else None
+        self.keys = keys
         self.in_flight = 0
 
     async def __call__(self, scope, receive, send):
@@ -55,11 +69,12 @@ class ServiceMiddleware:
         if self.in_flight >= self.max_in_flight:
             REQUESTS.labels("overload", method, "503").inc()
             return await _send_json(send, 503, b'{"detail":"over capacity, retry shortly"}', [(b"retry-after", b"1")])
-        if self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._authorized(scope):
-            REQUESTS.labels("unauthorized", method, "401").inc()
-            return await _send_json(
-                send, 401, b'{"detail":"missing or wrong API key (X-API-Key or Authorization: Bearer)"}', [(b"www-authenticate", b"Bearer")]
-            )
+        key_name = None
+        if self.keys.enabled and scope["path"] not in OPEN_PATHS:
+            refused = self._admit(scope)
+            if isinstance(refused, tuple):
+                return await self._refuse(send, method, *refused)
+            key_name = refused
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.max_body:
             REQUESTS.labels("too_large", method, "413").inc()
@@ -79,14 +94,31 @@ class ServiceMiddleware:
             name = getattr(route, "path", None) or "unmatched"
             DURATION.labels(name, method).observe(time.perf_counter() - t0)
             REQUESTS.labels(name, method, str(status[0])).inc()
+            if key_name is not None:
+                REQUESTS_BY_KEY.labels(key_name, str(status[0])).inc()
 
-    def _authorized(self, scope) -> bool:
-        for k, v in scope["headers"]:
-            if k == b"x-api-key" and secrets.compare_digest(v, self.api_key):
-                return True
-            if k == b"authorization" and v.startswith(b"Bearer ") and secrets.compare_digest(v[7:], self.api_key):
-                return True
-        return False
+    def _admit(self, scope) -> str | tuple:
+        """The key's name when the request may go on, else (status, reason, key name or None, body, headers)."""
+        now = time.monotonic()
+        self.keys.refresh(now)
+        presented = _presented_key(scope["headers"])
+        key = self.keys.lookup(presented) if presented else None
+        if key is None:
+            return 401, "unauthorized", None, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")]
+        needed = scope_of(scope["path"])
+        if needed not in key.scopes:
+            return 403, "forbidden", key.name, f'{{"detail":"key {key.name} lacks the {needed} scope"}}'.encode(), []
+        wait = self.keys.buckets[key.name].take(now)
+        if wait > 0:
+            body = f'{{"detail":"rate limit of key {key.name} reached, retry in {wait:.3f} s"}}'.encode()
+            return 429, "rate_limited", key.name, body, [(b"retry-after", str(max(1, math.ceil(wait))).encode())]
+        return key.name
+
+    async def _refuse(self, send, method: str, status: int, reason: str, key_name: str | None, body: bytes, headers: list) -> None:
+        REQUESTS.labels(reason, method, str(status)).inc()
+        if key_name is not None:
+            REQUESTS_BY_KEY.labels(key_name, str(status)).inc()
+        await _send_json(send, status, body, headers)
 
     def _limited(self, receive, t0: float, verdict: list):
         """Chunked bodies have no content-length: count as they arrive. A body must arrive whole within

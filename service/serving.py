@@ -133,6 +133,7 @@ class State:
     started: float = field(default_factory=time.time)
     watch_stop: threading.Event = field(default_factory=threading.Event)
     watcher: threading.Thread | None = None
+    _switching: threading.Lock = field(default_factory=threading.Lock)
 
     def follow_model(self, namespace: str) -> bool:
         """Switch to `namespace` if the active-namespace pointer moved there. -> switched.
@@ -200,12 +201,16 @@ class State:
             self.watcher.join(timeout=5)
         self.serving.close()
 
+    def check_model(self) -> bool:
+        """Read the active-namespace pointer (outside any namespace: over the current store's connection) and follow it."""
+        with self._switching:  # the watcher and POST /admin/model/check never build two sets at once
+            return self.follow_model(self.serving.store.get_pointer(active_pointer(self.settings)[0]) or self.settings.namespace)
+
     def watch_model(self, stop: threading.Event) -> None:
         """Thread body: poll the active-namespace pointer (one store read) every `model_poll_s`."""
-        pointer = active_pointer(self.settings)[0]
         while not stop.wait(self.settings.model_poll_s):
-            try:  # the pointer lives outside any namespace: read it over the current store's connection
-                self.follow_model(self.serving.store.get_pointer(pointer) or self.settings.namespace)
+            try:
+                self.check_model()
             except Exception:  # noqa: BLE001 - keep serving the current model; retry on the next tick
                 log.exception("model switch failed; still serving %s", self.serving.namespace)
 

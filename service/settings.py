@@ -12,11 +12,12 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 def exposure_error(s: ServiceSettings) -> str | None:
     """Why these settings must not serve, or None. Without a key, anyone who reaches the port reads every
     embedding and runs the model: only the loopback interface may serve that way, unless told `--insecure`."""
-    if s.host in LOOPBACK or s.api_key is not None or s.insecure:
+    if s.host in LOOPBACK or s.api_key is not None or s.api_keys_file is not None or s.insecure:
         return None
     return (
-        f"--host {s.host} without --api-key: anyone who can reach port {s.port} could read every embedding and run the model; "
-        "set --api-key (or M5_API_KEY), or pass --insecure to serve openly anyway"
+        f"--host {s.host} without --api-key or --api-keys-file: anyone who can reach port {s.port} could read every embedding and "
+        "run the model; set --api-keys-file (or M5_API_KEYS_FILE, made with `m5 keys add`) or --api-key (M5_API_KEY), "
+        "or pass --insecure to serve openly anyway"
     )
 
 
@@ -28,7 +29,14 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     workers: int = 1
     """uvicorn worker processes (each holds its own index; see docs/service.md)."""
     api_key: SecretStr | None = None
-    """When set, every route but /healthz, /readyz and /metrics needs `X-API-Key` or `Authorization: Bearer`."""
+    """One key with every scope, named `default`. With it or a keys file, every route but /healthz, /readyz and
+    /metrics needs a key in `X-API-Key` or `Authorization: Bearer`."""
+    api_keys_file: Path | None = None
+    """Named, scoped, hashed keys (`m5 keys add`; docs/service.md), re-read when the file changes."""
+    key_rate_per_s: float = Field(default=0.0, ge=0)
+    """Requests a second each key may make (per worker) unless its entry says otherwise; 0: unlimited. Over it: 429."""
+    key_burst: float = Field(default=0.0, ge=0)
+    """Requests a key may make at once (its bucket's size); 0: one second's worth of its rate."""
     insecure: bool = False
     """Serve without a key on an address other hosts can reach (refused otherwise); logged as a warning."""
     max_body_bytes: int = 1_048_576

@@ -153,3 +153,26 @@ def test_task_schedule_follows_weights_and_repeats():
     assert set(task_schedule(["search", "duplicates"], {"duplicates": 0.0}, 0, 100)) == {0}
     with pytest.raises(ValueError, match="task_weights"):
         task_schedule(["search"], {"search": 0.0}, 0, 10)
+
+
+def test_narrowed_feed_forward_keeps_the_neurons_that_carry_the_layer():
+    """A layer whose dropped neurons carry nothing (zero output weights) computes the same with half its
+    feed-forward width; the neurons kept are the ones with weight, in their original order."""
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    from trainer.distill import narrow_feed_forward
+
+    torch.manual_seed(0)
+    wide_cfg = BertConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    wide = BertLayer(wide_cfg).eval()
+    dead = torch.arange(64) % 2 == 1  # every other neuron carries nothing
+    with torch.no_grad():
+        wide.output.dense.weight[:, dead] = 0.0
+    narrow = BertLayer(BertConfig(**{**wide_cfg.to_dict(), "intermediate_size": 32})).eval()
+    state = narrow_feed_forward(wide.state_dict(), 32)
+    narrow.load_state_dict(state)
+    x = torch.randn(3, 5, 32)
+    torch.testing.assert_close(narrow(x)[0], wide(x)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state["intermediate.dense.weight"], wide.state_dict()["intermediate.dense.weight"][~dead])
+    assert narrow_feed_forward(wide.state_dict(), 64)["intermediate.dense.weight"].shape == (64, 32)
