@@ -74,7 +74,7 @@ def create_app(
     )
     app.add_middleware(HotPath)  # inside ServiceMiddleware: metrics, limits and auth cover it too
     keys = KeyRing(s.api_keys_file, s.api_key.get_secret_value() if s.api_key else None, s.key_rate_per_s, s.key_burst, log)
-    app.add_middleware(ServiceMiddleware, max_in_flight=s.max_in_flight, max_body_bytes=s.max_body_bytes, keys=keys, body_timeout_s=s.body_timeout_s)
+    app.add_middleware(ServiceMiddleware, settings=s, keys=keys)
     install_error_handlers(app)
 
     def openapi() -> dict:

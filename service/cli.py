@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from m5core.settings import add_settings_arguments, settings_from_args
+from service.arrival import StampedHttpToolsProtocol
 from service.auth import SCOPES, KeysFileError, digest, new_key, parse_keys, read_keys_file, write_keys_file
 from service.settings import LOOPBACK, ServiceSettings, exposure_error
 
@@ -104,7 +105,7 @@ def _serve(args) -> int:
             port=s.port,
             workers=s.workers,
             loop="uvloop",
-            http="httptools",
+            http=StampedHttpToolsProtocol,  # httptools, each request stamped on arrival (queue-wait shedding)
             log_level="info",
             access_log=False,
             timeout_graceful_shutdown=10,

@@ -17,6 +17,9 @@ INDEX_SIZE = Gauge("m5_index_size", "Vectors in the ANN index.", multiprocess_mo
 FEED_LAG = Gauge("m5_feed_lag_messages", "Feed messages the index has not applied yet.", multiprocess_mode="max")
 BUNDLE_INFO = Gauge("m5_bundle_info", "Bundle of the query tower.", ["version"], multiprocess_mode="max")
 INDEX_INFO = Gauge("m5_index_info", "ANN index kind and the bundle of its vectors.", ["version", "kind"], multiprocess_mode="max")
+QUEUE_WAIT = Histogram(
+    "m5_http_queue_wait_seconds", "Time from a request's first bytes being parsed to its handling starting (event-loop queueing).", buckets=BUCKETS
+)
 STAGE = Histogram("m5_stage_duration_seconds", "Time per stage: tokenize+encode, search, store.", ["stage"], buckets=BUCKETS)
 
 

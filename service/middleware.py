@@ -10,8 +10,10 @@ import asyncio
 import math
 import time
 
+from service.arrival import RECEIVED
 from service.auth import KeyRing, scope_of
-from service.metrics import DURATION, IN_FLIGHT, REQUESTS, REQUESTS_BY_KEY
+from service.metrics import DURATION, IN_FLIGHT, QUEUE_WAIT, REQUESTS, REQUESTS_BY_KEY
+from service.settings import ServiceSettings
 
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
@@ -27,6 +29,7 @@ async def _send_json(send, status: int, body: bytes, headers: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
+RETRY_1 = [(b"retry-after", b"1")]
 UNAUTHORIZED = b'{"detail":"missing or wrong API key (X-API-Key or Authorization: Bearer)"}'
 
 
@@ -40,11 +43,12 @@ def _presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
 
 
 class ServiceMiddleware:
-    def __init__(self, app, max_in_flight: int, max_body_bytes: int, keys: KeyRing, body_timeout_s: float = 10.0):
+    def __init__(self, app, settings: ServiceSettings, keys: KeyRing):
         self.app = app
-        self.body_timeout_s = body_timeout_s
-        self.max_in_flight = max_in_flight
-        self.max_body = max_body_bytes
+        self.shed_wait_s = settings.shed_wait_ms / 1000.0
+        self.body_timeout_s = settings.body_timeout_s
+        self.max_in_flight = settings.max_in_flight
+        self.max_body = settings.max_body_bytes
         self.keys = keys
         self.in_flight = 0
 
@@ -66,9 +70,16 @@ class ServiceMiddleware:
                 status[0] = msg["status"]
             await send(msg)
 
+        received = scope.get(RECEIVED)
+        if received is not None:
+            waited = t0 - received
+            QUEUE_WAIT.observe(waited)
+            if self.shed_wait_s and waited > self.shed_wait_s and scope["path"] not in OPEN_PATHS:
+                REQUESTS.labels("shed", method, "503").inc()
+                return await _send_json(send, 503, b'{"detail":"overloaded: request queued past its budget, retry shortly"}', RETRY_1)
         if self.in_flight >= self.max_in_flight:
             REQUESTS.labels("overload", method, "503").inc()
-            return await _send_json(send, 503, b'{"detail":"over capacity, retry shortly"}', [(b"retry-after", b"1")])
+            return await _send_json(send, 503, b'{"detail":"over capacity, retry shortly"}', RETRY_1)
         key_name = None
         if self.keys.enabled and scope["path"] not in OPEN_PATHS:
             refused = self._admit(scope)

@@ -55,6 +55,9 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     """LRU entries of query embeddings (0 disables)."""
     max_in_flight: int = 256
     """Requests in progress beyond this get 503 with Retry-After instead of queueing without bound."""
+    shed_wait_ms: float = Field(default=0.0, ge=0)
+    """A request that waited longer than this for the event loop (parsed, not yet handled) gets 503 with Retry-After at once,
+    so the requests served stay fast under overload (docs/service.md, "Overload"); 0: never shed by wait."""
     feed_lag_ready_bound: int = 10_000
     """/readyz fails while the index is more than this many feed messages behind."""
     effort: int | None = None
