@@ -1,7 +1,8 @@
 """Model bundle: the framework-neutral artefact the trainer publishes and everyone else loads.
 
 Layout of a bundle directory:
-    manifest.json        Manifest below (version, dim, towers, metrics, training config, sha256s)
+    manifest.json        Manifest below (version, dim, towers, metrics, training config, sha256s); the version ends in
+                         the manifest's own content digest, so whoever holds a version pins the bundle's content
     tokenizer.json       Hugging Face `tokenizers` file, shared by both towers
     product.int8.onnx    product tower: (input_ids, attention_mask) int64 (batch, seq) -> embedding (batch, dim)
     query.int8.onnx      query tower, same signature, same embedding space (may be a distilled student)
@@ -14,6 +15,7 @@ only tokenize -> run.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -23,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 class BundleError(RuntimeError):
@@ -91,6 +94,20 @@ class Manifest(BaseModel):
         return self.dim - (self.lexical.dims if self.lexical else 0)
 
 
+PINNED = re.compile(r"-([0-9a-f]{16})$")
+"""A version ending in 16 hex digits names its manifest's content (`content_digest`): whoever holds the version (every
+stored vector, the namespace it lives in) pins the bundle's content, and a bundle that does not hash to it is refused."""
+
+
+def content_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest with its version blanked: the manifest lists every file's sha256, so this covers them all."""
+    return hashlib.sha256(manifest.model_copy(update={"version": "-"}).model_dump_json().encode()).hexdigest()
+
+
+def pinned_version(prefix: str, manifest: Manifest) -> str:
+    return f"{prefix}-{content_digest(manifest)[:16]}"
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -114,6 +131,11 @@ def load_manifest(bundle_dir: Path | str, verify: bool = True) -> Manifest:
     except ValueError as exc:
         raise BundleError(f"{path}: invalid manifest: {exc}") from exc
     if verify:
+        pin = PINNED.search(manifest.version)
+        if pin is None:
+            log.warning("bundle %s predates content-pinned versions: its files are checked, its manifest is not", manifest.version)
+        elif content_digest(manifest)[:16] != pin.group(1):
+            raise BundleError(f"bundle {manifest.version}: {MANIFEST} does not hash to its version (edited or tampered with); refusing it")
         for name, digest in manifest.files.items():
             f = bundle_dir / name
             if not f.is_file():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m5core.bundle import LexicalRef, Manifest, TowerSpec, write_manifest
+from m5core.bundle import LexicalRef, Manifest, TowerSpec, pinned_version, write_manifest
 from m5core.encoder import OnnxEncoder, embed_in_batches
 from m5core.lexical import FILE as LEXICAL_FILE
 from m5core.lexical import LexicalBlock
@@ -219,7 +219,8 @@ def publish_bundle(
     The gate compares the dense towers (the lexical block is the same arithmetic in fp32 and int8, and
     would only dilute a difference); the block is added after it.
     """
-    version = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{os.urandom(3).hex()}"
+    prefix = f"{name}-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
+    version = f"{prefix}-staging{os.urandom(3).hex()}"  # until the content is known: the final version is its digest
     out_dir = Path(out_dir)
     staging = out_dir / f".staging-{version}"
     staging.mkdir(parents=True)
@@ -240,7 +241,7 @@ def publish_bundle(
                     layers=qc.layers,
                     hidden=qc.hidden,
                     max_length=max_lengths[1],
-                    distilled_from=f"product tower of {version}" if query_distilled else None,
+                    distilled_from="this bundle's product tower" if query_distilled else None,
                 ),
             },
             metrics=metrics,
@@ -265,7 +266,9 @@ def publish_bundle(
         if not export_cfg.get("keep_fp32", True):
             for f in staging.glob("*.fp32.onnx"):
                 f.unlink()
-        write_manifest(staging, manifest)
+        manifest = write_manifest(staging, manifest)
+        version = pinned_version(prefix, manifest)
+        write_manifest(staging, manifest.model_copy(update={"version": version}))
         final = out_dir / version
         staging.rename(final)
     except BaseException:

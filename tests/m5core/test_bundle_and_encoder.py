@@ -25,6 +25,30 @@ def test_tampered_file_is_refused(tmp_path):
         load_manifest(tmp_path)
 
 
+def test_a_version_pins_its_manifest(tmp_path):
+    """A pinned version is its manifest's digest: re-hashing a swapped file into the manifest (so every file check
+    passes) still leaves a manifest that does not hash to the version the store and the namespace hold."""
+    import json
+
+    from m5core.bundle import pinned_version
+
+    m = _bundle(tmp_path)
+    version = pinned_version("m5-20261203000000", m)
+    write_manifest(tmp_path, m.model_copy(update={"version": version}))
+    assert load_manifest(tmp_path).version == version
+    (tmp_path / "product.int8.onnx").write_bytes(b"evil")
+    doc = json.loads((tmp_path / "manifest.json").read_text())
+    write_manifest(tmp_path, Manifest.model_validate(doc))  # the attacker's manifest: correct sha256s, same version
+    with pytest.raises(BundleError, match="does not hash to its version"):
+        load_manifest(tmp_path)
+
+
+def test_published_bundles_carry_pinned_versions(trained_bundle):
+    from m5core.bundle import PINNED
+
+    assert PINNED.search(load_manifest(trained_bundle).version)
+
+
 def test_missing_bundle_names_the_fix(tmp_path):
     with pytest.raises(BundleError, match="m5 train"):
         load_manifest(tmp_path / "nope")
