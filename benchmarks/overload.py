@@ -249,11 +249,13 @@ def main() -> int:
             for name, lo, hi in edges:
                 lat = np.array([la for due, la in ok if lo <= due < hi]) * 1000
                 sent = [r for r in records if lo <= r[0] < hi]
+                shed = np.array([la for due, la, st in sent if st == 503]) * 1000
                 summary[name] = {
                     "ok": len(lat),
-                    "shed_share": round(sum(1 for r in sent if r[2] == 503) / max(1, len(sent)), 3),
+                    "shed_share": round(len(shed) / max(1, len(sent)), 3),
                     "p50_ms": round(float(np.percentile(lat, 50)), 3) if len(lat) else None,
                     "p99_ms": round(float(np.percentile(lat, 99)), 3) if len(lat) else None,
+                    "shed_p50_ms": round(float(np.percentile(shed, 50)), 3) if len(shed) else None,
                 }
             results["runs"][label] = {"summary": summary, "per_second": rows}
             log.info("%s: %s", label, summary)
