@@ -180,7 +180,7 @@ def main() -> None:
     )
     ap.add_argument("--plot", type=Path, help="with --chunk: PNG of each chunk's rate against the encoder alone")
     ap.add_argument("--kafka", default="127.0.0.1:9092")
-    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--redis", default=os.environ.get("M5_REDIS_URL", "redis://127.0.0.1:6379/0"), help="default $M5_REDIS_URL")
     args = ap.parse_args()
 
     from indexer import metrics as M

@@ -8,7 +8,7 @@ records the p50/p99 of the accepted requests and the share shed, and writes a PN
 
     .venv/bin/python benchmarks/overload.py --bundle .m5/bundles/current --shed-wait-ms 2
 
-Needs Redis (M5_REDIS_URL; `deploy/local/services.sh start redis`); its vectors live under a throwaway
+Needs Redis (M5_REDIS_URL=$(deploy/local/services.sh url redis) after `deploy/local/services.sh start redis`); its vectors live under a throwaway
 namespace deleted at the end. One worker: the client takes the other core of a 2-core box.
 """
 

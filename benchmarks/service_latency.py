@@ -8,7 +8,7 @@ ORT thread), and RSS per worker. Writes a PNG and a JSON of the numbers.
 
     .venv/bin/python benchmarks/service_latency.py --n 200000 --duration 5 --workers 2
 
-Needs Redis (M5_REDIS_URL, default redis://127.0.0.1:6379/0; `deploy/local/services.sh start redis`) and wrk.
+Needs Redis (M5_REDIS_URL=$(deploy/local/services.sh url redis) after `deploy/local/services.sh start redis`) and wrk.
 Everything it writes to Redis lives under a throwaway namespace that it deletes at the end.
 """
 

@@ -63,6 +63,9 @@ def _unavailable(exc: BaseException) -> str | None:
     """A one-line message for a backing service that is not there, or None."""
     name = type(exc).__name__
     module = type(exc).__module__
+    if module.startswith("redis") and name in {"AuthenticationError", "AuthenticationWrongNumberOfArgsError"}:
+        url = mask_url(_configured(StoreConfig, "redis_url"))
+        return f"Redis at {url} refused the password ({exc}); for the local server: export M5_REDIS_URL=$(deploy/local/services.sh url redis)"
     if module.startswith("redis") and name in {"ConnectionError", "TimeoutError"}:
         url = mask_url(_configured(StoreConfig, "redis_url"))
         return f"cannot reach Redis at {url} ({exc}); start it with `{START_HINT['redis']}`"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local real services for M5: Kafka 4.x (KRaft, jars from Maven Central), Redis, Prometheus.
-# Usage: deploy/local/services.sh {start|stop|status} [kafka|redis|prometheus|all]
+# Usage: deploy/local/services.sh {start|stop|status|url} [kafka|redis|prometheus|all]
+# `url SERVICE` prints the address clients use (Redis's with its password: M5_REDIS_URL=$(... url redis)).
 # Idempotent: start on a running service is a no-op; stop is graceful (TERM, wait, KILL).
 set -euo pipefail
 
@@ -46,22 +47,40 @@ stop_pid() {  # stop_pid NAME PIDFILE
   rm -f "$pidfile"
 }
 
-# ---------------------------------------------------------------- Redis
-redis_ping() { redis-cli -p "$REDIS_PORT" ping | grep -q PONG; }
+# ---------------------------------------------------------------- Redis (password required)
+# The password: $M5_REDIS_PASSWORD, else one generated on first use and kept in $CACHE/redis/password (0600).
+# Clients take it in the URL that `services.sh url redis` prints (the tests' fixtures and M5_REDIS_URL).
+redis_password() {
+  if [ -n "${M5_REDIS_PASSWORD:-}" ]; then echo "$M5_REDIS_PASSWORD"; return; fi
+  local f="$CACHE/redis/password"
+  if [ ! -s "$f" ]; then
+    mkdir -p "$CACHE/redis"
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$f")
+  fi
+  cat "$f"
+}
+redis_cli() { REDISCLI_AUTH="$(redis_password)" redis-cli --no-auth-warning -p "$REDIS_PORT" "$@"; }
+redis_ping() { redis_cli ping | grep -q PONG; }
 start_redis() {
   need redis-server "apt-get install -y redis-server"
   local d="$CACHE/redis"; mkdir -p "$d"
   if redis_ping 2>/dev/null; then log "redis already up on :$REDIS_PORT"; return; fi
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$d" --daemonize yes \
+  if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+    die "a Redis without a password (or with another one) answers on :$REDIS_PORT; stop it, or set M5_REDIS_PASSWORD to its password"
+  fi
+  # The password goes in a config file readable by us only, never on a command line that `ps` shows.
+  (umask 077; printf 'requirepass "%s"\n' "$(redis_password)" > "$d/auth.conf")
+  redis-server "$d/auth.conf" --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$d" --daemonize yes \
     --pidfile "$d/redis.pid" --logfile "$d/redis.log" --appendonly yes --appendfsync everysec \
     --save "" --protected-mode yes
   wait_for redis 20 "$d/redis.log" redis_ping
-  log "redis up on :$REDIS_PORT (AOF everysec, data in $d)"
+  log "redis up on :$REDIS_PORT (password required, AOF everysec, data in $d); URL: \$(deploy/local/services.sh url redis)"
 }
 stop_redis() {
-  if redis_ping 2>/dev/null; then redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || true; fi
+  if redis_ping 2>/dev/null; then redis_cli shutdown >/dev/null 2>&1 || true; fi
   stop_pid redis "$CACHE/redis/redis.pid"
 }
+url_redis() { echo "redis://:$(redis_password)@127.0.0.1:$REDIS_PORT/0"; }
 status_redis() { redis_ping 2>/dev/null && echo "redis       up    127.0.0.1:$REDIS_PORT" || { echo "redis       down"; return 1; }; }
 
 # ---------------------------------------------------------------- Kafka (KRaft, combined mode)
@@ -128,6 +147,7 @@ PROPS
   log "kafka up on :$KAFKA_PORT (KRaft combined, data in $d/data)"
 }
 stop_kafka() { stop_pid kafka "$CACHE/kafka/kafka.pid"; }
+url_kafka() { echo "127.0.0.1:$KAFKA_PORT"; }
 status_kafka() { kafka_ready 2>/dev/null && echo "kafka       up    127.0.0.1:$KAFKA_PORT" || { echo "kafka       down"; return 1; }; }
 
 # ---------------------------------------------------------------- Prometheus
@@ -154,6 +174,7 @@ start_prometheus() {
   log "prometheus up on :$PROM_PORT"
 }
 stop_prometheus() { stop_pid prometheus "$CACHE/prometheus/prometheus.pid"; }
+url_prometheus() { echo "http://127.0.0.1:$PROM_PORT"; }
 status_prometheus() { prom_ready >/dev/null 2>&1 && echo "prometheus  up    127.0.0.1:$PROM_PORT" || { echo "prometheus  down"; return 1; }; }
 
 # ---------------------------------------------------------------- dispatch
@@ -164,5 +185,6 @@ case "$action" in
   start) for t in "${targets[@]}"; do "start_$t"; done ;;
   stop) for t in "${targets[@]}"; do "stop_$t"; done ;;
   status) rc=0; for t in "${targets[@]}"; do "status_$t" || rc=1; done; exit $rc ;;
-  *) die "usage: $0 {start|stop|status} [kafka|redis|prometheus|all]" ;;
+  url) [ "${#targets[@]}" = 1 ] || die "url needs one service (kafka|redis|prometheus)"; "url_${targets[0]}" ;;
+  *) die "usage: $0 {start|stop|status|url} [kafka|redis|prometheus|all]" ;;
 esac

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -53,17 +54,19 @@ class PrivateRedis:
         self.data = root / "data"
         self.data.mkdir(parents=True)
         self.proc: subprocess.Popen | None = None
+        self.password = secrets.token_urlsafe(16)  # behind a password, as the shared server and production are
+        (root / "auth.conf").write_text(f'requirepass "{self.password}"\n')
         self.start()
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data), "--save", ""]
+        args = [str(self.root / "auth.conf"), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data), "--save", ""]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"]  # production's durability, not more
         self.proc = subprocess.Popen([shutil.which("redis-server"), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         for _ in range(200):
             try:
                 if client.ping():

@@ -1,5 +1,6 @@
 """The project's own scripts start real services, idempotently, configured as the code expects."""
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +35,27 @@ def test_redis_runs_with_aof(redis_url):
     cfg = redis.Redis.from_url(redis_url).config_get("append*")
     assert cfg["appendonly"] == "yes"
     assert cfg["appendfsync"] == "everysec"
+
+
+def test_redis_needs_its_password(redis_url):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    assert parts.password  # the URL that services.sh hands out carries it
+    anonymous = redis.Redis(host=parts.hostname, port=parts.port)
+    try:
+        anonymous.get("x")
+        raise AssertionError("Redis answered a client without the password")
+    except redis.AuthenticationError:
+        pass
+    finally:
+        anonymous.close()
+    r = subprocess.run([str(SCRIPT), "start", "redis"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert parts.password not in r.stderr + r.stdout  # never logged
+    if not os.environ.get("M5_REDIS_PASSWORD"):
+        secret = Path(os.environ.get("M5_CACHE_DIR", REPO / ".cache" / "m5")) / "redis" / "password"
+        assert secret.stat().st_mode & 0o077 == 0
 
 
 def test_kafka_round_trip_and_default_topics(kafka_bootstrap, kafka_topics, unique_name):

@@ -19,11 +19,15 @@ from m5core.stores.redis import RedisStore
 from tests.fixtures.services import free_port
 from tests.indexer.conftest import delete, upsert
 
+PASSWORD = "private-redis-password"
+
 
 def _start(port: int, data_dir) -> subprocess.Popen:
+    (data_dir / "auth.conf").write_text(f'requirepass "{PASSWORD}"\n')
     proc = subprocess.Popen(
         [
             shutil.which("redis-server"),
+            str(data_dir / "auth.conf"),
             "--port",
             str(port),
             "--bind",
@@ -40,7 +44,7 @@ def _start(port: int, data_dir) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    client = redis.Redis(port=port, password=PASSWORD, socket_connect_timeout=0.2)
     for _ in range(100):
         try:
             if client.ping():
@@ -55,7 +59,7 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
     assert shutil.which("redis-server"), "redis-server is needed (deploy/local/services.sh installs it)"
     port = free_port()
     server = _start(port, tmp_path)
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
     s = IndexerSettings(
         store="redis",
         events="kafka",

@@ -66,3 +66,19 @@ def test_the_cli_names_an_unreachable_redis_without_its_password(monkeypatch, ca
     assert rc == 1
     assert "cannot reach Redis at redis://default:***@127.0.0.1:1/0" in err
     assert "s3cret" not in err
+
+
+def test_the_cli_says_how_to_get_the_password_when_redis_refuses_it(redis_url, monkeypatch, capsys):
+    from urllib.parse import urlsplit
+
+    from m5cli.main import main
+
+    parts = urlsplit(redis_url)
+    monkeypatch.setenv("M5_REDIS_URL", f"redis://:wrong-password@{parts.hostname}:{parts.port}/0")
+    monkeypatch.setenv("M5_STORE", "redis")
+    rc = main(["index", "rollback"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "refused the password" in err
+    assert "deploy/local/services.sh url redis" in err
+    assert "wrong-password" not in err
