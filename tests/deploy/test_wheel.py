@@ -5,6 +5,7 @@ from pyproject.toml's list would only show up in a deployed image. The fresh vir
 third-party dependencies of .venv (their site-packages directory on its path, not as a site directory,
 so .venv's editable finder for m5 itself stays inactive) and runs from outside the checkout."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,8 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_wheel_installed_in_a_fresh_venv_runs_the_commands(tmp_path):
+    # Built from a copy of the sources, as an image's `COPY . .` sees them: setuptools writes build/ beside them.
+    src = tmp_path / "src"
+    skip = (".git", ".venv", ".cache", ".m5", "build", "dist", "*.egg-info", "__pycache__", "tests", "docs", "benchmarks")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
         check=True,
         cwd=tmp_path,
     )
