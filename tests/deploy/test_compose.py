@@ -1,6 +1,7 @@
 """docker-compose.yml is for users (no Docker here): check it against the code instead."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,23 @@ def test_commands_are_real_m5_subcommands():
             with pytest.raises(SystemExit) as e:
                 parser.parse_args([*cmd[1:], "--help"])
             assert e.value.code == 0, (name, cmd)
+
+
+def test_the_bootstrap_job_leaves_a_catalog_a_bundle_and_a_backfill_before_the_stack_serves():
+    """`docker compose up` ends with a service that answers: each m5 command of the one-shot job parses, and the
+    indexer (which the service waits for) starts only after the job succeeded."""
+    parser = build_parser()
+    job = SERVICES["bootstrap"]
+    script = " ".join(job["command"])
+    steps = [shlex.split(m.group(0)) for m in re.finditer(r"m5 [^;&|}]+", script)]
+    assert [step[1] for step in steps] == ["catalog", "train", "index"]
+    for step in steps:
+        parser.parse_args(step[1:])  # exits non-zero on an unknown subcommand or flag
+    assert "--preset tiny" in script
+    assert SERVICES["indexer"]["depends_on"]["bootstrap"] == {"condition": "service_completed_successfully"}
+    assert SERVICES["service"]["depends_on"]["indexer"] == {"condition": "service_healthy"}
+    assert {"bundles:/bundles", "catalog:/data/catalog"} <= set(job["volumes"])  # writable: it makes them
+    assert job["environment"]["M5_BUNDLE"] == "/bundles/current"
 
 
 def test_ports_and_env_match_the_settings_defaults():
