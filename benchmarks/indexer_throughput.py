@@ -34,6 +34,7 @@ import numpy as np
 import orjson
 
 from m5core.batching import batched
+from m5core.settings import kafka_client_options
 
 
 def _products(catalog: Path | None, n: int) -> list[dict]:
@@ -135,7 +136,7 @@ def _topics(bootstrap: str, partitions: int) -> tuple[str, str, str]:
 
     tag = uuid.uuid4().hex[:8]
     names = (f"bench-changes-{tag}", f"bench-emb-{tag}", f"bench-dlq-{tag}")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_client_options(bootstrap))
     admin.create_topics(
         [NewTopic(names[0], partitions, 1), NewTopic(names[1], partitions, 1, topic_configs={"cleanup.policy": "compact"}), NewTopic(names[2], 1, 1)]
     )
@@ -148,7 +149,7 @@ def _cleanup(bootstrap: str, topics, redis_url: str, namespaces) -> None:
     from kafka import KafkaAdminClient
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin = KafkaAdminClient(**kafka_client_options(bootstrap))
         admin.delete_topics(list(topics))
         admin.close()
     except Exception:  # noqa: BLE001 - best effort
@@ -179,7 +180,7 @@ def main() -> None:
         help="with --backfill-file: backfill this many products at a time, measuring the encoder between chunks (0: one piece)",
     )
     ap.add_argument("--plot", type=Path, help="with --chunk: PNG of each chunk's rate against the encoder alone")
-    ap.add_argument("--kafka", default="127.0.0.1:9092")
+    ap.add_argument("--kafka", default=os.environ.get("M5_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), help="default $M5_KAFKA_BOOTSTRAP")
     ap.add_argument("--redis", default=os.environ.get("M5_REDIS_URL", "redis://127.0.0.1:6379/0"), help="default $M5_REDIS_URL")
     args = ap.parse_args()
 

@@ -70,7 +70,7 @@ def _unavailable(exc: BaseException) -> str | None:
         url = mask_url(_configured(StoreConfig, "redis_url"))
         return f"cannot reach Redis at {url} ({exc}); start it with `{START_HINT['redis']}`"
     if module.startswith("kafka") and name in {"NoBrokersAvailable", "KafkaTimeoutError"}:
-        boot = _configured(FeedConfig, "kafka_bootstrap")
+        boot = mask_url(_configured(FeedConfig, "kafka_bootstrap"))
         return f"cannot reach Kafka at {boot} ({name}); start it with `{START_HINT['kafka']}`"
     return None
 

@@ -26,14 +26,23 @@ class M5Settings(BaseSettings):
     )
 
     def safe_dump(self) -> dict[str, Any]:
-        """Settings as a dict for logs, with secrets masked."""
-        return json.loads(self.model_dump_json())
+        """Settings as a dict for logs, with secrets masked (SecretStr fields, and passwords inside addresses)."""
+        doc = json.loads(self.model_dump_json())
+        for name in ("redis_url", "kafka_bootstrap"):
+            if isinstance(doc.get(name), str):
+                doc[name] = mask_url(doc[name])
+        return doc
 
 
 def mask_url(url: str) -> str:
-    """`redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`: what logs, errors and /readyz may show."""
+    """`redis://user:secret@host:6379/0` -> `redis://user:***@host:6379/0`: what logs, errors and /readyz may show
+    (Kafka addresses too: `kafka://user:secret@h1:9092,h2:9092` -> `kafka://user:***@h1:9092,h2:9092`)."""
     from urllib.parse import urlsplit, urlunsplit
 
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in KAFKA_SCHEMES:  # several hosts: not one URL netloc
+        userinfo, at, hosts = rest.rpartition("@")
+        return f"{scheme}://{userinfo.partition(':')[0]}:***@{hosts}" if at else url
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -44,6 +53,40 @@ def mask_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+KAFKA_SCHEMES = {"kafka": "SASL_PLAINTEXT", "kafka+ssl": "SASL_SSL"}
+
+
+def kafka_client_options(bootstrap: str) -> dict[str, Any]:
+    """`M5_KAFKA_BOOTSTRAP` -> kafka-python client options. Credentials travel in the address, as Redis's do in its
+    URL: `host:9092,host2:9092` is plaintext; `kafka://user:password@host:9092,host2:9092` authenticates with SASL
+    SCRAM-SHA-256 (`?mechanism=SCRAM-SHA-512` or `PLAIN` for another), `kafka+ssl://` over TLS as well.
+
+    Raises:
+        ValueError: an address of another scheme, or credentials without a password, named with the password masked.
+    """
+    from urllib.parse import parse_qs, unquote
+
+    scheme, sep, rest = bootstrap.partition("://")
+    if not sep:
+        return {"bootstrap_servers": [h.strip() for h in bootstrap.split(",") if h.strip()]}
+    if scheme not in KAFKA_SCHEMES:
+        expected = " or ".join(["host:port,...", *(f"{k}://" for k in KAFKA_SCHEMES)])
+        raise ValueError(f"kafka_bootstrap: scheme {scheme!r} in {mask_url(bootstrap)}; expected {expected}")
+    rest, _, query = rest.partition("?")
+    userinfo, at, hosts = rest.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not at or not user or not colon or not password:
+        raise ValueError(f"kafka_bootstrap: {mask_url(bootstrap)} needs user:password@ before the hosts")
+    mechanism = parse_qs(query).get("mechanism", ["SCRAM-SHA-256"])[0]
+    return {
+        "bootstrap_servers": [h.strip() for h in hosts.split(",") if h.strip()],
+        "security_protocol": KAFKA_SCHEMES[scheme],
+        "sasl_mechanism": mechanism,
+        "sasl_plain_username": unquote(user),
+        "sasl_plain_password": unquote(password),
+    }
 
 
 class StoreConfig(M5Settings):
@@ -67,7 +110,12 @@ class FeedConfig(M5Settings):
     events: Literal["kafka", "local"] = "local"
     """Event transport: `kafka` (production) or `local` (JSON-lines files, for the demo)."""
     kafka_bootstrap: str = "127.0.0.1:9092"
-    """Kafka bootstrap servers, comma separated."""
+    """Kafka bootstrap servers, comma separated; with credentials `kafka://user:password@host:9092,...` (SASL SCRAM-SHA-256;
+    `kafka+ssl://` over TLS; `?mechanism=` for another): `deploy/local/services.sh url kafka` gives the local broker's."""
+
+    def kafka_options(self) -> dict[str, Any]:
+        return kafka_client_options(self.kafka_bootstrap)
+
     changes_topic: str = "catalog.changes"
     """Topic of catalog change events (input of the indexer)."""
     embeddings_topic: str = "catalog.embeddings"

@@ -1,11 +1,14 @@
 """Readiness check and idempotent creation of M5's topics (used by services.sh)."""
 
 import argparse
+import os
 import sys
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
+
+from m5core.settings import kafka_client_options
 
 # name -> (partitions, config)
 DEFAULT_TOPICS = {
@@ -19,12 +22,13 @@ DEFAULT_TOPICS = {
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--bootstrap", required=True)
+    # The address may carry the broker's password (kafka://user:password@...): from the environment, not argv, which `ps` shows.
+    ap.add_argument("--bootstrap", default=os.environ.get("M5_KAFKA_BOOTSTRAP"), help="default $M5_KAFKA_BOOTSTRAP")
     ap.add_argument("--check", action="store_true", help="exit 0 when the broker answers metadata")
     ap.add_argument("--create-defaults", action="store_true")
     args = ap.parse_args()
     try:
-        admin = KafkaAdminClient(bootstrap_servers=args.bootstrap, request_timeout_ms=3000, client_id="m5-services")
+        admin = KafkaAdminClient(**kafka_client_options(args.bootstrap), request_timeout_ms=3000, client_id="m5-services")
     except Exception as exc:  # noqa: BLE001 - readiness probe: any failure means not ready
         print(f"kafka not ready: {exc}", file=sys.stderr)
         return 1

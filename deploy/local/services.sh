@@ -96,30 +96,48 @@ kafka_libs() {
   fi
   echo "$libs"
 }
-kafka_ready() { "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --check; }
+# Clients authenticate with SASL SCRAM-SHA-256 as user m5: $M5_KAFKA_PASSWORD, else one generated on first use and
+# kept in $CACHE/kafka/password (0600); the credentials are written into the storage when it is formatted.
+KAFKA_USER=m5
+kafka_password() {
+  if [ -n "${M5_KAFKA_PASSWORD:-}" ]; then echo "$M5_KAFKA_PASSWORD"; return; fi
+  local f="$CACHE/kafka/password"
+  if [ ! -s "$f" ]; then
+    mkdir -p "$CACHE/kafka"
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$f")
+  fi
+  cat "$f"
+}
+url_kafka() { echo "kafka://$KAFKA_USER:$(kafka_password)@127.0.0.1:$KAFKA_PORT"; }
+kafka_topics() { M5_KAFKA_BOOTSTRAP="$(url_kafka)" "$PY" "$HERE/kafka_topics.py" "$@"; }
+kafka_ready() { kafka_topics --check; }
 start_kafka() {
   need java "apt-get install -y openjdk-17-jre-headless"
   local d="$CACHE/kafka"; mkdir -p "$d/data"
   # A broker answering on the port counts as up, whoever started it (another checkout, a CI clone).
   if kafka_ready 2>/dev/null; then
-    "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --create-defaults
+    kafka_topics --create-defaults
     log "kafka already up on :$KAFKA_PORT"; return
   fi
   if pid_alive "$d/kafka.pid"; then  # ours, still booting: wait instead of starting a second broker
     wait_for kafka 90 "$d/kafka.log" kafka_ready
-    "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --create-defaults
+    kafka_topics --create-defaults
     log "kafka already up on :$KAFKA_PORT"; return
   fi
   local libs; libs=$(kafka_libs)
-  cat > "$d/server.properties" <<PROPS
+  local pw; pw=$(kafka_password)
+  (umask 077; cat > "$d/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CTL_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTL_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=SASL_PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CTL_PORT
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-256
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_USER" password="$pw";
 log.dirs=$d/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -132,22 +150,29 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=true
 log.flush.interval.messages=1
 PROPS
+  )
   local java=(java -Xms256m -Xmx512m -XX:+UseG1GC -Dlog4j2.configurationFile="$HERE/kafka/log4j2.properties"
               -Dkafka.log.file="$d/kafka.log" -cp "$libs/*")
+  if [ -f "$d/data/meta.properties" ] && [ ! -f "$d/data/.scram" ]; then
+    # Storage formatted before the broker required credentials holds no SCRAM user: start it afresh (a dev cache).
+    log "kafka storage predates SCRAM credentials: formatting it again (its topics and records are dropped)"
+    rm -rf "$d/data"; mkdir -p "$d/data"
+  fi
   if [ ! -f "$d/data/meta.properties" ]; then
     local cid; cid=$("${java[@]}" kafka.tools.StorageTool random-uuid | tail -n 1)
-    "${java[@]}" kafka.tools.StorageTool format --standalone -t "$cid" -c "$d/server.properties" >>"$d/kafka.log" 2>&1 \
+    "${java[@]}" kafka.tools.StorageTool format --standalone -t "$cid" -c "$d/server.properties" \
+      --add-scram "SCRAM-SHA-256=[name=$KAFKA_USER,password=$pw]" >>"$d/kafka.log" 2>&1 \
       || die "kafka storage format failed; see $d/kafka.log"
-    log "kafka storage formatted (cluster $cid)"
+    touch "$d/data/.scram"
+    log "kafka storage formatted (cluster $cid, SCRAM user $KAFKA_USER)"
   fi
   nohup "${java[@]}" kafka.Kafka "$d/server.properties" >>"$d/kafka.out" 2>&1 &
   echo $! > "$d/kafka.pid"
   wait_for kafka 90 "$d/kafka.log" kafka_ready
-  "$PY" "$HERE/kafka_topics.py" --bootstrap "127.0.0.1:$KAFKA_PORT" --create-defaults
-  log "kafka up on :$KAFKA_PORT (KRaft combined, data in $d/data)"
+  kafka_topics --create-defaults
+  log "kafka up on :$KAFKA_PORT (KRaft combined, SASL SCRAM-SHA-256, data in $d/data); address: \$(deploy/local/services.sh url kafka)"
 }
 stop_kafka() { stop_pid kafka "$CACHE/kafka/kafka.pid"; }
-url_kafka() { echo "127.0.0.1:$KAFKA_PORT"; }
 status_kafka() { kafka_ready 2>/dev/null && echo "kafka       up    127.0.0.1:$KAFKA_PORT" || { echo "kafka       down"; return 1; }; }
 
 # ---------------------------------------------------------------- Prometheus

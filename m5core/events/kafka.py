@@ -1,4 +1,6 @@
-"""Kafka transport (kafka-python): manual commits after side effects, earliest reset, acks=all."""
+"""Kafka transport (kafka-python): manual commits after side effects, earliest reset, acks=all.
+
+Each client takes the `M5_KAFKA_BOOTSTRAP` address as it is, credentials included (`m5core.settings.kafka_client_options`)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from kafka.structs import OffsetAndMetadata
 
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.events.base import TopicPartition as TP
+from m5core.settings import kafka_client_options
 
 # kafka-python caps its reconnect back-off at 30 s (the Java client at 1 s): after a broker outage our
 # clients would resume up to 30 s after the broker is back, which the freshness target cannot absorb.
@@ -21,7 +24,7 @@ _CLIENT_DEFAULTS = {"reconnect_backoff_max_ms": 1000}
 class KafkaSource(EventSource):
     def __init__(self, bootstrap: str, topics: list[str], group_id: str, **opts):
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
+            **kafka_client_options(bootstrap),
             group_id=group_id,
             enable_auto_commit=False,
             # A group with no commit starts at the beginning: nothing produced before the first commit is skipped.
@@ -104,7 +107,7 @@ class KafkaAssignedSource(KafkaSource):
 
     def __init__(self, bootstrap: str, topics: list[str], **opts):
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
+            **kafka_client_options(bootstrap),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             group_id=None,
@@ -127,7 +130,7 @@ class KafkaSink(EventSink):
         # duplicate or reorder a partition. Large batches matter more than linger: a feed record is
         # ~1.5 KB and kafka-python's sender is Python, so per-request cost dominates at 16 KB batches.
         opts = {**_CLIENT_DEFAULTS, "batch_size": 1 << 20, **opts}
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=opts.pop("linger_ms", 5), retries=5, **opts)
+        self.producer = KafkaProducer(**kafka_client_options(bootstrap), acks="all", linger_ms=opts.pop("linger_ms", 5), retries=5, **opts)
         # Failures are collected by callback rather than by keeping every future until flush(): a
         # 1M-record backfill would otherwise hold a million futures and slow every GC pass.
         self._errors: list[Exception] = []

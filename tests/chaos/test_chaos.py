@@ -37,6 +37,7 @@ from catalog.io import load_catalog
 from m5core.events.kafka import KafkaAssignedSource, KafkaSink
 from m5core.feed import FeedFollower
 from m5core.index import AnnIndex
+from m5core.settings import kafka_client_options
 from m5core.stores.redis import RedisStore
 from tests.fixtures.services import free_port, wait_http_ok
 
@@ -105,8 +106,9 @@ class PrivateKafka:
             os.symlink(shared_libs, root / "kafka" / "libs")  # no second Maven resolve
         port = free_port()
         self.env = {**os.environ, "M5_CACHE_DIR": str(root), "M5_KAFKA_PORT": str(port), "M5_KAFKA_CONTROLLER_PORT": str(free_port())}
-        self.bootstrap = f"127.0.0.1:{port}"
         self.run("start")
+        url = subprocess.run([str(self.SCRIPT), "url", "kafka"], env=self.env, capture_output=True, text=True, check=True, timeout=60)
+        self.bootstrap = url.stdout.strip()  # kafka://m5:PASSWORD@127.0.0.1:PORT, its own broker's credentials
 
     def run(self, action: str) -> None:
         r = subprocess.run([str(self.SCRIPT), action, "kafka"], env=self.env, capture_output=True, text=True, timeout=240)
@@ -116,7 +118,7 @@ class PrivateKafka:
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = KafkaAdminClient(**kafka_client_options(self.bootstrap))
         admin.create_topics([NewTopic(n, parts, 1, topic_configs={"cleanup.policy": "compact"} if compact else {}) for n, parts, compact in specs])
         admin.close()
 

@@ -9,6 +9,7 @@ import httpx
 import redis
 
 from m5core.events.kafka import KafkaSink, KafkaSource
+from m5core.settings import kafka_client_options
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "local" / "services.sh"
@@ -58,10 +59,30 @@ def test_redis_needs_its_password(redis_url):
         assert secret.stat().st_mode & 0o077 == 0
 
 
+def test_kafka_needs_its_credentials(kafka_bootstrap):
+    from kafka import KafkaAdminClient
+
+    from m5core.settings import kafka_client_options
+
+    opts = kafka_client_options(kafka_bootstrap)
+    assert opts["security_protocol"] == "SASL_PLAINTEXT"  # the address services.sh hands out authenticates
+    for wrong in ({}, {**opts, "sasl_plain_password": "wrong"}):
+        try:
+            KafkaAdminClient(**{**opts, **wrong} if wrong else {"bootstrap_servers": opts["bootstrap_servers"]}, request_timeout_ms=3000).close()
+            raise AssertionError(f"the broker let a client in without its password: {sorted(wrong)}")
+        except AssertionError:
+            raise
+        except Exception:  # noqa: BLE001 - refused: NoBrokersAvailable, an authentication failure, a timeout
+            pass
+    r = subprocess.run([str(SCRIPT), "start", "kafka"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    assert opts["sasl_plain_password"] not in r.stderr + r.stdout  # never logged
+
+
 def test_kafka_round_trip_and_default_topics(kafka_bootstrap, kafka_topics, unique_name):
     from kafka import KafkaAdminClient
 
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = KafkaAdminClient(**kafka_client_options(kafka_bootstrap))
     parts = {
         t.get("topic") or t.get("name"): len(t["partitions"])
         for t in admin.describe_topics(["catalog.changes", "catalog.embeddings", "catalog.changes.dlq"])

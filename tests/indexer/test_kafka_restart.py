@@ -17,6 +17,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from m5core.events.kafka import KafkaSink
+from m5core.settings import kafka_client_options
 from m5core.stores.redis import RedisStore
 from tests.indexer.conftest import delete, upsert
 
@@ -36,12 +37,12 @@ def test_broker_restart_mid_stream_converges(tmp_path, redis_url, kafka_bootstra
     if (shared_libs / ".complete").exists():
         os.symlink(shared_libs, cache / "kafka" / "libs")  # reuse the shared broker's jars, no second resolve
     env = {**os.environ, "M5_CACHE_DIR": str(cache), "M5_KAFKA_PORT": "19092", "M5_KAFKA_CONTROLLER_PORT": "19093"}
-    boot = "127.0.0.1:19092"
     _services("start", env)
+    boot = subprocess.run([str(SCRIPT), "url", "kafka"], env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     proc = None
     try:
         changes, feed = unique_name("changes"), unique_name("emb")
-        admin = KafkaAdminClient(bootstrap_servers=boot)
+        admin = KafkaAdminClient(**kafka_client_options(boot))
         admin.create_topics(
             [NewTopic(changes, 3, 1), NewTopic(feed, 3, 1, topic_configs={"cleanup.policy": "compact"}), NewTopic(changes + ".dlq", 1, 1)]
         )

@@ -82,3 +82,22 @@ def test_the_cli_says_how_to_get_the_password_when_redis_refuses_it(redis_url, m
     assert "refused the password" in err
     assert "deploy/local/services.sh url redis" in err
     assert "wrong-password" not in err
+
+
+def test_kafka_addresses_carry_credentials_and_logs_never_show_them():
+    from m5core.settings import kafka_client_options, mask_url
+
+    assert kafka_client_options("h1:9092, h2:9092") == {"bootstrap_servers": ["h1:9092", "h2:9092"]}
+    opts = kafka_client_options("kafka://m5:p%40ss@h1:9092,h2:9092?mechanism=SCRAM-SHA-512")
+    assert opts["bootstrap_servers"] == ["h1:9092", "h2:9092"]
+    assert opts["security_protocol"] == "SASL_PLAINTEXT"
+    assert opts["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert opts["sasl_plain_username"] == "m5"
+    assert opts["sasl_plain_password"] == "p@ss"
+    assert kafka_client_options("kafka+ssl://u:p@h:9093")["security_protocol"] == "SASL_SSL"
+    assert mask_url("kafka://m5:s3cret@h1:9092,h2:9092") == "kafka://m5:***@h1:9092,h2:9092"
+    with pytest.raises(ValueError, match="needs user:password@") as e:
+        kafka_client_options("kafka://m5@h1:9092")
+    with pytest.raises(ValueError, match="scheme 'http'") as e:
+        kafka_client_options("http://u:s3cret@h1:9092")
+    assert "s3cret" not in str(e.value)
