@@ -11,40 +11,27 @@ LANGS = ("en", "de", "ar")
 LOCALE_OF = {"us": "en_US", "de": "de_DE", "ae": "ar_AE"}  # the generator's locales; language and marketplace follow from the tag
 
 # type -> (product_line, {lang: name}, english synonym, attribute names)
+# fmt: off
 TYPES: dict[str, tuple[str, dict[str, str], str, tuple[str, ...]]] = {
     "running_shoes": ("softlines", {"en": "running shoes", "de": "Laufschuhe", "ar": "حذاء جري"}, "jogging sneakers", ("colour", "size", "material")),
     "t_shirt": ("softlines", {"en": "t-shirt", "de": "T-Shirt", "ar": "قميص"}, "crew tee", ("colour", "clothing_size", "material")),
     "jacket": ("softlines", {"en": "jacket", "de": "Jacke", "ar": "سترة"}, "outdoor coat", ("colour", "clothing_size", "material")),
     "socks": ("softlines", {"en": "socks", "de": "Socken", "ar": "جوارب"}, "ankle hosiery", ("colour", "pack_count", "material")),
-    "water_bottle": (
-        "hardlines",
-        {"en": "water bottle", "de": "Trinkflasche", "ar": "زجاجة ماء"},
-        "drinking flask",
-        ("colour", "capacity", "material"),
-    ),
+    "water_bottle": ("hardlines", {"en": "water bottle", "de": "Trinkflasche", "ar": "زجاجة ماء"}, "drinking flask", ("colour", "capacity", "material")),
     "backpack": ("hardlines", {"en": "backpack", "de": "Rucksack", "ar": "حقيبة ظهر"}, "daypack bag", ("colour", "capacity", "material")),
     "headphones": ("hardlines", {"en": "headphones", "de": "Kopfhörer", "ar": "سماعات"}, "wireless earbuds", ("colour", "connectivity")),
     "phone_case": ("hardlines", {"en": "phone case", "de": "Handyhülle", "ar": "غطاء هاتف"}, "mobile cover", ("colour", "phone_model", "material")),
     "charger": ("hardlines", {"en": "charger", "de": "Ladegerät", "ar": "شاحن"}, "power adapter", ("power", "connectivity")),
     "desk_lamp": ("hardlines", {"en": "desk lamp", "de": "Schreibtischlampe", "ar": "مصباح مكتب"}, "reading light", ("colour", "power", "length")),
-    "coffee_beans": (
-        "consumables",
-        {"en": "coffee beans", "de": "Kaffeebohnen", "ar": "حبوب قهوة"},
-        "espresso roast",
-        ("weight", "roast", "pack_count"),
-    ),
+    "coffee_beans": ("consumables", {"en": "coffee beans", "de": "Kaffeebohnen", "ar": "حبوب قهوة"}, "espresso roast", ("weight", "roast", "pack_count")),
     "shampoo": ("consumables", {"en": "shampoo", "de": "Shampoo", "ar": "شامبو"}, "hair wash", ("volume", "scent", "pack_count")),
-    "vitamins": (
-        "consumables",
-        {"en": "vitamin tablets", "de": "Vitamintabletten", "ar": "فيتامينات"},
-        "dietary supplement",
-        ("pack_count", "weight"),
-    ),
+    "vitamins": ("consumables", {"en": "vitamin tablets", "de": "Vitamintabletten", "ar": "فيتامينات"}, "dietary supplement", ("pack_count", "weight")),
     "dog_food": ("consumables", {"en": "dog food", "de": "Hundefutter", "ar": "طعام كلاب"}, "canine kibble", ("weight", "flavour")),
     "novel": ("media", {"en": "novel", "de": "Roman", "ar": "رواية"}, "fiction book", ("genre", "format")),
     "cookbook": ("media", {"en": "cookbook", "de": "Kochbuch", "ar": "كتاب طبخ"}, "recipe collection", ("cuisine", "format")),
     "board_game": ("media", {"en": "board game", "de": "Brettspiel", "ar": "لعبة لوحية"}, "tabletop strategy", ("players", "age")),
 }
+# fmt: on
 
 COMPLEMENTS = {
     "running_shoes": "socks",

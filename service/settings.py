@@ -24,9 +24,9 @@ def exposure_error(s: ServiceSettings) -> str | None:
 class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     host: str = "127.0.0.1"
     """Interface to listen on."""
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65_535)
     """HTTP port."""
-    workers: int = 1
+    workers: int = Field(default=1, ge=1, le=256)
     """uvicorn worker processes (each holds its own index; see docs/service.md)."""
     api_key: SecretStr | None = None
     """One key with every scope, named `default`. With it or a keys file, every route but /healthz, /readyz and
@@ -39,33 +39,33 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     """Requests a key may make at once (its bucket's size); 0: one second's worth of its rate."""
     insecure: bool = False
     """Serve without a key on an address other hosts can reach (refused otherwise); logged as a warning."""
-    max_body_bytes: int = 1_048_576
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
     """Larger request bodies get 413."""
     body_timeout_s: float = Field(default=10.0, gt=0)
     """A request body not received whole within this many seconds of the request's start gets 408."""
-    max_k: int = 1000
+    max_k: int = Field(default=1000, ge=1)
     """Largest k for /search."""
-    max_batch_asins: int = 1000
+    max_batch_asins: int = Field(default=1000, ge=1)
     """Largest ASIN list for POST /asin/embeddings."""
-    max_queries: int = 64
+    max_queries: int = Field(default=64, ge=1)
     """Largest query list for POST /query/embed."""
-    max_query_chars: int = 512
+    max_query_chars: int = Field(default=512, ge=1)
     """Longer query strings get 422."""
-    query_cache_size: int = 10_000
+    query_cache_size: int = Field(default=10_000, ge=0)
     """LRU entries of query embeddings (0 disables)."""
-    max_in_flight: int = 256
+    max_in_flight: int = Field(default=256, ge=0)
     """Requests in progress beyond this get 503 with Retry-After instead of queueing without bound."""
     shed_wait_ms: float = Field(default=0.0, ge=0)
     """A request that waited longer than this for the event loop (parsed, not yet handled) gets 503 with Retry-After at once,
     so the requests served stay fast under overload (docs/service.md, "Overload"); 0: never shed by wait."""
-    feed_lag_ready_bound: int = 10_000
+    feed_lag_ready_bound: int = Field(default=10_000, ge=0)
     """/readyz fails while the index is more than this many feed messages behind."""
     effort: int | None = None
     """Default recall/latency knob: nprobe (IVF) or efSearch (HNSW); None uses the index default."""
-    search_threads: int = 1
+    search_threads: int = Field(default=1, ge=1, le=256)
     """FAISS (OpenMP) threads per worker. One query does not get faster with more, and idle OpenMP threads
     spinning next to uvicorn workers cost 10x latency on a busy box: keep 1 and scale with workers."""
-    model_poll_s: float = 2.0
+    model_poll_s: float = Field(default=2.0, ge=0)
     """Seconds between checks of the active-namespace pointer; when `m5 index reembed` or `rollback` moves it,
     the service loads that namespace's bundle and index beside the old ones and swaps without a restart (0: off)."""
     bundles_dir: Path | None = None

@@ -35,6 +35,17 @@ wait_for() {  # wait_for NAME TIMEOUT_S LOGFILE CMD...
   done
 }
 
+secret() {  # secret NAME: $M5_<NAME>_PASSWORD, else one generated on first use and kept in $CACHE/NAME/password (0600)
+  local var; var="M5_$(echo "$1" | tr '[:lower:]' '[:upper:]')_PASSWORD"
+  if [ -n "${!var:-}" ]; then echo "${!var}"; return; fi
+  local f="$CACHE/$1/password"
+  if [ ! -s "$f" ]; then
+    mkdir -p "$CACHE/$1"
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$f")
+  fi
+  cat "$f"
+}
+
 stop_pid() {  # stop_pid NAME PIDFILE
   local name=$1 pidfile=$2
   if pid_alive "$pidfile"; then
@@ -50,15 +61,7 @@ stop_pid() {  # stop_pid NAME PIDFILE
 # ---------------------------------------------------------------- Redis (password required)
 # The password: $M5_REDIS_PASSWORD, else one generated on first use and kept in $CACHE/redis/password (0600).
 # Clients take it in the URL that `services.sh url redis` prints (the tests' fixtures and M5_REDIS_URL).
-redis_password() {
-  if [ -n "${M5_REDIS_PASSWORD:-}" ]; then echo "$M5_REDIS_PASSWORD"; return; fi
-  local f="$CACHE/redis/password"
-  if [ ! -s "$f" ]; then
-    mkdir -p "$CACHE/redis"
-    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$f")
-  fi
-  cat "$f"
-}
+redis_password() { secret redis; }
 redis_cli() { REDISCLI_AUTH="$(redis_password)" redis-cli --no-auth-warning -p "$REDIS_PORT" "$@"; }
 redis_ping() { redis_cli ping | grep -q PONG; }
 start_redis() {
@@ -99,15 +102,7 @@ kafka_libs() {
 # Clients authenticate with SASL SCRAM-SHA-256 as user m5: $M5_KAFKA_PASSWORD, else one generated on first use and
 # kept in $CACHE/kafka/password (0600); the credentials are written into the storage when it is formatted.
 KAFKA_USER=m5
-kafka_password() {
-  if [ -n "${M5_KAFKA_PASSWORD:-}" ]; then echo "$M5_KAFKA_PASSWORD"; return; fi
-  local f="$CACHE/kafka/password"
-  if [ ! -s "$f" ]; then
-    mkdir -p "$CACHE/kafka"
-    (umask 077; "$PY" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$f")
-  fi
-  cat "$f"
-}
+kafka_password() { secret kafka; }
 url_kafka() { echo "kafka://$KAFKA_USER:$(kafka_password)@127.0.0.1:$KAFKA_PORT"; }
 kafka_topics() { M5_KAFKA_BOOTSTRAP="$(url_kafka)" "$PY" "$HERE/kafka_topics.py" "$@"; }
 kafka_ready() { kafka_topics --check; }

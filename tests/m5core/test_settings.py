@@ -101,3 +101,24 @@ def test_kafka_addresses_carry_credentials_and_logs_never_show_them():
     with pytest.raises(ValueError, match="scheme 'http'") as e:
         kafka_client_options("http://u:s3cret@h1:9092")
     assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["index", "run", "--encode-retries", "0"], "--encode-retries"),  # 0 attempts would never encode a batch
+        (["index", "run", "--store-retries", "0"], "--store-retries"),
+        (["index", "run", "--max-batch", "0"], "--max-batch"),
+        (["serve", "--workers", "0"], "--workers"),
+        (["serve", "--max-k", "0"], "--max-k"),
+    ],
+)
+def test_a_setting_out_of_its_bounds_is_refused_naming_the_flag(argv, flag, capsys):
+    from m5cli.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag} / M5_{flag[2:].replace('-', '_').upper()}" in err
+    assert "greater than or equal to 1" in err
