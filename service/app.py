@@ -9,7 +9,6 @@ lives in process and follows the indexer's feed.
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -22,8 +21,9 @@ from m5core.index import AnnIndex
 from m5core.schema import ASIN_PATTERN
 from m5core.stores.base import EmbeddingStore
 from service import metrics as M
+from service.admin import admin_routes
 from service.auth import KeyRing
-from service.errors import OCTET, ApiError, from_store, install_error_handlers, json_response
+from service.errors import OCTET, install_error_handlers, json_response
 from service.hotpath import HotPath, embedding_reply, embeddings_doc
 from service.middleware import ServiceMiddleware
 from service.schemas import (
@@ -33,11 +33,13 @@ from service.schemas import (
     Problem,
     QueryEmbedRequest,
     QueryEmbedResponse,
+    SearchBatchRequest,
+    SearchBatchResponse,
     SearchRequest,
     SearchResponse,
     openapi_limits,
 )
-from service.search import query_vectors, search
+from service.search import query_vectors, search, search_batch
 from service.serving import Serving, State, start_state
 from service.settings import ServiceSettings
 
@@ -114,6 +116,11 @@ def create_app(
     async def search_route(request: Request, body: SearchRequest) -> Response:
         return json_response(search(request.app.state.m5.serving, body, s))
 
+    @app.post("/search/batch", response_model=SearchBatchResponse, responses=needs_model, summary="Many searches in one call")
+    async def search_batch_route(request: Request, body: SearchBatchRequest) -> Response:
+        serving = request.app.state.m5.serving  # one serving set for the whole batch, even across a model switch
+        return json_response(await run_in_threadpool(search_batch, serving, body.searches, s))
+
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> Response:
         return json_response({"status": "ok"})
@@ -126,20 +133,7 @@ def create_app(
         doc = await run_in_threadpool(state.readiness)  # the store ping waits up to its timeout: off the event loop
         return json_response(doc, 200 if doc["ready"] else 503)
 
-    @app.post("/admin/keys/reload", summary="Re-read the keys file now (it is also re-read within a second of a change)", responses=errors)
-    async def reload_keys() -> Response:
-        return json_response({"reloaded": keys.refresh(time.monotonic(), force=True), "keys": len(keys.by_hash)})
-
-    @app.post("/admin/model/check", summary="Follow the active-namespace pointer now instead of at the next poll", responses=errors)
-    async def check_model(request: Request) -> Response:
-        state: State = request.app.state.m5
-        try:
-            switched = await run_in_threadpool(from_store, state.check_model)
-        except ApiError as exc:
-            if isinstance(exc.__cause__, RuntimeError):  # the new namespace's vectors are not its bundle's: stay
-                raise ApiError(409, f"model switch refused: {exc.__cause__}") from exc
-            raise
-        return json_response({"switched": switched, "namespace": state.serving.namespace})
+    app.include_router(admin_routes(keys, responses=errors))
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:

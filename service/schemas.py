@@ -1,6 +1,6 @@
 """Request and response models: the OpenAPI contract (with examples) and input validation.
 
-Limits a deployment sets (`ServiceSettings.max_k`, `max_queries`, `max_query_chars`, `max_batch_asins`) are
+Limits a deployment sets (`ServiceSettings.max_k`, `max_queries`, `max_query_chars`, `max_batch_asins`, `max_batch_searches`) are
 checked by the handlers and written into the OpenAPI document by `openapi_limits`, never fixed here.
 """
 
@@ -102,6 +102,28 @@ class SearchResponse(_Model):
     took_ms: float
 
 
+class SearchBatchRequest(_Model):
+    searches: list[SearchRequest] = Field(min_length=1, examples=[[{"query": "scarlet jogging sneakers", "k": 5}, {"asin": "B0000009IX", "k": 5}]])
+
+
+class SearchError(_Model):
+    status: int = Field(description="what /search would have answered: 404 for an unknown ASIN")
+    detail: str
+
+
+class SearchBatchItem(_Model):
+    """One search's result, or the error /search would have given it."""
+
+    result: SearchResponse | None = None
+    error: SearchError | None = None
+
+
+class SearchBatchResponse(_Model):
+    results: list[SearchBatchItem] = Field(description="one per search, in order")
+    bundle_version: str
+    took_ms: float
+
+
 class Problem(_Model):
     detail: str
 
@@ -115,6 +137,7 @@ def openapi_limits(doc: dict, s: ServiceSettings, dim: int | None = None) -> dic
     schemas["QueryEmbedRequest"]["properties"]["queries"].update(maxItems=s.max_queries)
     schemas["QueryEmbedRequest"]["properties"]["queries"]["items"]["maxLength"] = s.max_query_chars
     schemas["AsinBatchRequest"]["properties"]["asins"]["maxItems"] = s.max_batch_asins
+    schemas["SearchBatchRequest"]["properties"]["searches"]["maxItems"] = s.max_batch_searches
     if dim is not None:
         search["vector"]["minItems"] = search["vector"]["maxItems"] = dim
     return doc

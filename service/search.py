@@ -35,15 +35,16 @@ def query_vectors(g: Serving, texts: list[str], s: ServiceSettings, field: str =
     return embed_queries(g.encoder, g.cache, texts)
 
 
-def search(g: Serving, body: SearchRequest, s: ServiceSettings) -> dict:
-    """The response document (the caller reads `state.serving` once: a model switch cannot split a request)."""
+def search(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.ndarray | None = None) -> dict:
+    """The response document (the caller reads `state.serving` once: a model switch cannot split a request).
+    text_vector: the (1, dim) embedding of `body.query` when the caller embedded it already (a batch)."""
     index = g.index
     t0 = time.perf_counter()
     if body.k > s.max_k:
         raise ApiError(422, f"k: at most {s.max_k}")
     exclude = None
     if body.query is not None:
-        q = query_vectors(g, [body.query], s)
+        q = text_vector if text_vector is not None else query_vectors(g, [body.query], s)
     elif body.vector is not None:
         if len(body.vector) != index.dim:
             raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {index.dim}")
@@ -71,3 +72,40 @@ def search(g: Serving, body: SearchRequest, s: ServiceSettings) -> dict:
         "bundle_version": g.encoder.version,
         "took_ms": round((time.perf_counter() - t0) * 1000, 3),
     }
+
+
+ITEM_ERRORS = (404,)
+"""What one search of a batch may fail with alone (an ASIN not in the catalog). What the schema states (k, the query's
+length, the vector's) fails the whole batch with 422 as it would a lone search; an outage (503) or a bundle mismatch
+(409) fails it too."""
+
+
+def check_batch(searches: list[SearchRequest], s: ServiceSettings, dim: int) -> None:
+    """The bounds the OpenAPI document states for each search, checked before any work, naming the search."""
+    if len(searches) > s.max_batch_searches:
+        raise ApiError(422, f"searches: at most {s.max_batch_searches}")
+    for i, b in enumerate(searches):
+        if b.k > s.max_k:
+            raise ApiError(422, f"searches[{i}].k: at most {s.max_k}")
+        if b.vector is not None and len(b.vector) != dim:
+            raise ApiError(422, f"searches[{i}].vector: has {len(b.vector)} dimensions, the index has {dim}")
+        if b.query is not None:
+            check_queries([b.query], s.max_query_chars, f"searches[{i}].query")
+
+
+def search_batch(g: Serving, searches: list[SearchRequest], s: ServiceSettings) -> dict:
+    """POST /search/batch: every search as /search would run it, their texts embedded in one call to the query tower."""
+    t0 = time.perf_counter()
+    check_batch(searches, s, g.index.dim)
+    texts = [b.query for b in searches if b.query is not None]
+    vectors = iter(query_vectors(g, texts, s, field="searches[].query")) if texts else iter(())
+    results = []
+    for body in searches:
+        vec = next(vectors)[None] if body.query is not None else None
+        try:
+            results.append({"result": search(g, body, s, text_vector=vec), "error": None})
+        except ApiError as exc:
+            if exc.status not in ITEM_ERRORS:
+                raise
+            results.append({"result": None, "error": {"status": exc.status, "detail": exc.detail}})
+    return {"results": results, "bundle_version": g.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
