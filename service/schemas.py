@@ -6,7 +6,7 @@ checked by the handlers and written into the OpenAPI document by `openapi_limits
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 Asin = Annotated[str, StringConstraints(pattern=ASIN_PATTERN)]
 QueryText = Annotated[str, StringConstraints(min_length=1)]
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]  # strict: true/false are not numbers
+HIT_FIELDS = ("title", "brand", "locale", "marketplace", "product_line", "product_type", "price", "stock", "attributes")
+HitField = Literal[HIT_FIELDS]  # type: ignore[valid-type]
 
 
 class _Model(BaseModel):
@@ -78,6 +80,9 @@ class SearchRequest(_Model):
     k: int = Field(10, ge=1)
     filters: Filters | None = None
     effort: int | None = Field(None, ge=1, le=4096, description="nprobe (IVF) or efSearch (HNSW): higher is slower and more exact")
+    fields: list[HitField] | None = Field(
+        None, max_length=len(HIT_FIELDS), description="product fields to return with each hit (one store round trip for all hits)"
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchRequest:
@@ -91,6 +96,7 @@ class SearchHit(_Model):
     asin: str
     score: float
     product_version: int
+    product: dict | None = Field(None, description="the requested `fields` of the product (absent without `fields`)")
 
 
 class SearchResponse(_Model):

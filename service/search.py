@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import orjson
 
 from service import metrics as M
 from service.errors import ApiError, from_store
@@ -64,8 +65,14 @@ def search(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.
         q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None, exclude=exclude, effort=body.effort or s.effort
     )[0]
     M.STAGE.labels("search").observe(time.perf_counter() - t1)
+    out = [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits]
+    if body.fields and out:
+        docs = from_store(g.store.get_docs, [h["asin"] for h in out])
+        for h, doc in zip(out, docs):
+            product = orjson.loads(doc) if doc is not None else {}  # gone since the index saw it: the fields are empty
+            h["product"] = {f: product.get(f) for f in body.fields}
     return {
-        "hits": [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits],
+        "hits": out,
         "k": body.k,
         "index_size": len(index),
         "index_kind": index.kind,

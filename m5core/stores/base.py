@@ -78,6 +78,10 @@ class EmbeddingStore(ABC):
     def get_doc(self, asin: str) -> bytes | None:
         """The live product document (JSON), to merge a patch onto."""
 
+    def get_docs(self, asins: Sequence[str]) -> list[bytes | None]:
+        """Live product documents of many products (search hits with their fields); a store may do it in one round trip."""
+        return [self.get_doc(a) for a in asins]
+
     @abstractmethod
     def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
         """Every live record, in no particular order."""

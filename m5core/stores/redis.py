@@ -120,6 +120,12 @@ class RedisStore(EmbeddingStore):
         doc, deleted = self.client.hmget(self.key(asin), ("doc", "del"))
         return None if deleted == b"1" else doc
 
+    def get_docs(self, asins: Sequence[str]) -> list[bytes | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for a in asins:
+            pipe.hmget(self.key(a), ("doc", "del"))
+        return [None if deleted == b"1" else doc for doc, deleted in pipe.execute()]
+
     def version_of(self, asin: str) -> int | None:
         pv = self.client.hget(self.key(asin), "pv")
         return None if pv is None else int(pv)

@@ -41,6 +41,12 @@ def test_put_get_round_trip(store):
     assert store.get_doc(r.asin) == b'{"x":1}'
 
 
+def test_documents_of_many_products_in_one_call(store):
+    store.put([rec("B000000001", doc=b'{"title":"a"}'), rec("B000000002", seed=1, doc=b'{"title":"b"}')])
+    store.delete("B000000002", 2)
+    assert store.get_docs(["B000000002", "B000000009", "B000000001"]) == [None, None, b'{"title":"a"}']  # deleted, unknown, live
+
+
 def test_older_and_equal_versions_are_skipped(store):
     assert store.put([rec(pv=5, seed=1)]) == [True]
     assert store.put([rec(pv=4, seed=2), rec(pv=5, seed=3)]) == [False, False]

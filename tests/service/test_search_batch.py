@@ -45,3 +45,28 @@ async def test_batch_limits_are_the_deployments_and_bad_items_name_their_place(a
     assert (await h.client.post("/search/batch", json={"searches": []})).status_code == 422
     schema = (await h.client.get("/openapi.json")).json()["components"]["schemas"]["SearchBatchRequest"]
     assert schema["properties"]["searches"]["maxItems"] == 2
+
+
+async def test_hits_carry_the_requested_fields_on_search_and_batch(api):
+    import orjson
+
+    from m5core.stores.base import VectorRecord
+
+    h = await api()
+    rec = h.store.get("B000000004")
+    doc = {"asin": "B000000004", "title": "Stainless steel water bottle 1 l", "brand": "Acme", "price": 12.5}
+    h.store.put([VectorRecord(rec.asin, rec.vector, 2, rec.bundle_version, "h2", rec.locale, rec.product_line, 2.0, orjson.dumps(doc))])
+    body = {"asin": "B000000004", "k": 5, "fields": ["title", "price", "stock"]}
+    r = await h.client.post("/search", json={"vector": rec.vector.tolist(), "k": 5, "fields": ["title", "price", "stock"]})
+    assert r.status_code == 200
+    (hit,) = [x for x in r.json()["hits"] if x["asin"] == "B000000004"]
+    assert hit["product"] == {"title": doc["title"], "price": 12.5, "stock": None}
+    others = [x for x in r.json()["hits"] if x["asin"] != "B000000004"]
+    assert all(x["product"] == {"title": None, "price": None, "stock": None} for x in others)  # seeded without documents
+    plain = (await h.client.post("/search", json={"vector": rec.vector.tolist(), "k": 5})).json()["hits"]
+    assert all("product" not in x for x in plain)
+    batch = (await h.client.post("/search/batch", json={"searches": [body]})).json()["results"][0]["result"]["hits"]
+    assert all(set(x["product"]) == {"title", "price", "stock"} for x in batch)
+    bad = await h.client.post("/search", json={"query": "bottle", "fields": ["password"]})
+    assert bad.status_code == 422
+    assert "fields" in bad.json()["detail"]
