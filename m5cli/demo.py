@@ -88,7 +88,7 @@ def run(args) -> int:
     step("starting the indexer on the local event log (m5 index run)")
     indexer = subprocess.Popen([sys.executable, "-m", "m5cli", "index", "run"], env=env)
     first = next(iter(_products(catalog)))
-    target = f"--kafka {os.environ.get('M5_KAFKA_BOOTSTRAP', '127.0.0.1:9092')}" if d.events == "kafka" else f"--local-events-dir {work / 'events'}"
+    target = '--kafka "$M5_KAFKA_BOOTSTRAP"' if d.events == "kafka" else f"--local-events-dir {work / 'events'}"  # never the password
     base = f"http://{d.host}:{d.port}"
     print(
         f"""
@@ -105,15 +105,51 @@ Ready in {time.perf_counter() - t0:.0f} s. Try, in another shell:
         flush=True,
     )
     step(f"serving on {base} (Ctrl-C stops the server and the indexer)")
+    server = subprocess.Popen([sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port), "--workers", str(d.workers)], env=env)
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "m5cli", "serve", "--host", d.host, "--port", str(d.port), "--workers", str(d.workers)], env=env
-        ).returncode
-    except KeyboardInterrupt:
+        show_searches(base, server)
+        return server.wait()
+    except KeyboardInterrupt:  # the server got the same Ctrl-C and stops gracefully
+        server.wait(timeout=30)
         return 0
     finally:
         indexer.terminate()
         indexer.wait(timeout=15)
+
+
+SAMPLE_QUERIES = ("scarlet jogging sneakers", "Laufschuhe rot", "stainless steel water bottle", "حذاء جري")
+
+
+def show_searches(base: str, server: subprocess.Popen, wait_s: float = 300.0) -> None:
+    """Once the server is ready, a few searches with the titles they find: what the model does, in words."""
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + wait_s
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        return
+    step("a few searches (POST /search with fields=title,locale)")
+    for q in SAMPLE_QUERIES:
+        req = urllib.request.Request(
+            f"{base}/search",
+            data=json.dumps({"query": q, "k": 3, "fields": ["title", "locale"]}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        try:
+            hits = json.loads(urllib.request.urlopen(req, timeout=10).read())["hits"]
+        except OSError as exc:
+            print(f"  {q!r}: {exc}", flush=True)
+            continue
+        print(f"  {q!r}", flush=True)
+        for h in hits:
+            p = h.get("product") or {}
+            print(f"    {h['score']:.3f}  {h['asin']}  [{p.get('locale')}]  {p.get('title')}", flush=True)
 
 
 def _products(catalog: Path):

@@ -69,4 +69,8 @@ def test_demo_from_scratch_serves_follows_changes_and_stops_cleanly(tmp_path):
             os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=60)
     assert rc == 0, log_tail(log)
-    assert "indexer stopped cleanly" in log.read_text(errors="replace")
+    text = log.read_text(errors="replace")
+    assert "indexer stopped cleanly" in text
+    assert "'scarlet jogging sneakers'" in text  # the demo shows a few searches with the titles they find
+    shown = text.split("a few searches", 1)[1]
+    assert shown.count("[en_US]") + shown.count("[de_DE]") + shown.count("[ar_AE]") >= 9
