@@ -36,7 +36,7 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_the_commands(tmp_path):
     )
     (site / "zz_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     where = subprocess.run(
-        [str(py), "-c", "import m5core, service; print(m5core.__file__, service.__file__)"], capture_output=True, text=True, cwd=tmp_path, check=True
+        [str(py), "-c", "import m5core, service, m5client; print(m5core.__file__, service.__file__, m5client.__file__)"], capture_output=True, text=True, cwd=tmp_path, check=True
     )
     assert str(REPO) not in where.stdout  # the installed copy, not the checkout
     m5 = venv / "bin" / "m5"
