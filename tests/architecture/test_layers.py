@@ -53,3 +53,10 @@ def _imported_packages(path: Path) -> set[str]:
 def test_no_file_imports_above_m5core_even_lazily(package):
     bad = {str(p.relative_to(REPO)): sorted(_imported_packages(p) & set(FORBIDDEN)) for p in (REPO / package).rglob("*.py")}
     assert {f: pkgs for f, pkgs in bad.items() if pkgs} == {}
+
+
+def test_the_client_stands_on_httpx_and_numpy_alone():
+    """`pip install m5[client]` gives httpx and numpy: m5client may import nothing of the server side."""
+    stdlib = set(sys.stdlib_module_names)
+    used = set().union(*(_imported_packages(p) for p in (REPO / "m5client").rglob("*.py")))
+    assert used - stdlib - {"m5client"} == {"httpx", "numpy"}
