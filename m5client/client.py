@@ -12,6 +12,7 @@ import numpy as np
 
 OCTET = "application/octet-stream"
 RETRY_STATUSES = (429, 503)
+SEARCH_ARGS = {"vector", "asin", "k", "filters", "fields"}
 
 
 class M5Error(RuntimeError):
@@ -99,7 +100,11 @@ def headers_for(api_key: str | None) -> dict[str, str]:
     return {"x-api-key": api_key} if api_key else {}
 
 
-class M5Client:
+class _Client:
+    """What both clients hold: the connection pool and the retry policy."""
+
+    http_class: type = httpx.Client
+
     def __init__(
         self,
         base_url: str,
@@ -108,10 +113,14 @@ class M5Client:
         retries: int = 3,
         backoff_s: float = 0.05,
         backoff_cap_s: float = 2.0,
+        **http_opts: Any,
     ):
-        self.http = httpx.Client(base_url=base_url, headers=headers_for(api_key), timeout=timeout_s)
+        """http_opts go to the httpx client (a `transport`, limits)."""
+        self.http = self.http_class(base_url=base_url, headers=headers_for(api_key), timeout=timeout_s, **http_opts)
         self.retries, self.backoff_s, self.backoff_cap_s = retries, backoff_s, backoff_cap_s
 
+
+class M5Client(_Client):
     def __enter__(self) -> M5Client:
         return self
 
@@ -137,18 +146,6 @@ class M5Client:
         """(n, dim) float32 query vectors from the service's query tower."""
         return np.asarray(self._request("POST", "/query/embed", json={"queries": list(queries)}).json()["vectors"], dtype=np.float32)
 
-    def search(
-        self,
-        query: str | None = None,
-        *,
-        vector: Any = None,
-        asin: str | None = None,
-        k: int = 10,
-        filters: dict | None = None,
-        fields: list[str] | None = None,
-    ) -> list[Hit]:
-        return self.search_result(query, vector=vector, asin=asin, k=k, filters=filters, fields=fields).hits
-
     def search_result(
         self,
         query: str | None = None,
@@ -162,22 +159,15 @@ class M5Client:
         """The whole /search answer: hits, the bundle that made them, the index size and the server's time."""
         return read_search(self._request("POST", "/search", json=search_body(query, vector, asin, k, filters, fields)).json())
 
+    def search(self, query: str | None = None, **kw: Any) -> list[Hit]:
+        """The hits of `search_result` (same arguments)."""
+        return self.search_result(query, **kw).hits
 
-class AsyncM5Client:
+
+class AsyncM5Client(_Client):
     """`M5Client` for asyncio code; one connection pool per client."""
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout_s: float = 5.0,
-        retries: int = 3,
-        backoff_s: float = 0.05,
-        backoff_cap_s: float = 2.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
-        self.http = httpx.AsyncClient(base_url=base_url, headers=headers_for(api_key), timeout=timeout_s, transport=transport)
-        self.retries, self.backoff_s, self.backoff_cap_s = retries, backoff_s, backoff_cap_s
+    http_class = httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncM5Client:
         return self
@@ -203,26 +193,12 @@ class AsyncM5Client:
         r = await self._request("POST", "/query/embed", json={"queries": list(queries)})
         return np.asarray(r.json()["vectors"], dtype=np.float32)
 
-    async def search(
-        self,
-        query: str | None = None,
-        *,
-        vector: Any = None,
-        asin: str | None = None,
-        k: int = 10,
-        filters: dict | None = None,
-        fields: list[str] | None = None,
-    ) -> list[Hit]:
-        return (await self.search_result(query, vector=vector, asin=asin, k=k, filters=filters, fields=fields)).hits
+    async def search_result(self, query: str | None = None, **kw: Any) -> SearchResult:
+        """As `M5Client.search_result`."""
+        if unknown := set(kw) - SEARCH_ARGS:
+            raise TypeError(f"search_result() got unexpected keyword arguments {sorted(unknown)}")
+        body = search_body(query, kw.get("vector"), kw.get("asin"), kw.get("k", 10), kw.get("filters"), kw.get("fields"))
+        return read_search((await self._request("POST", "/search", json=body)).json())
 
-    async def search_result(
-        self,
-        query: str | None = None,
-        *,
-        vector: Any = None,
-        asin: str | None = None,
-        k: int = 10,
-        filters: dict | None = None,
-        fields: list[str] | None = None,
-    ) -> SearchResult:
-        return read_search((await self._request("POST", "/search", json=search_body(query, vector, asin, k, filters, fields))).json())
+    async def search(self, query: str | None = None, **kw: Any) -> list[Hit]:
+        return (await self.search_result(query, **kw)).hits

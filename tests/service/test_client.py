@@ -113,6 +113,8 @@ async def test_the_async_client_in_process(api):
         with pytest.raises(M5Error) as e:
             await m5.search("x", k=100_000)
         assert e.value.status == 422
+        with pytest.raises(TypeError, match="filter"):
+            await m5.search("x", filter={"locale": "en_US"})  # a typo is an error, not a search without the filter
 
 
 def test_the_readme_example_runs(server):
