@@ -109,7 +109,8 @@ kafka_ready() { kafka_topics --check; }
 start_kafka() {
   need java "apt-get install -y openjdk-17-jre-headless"
   local d="$CACHE/kafka"; mkdir -p "$d/data"
-  # A broker answering on the port counts as up, whoever started it (another checkout, a CI clone).
+  # A broker that takes our credentials counts as up, whoever started it (another checkout sharing
+  # M5_KAFKA_PASSWORD, a CI clone).
   if kafka_ready 2>/dev/null; then
     kafka_topics --create-defaults
     log "kafka already up on :$KAFKA_PORT"; return
@@ -118,6 +119,9 @@ start_kafka() {
     wait_for kafka 90 "$d/kafka.log" kafka_ready
     kafka_topics --create-defaults
     log "kafka already up on :$KAFKA_PORT"; return
+  fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then
+    die "something else listens on :$KAFKA_PORT and does not take our credentials (a broker of another checkout?); stop it, or set M5_KAFKA_PASSWORD to its password"
   fi
   local libs; libs=$(kafka_libs)
   local pw; pw=$(kafka_password)

@@ -35,9 +35,8 @@ def test_the_wheel_installed_in_a_fresh_venv_runs_the_commands(tmp_path):
         ).stdout.strip()
     )
     (site / "zz_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
-    where = subprocess.run(
-        [str(py), "-c", "import m5core, service, m5client; print(m5core.__file__, service.__file__, m5client.__file__)"], capture_output=True, text=True, cwd=tmp_path, check=True
-    )
+    probe = "import m5core, service, m5client; print(m5core.__file__, service.__file__, m5client.__file__)"
+    where = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert str(REPO) not in where.stdout  # the installed copy, not the checkout
     m5 = venv / "bin" / "m5"
     for argv in (["--help"], ["serve", "--help"], ["index", "run", "--help"], ["keys", "add", "--help"], ["loadtest", "--help"]):
