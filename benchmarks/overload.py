@@ -24,13 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.service_latency import clustered, drop_namespace, load_redis, stop_server  # noqa: E402
+from benchmarks.service_latency import clustered, drop_namespace, load_redis, stop_server, wait_ready  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("overload")
@@ -137,17 +136,7 @@ def serve(args, ns: str, shed_wait_ms: float) -> subprocess.Popen:
         "M5_MODEL_POLL_S": "0",
     }
     proc = subprocess.Popen([sys.executable, "-m", "m5cli.main", "serve", "--port", str(args.port), "--workers", "1"], cwd=REPO, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"m5 serve exited with {proc.returncode}")
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{args.port}/readyz", timeout=2).status == 200:
-                return proc
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("m5 serve did not become ready")
+    return wait_ready(proc, f"http://127.0.0.1:{args.port}/readyz", 300)
 
 
 def capacity(port: int, bodies: list[bytes], seconds: float = 5.0, conns: int = 8) -> float:

@@ -240,17 +240,22 @@ def start_server(args_list: list[str], env: dict, port: int, ready_path: str) ->
         cwd=REPO,
         env=env,
     )
-    deadline = time.time() + 600
+    return wait_ready(proc, f"http://127.0.0.1:{port}{ready_path}", 600)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout_s: float) -> subprocess.Popen:
+    """Until `url` answers 200; the server is killed if it does not within `timeout_s`, and an exit fails at once."""
+    deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}")
         try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2).status == 200:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
                 return proc
         except Exception:  # noqa: BLE001 - not up yet
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
