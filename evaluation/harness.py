@@ -31,6 +31,7 @@ import orjson
 from catalog.generate import content_words, listing_words
 from catalog.io import CatalogError, load_catalog
 from m5core.encoder import Encoder, embed_in_batches
+from m5core.lexical import RERANK_DEPTH
 from m5core.metrics import (
     average_precision,
     exact_share_at_k,
@@ -180,6 +181,9 @@ def evaluate(
 
         pvec, report["encode_products_per_s"] = _embed_all(product_encoder, texts, batch_size)  # (n_products, dim)
         qvec, report["encode_queries_per_s"] = _embed_all(query_encoder, [q["text"] for q in queries], batch_size)
+        block = getattr(product_encoder, "lexical", None)
+        blobs = block.product_terms(texts) if block is not None and block.exact else None
+        report["rerank_depth"] = RERANK_DEPTH if blobs is not None else 0
         for g, idx in members.items():
             qrows = [qi for qi, q in enumerate(queries) if group_of(q["locale"]) == g]
             if not qrows:
@@ -188,7 +192,12 @@ def evaluate(
             index.add(pvec[idx])
             _, top = index.search(qvec[qrows], min(k, len(idx)))  # (n_queries_in_group, k)
             for qi, row in zip(qrows, top):
-                ranked[qi] = [asins[idx[i]] for i in row if i >= 0]
+                row = idx[row[row >= 0]]
+                if blobs is not None:  # what the service answers: the first candidates re-scored exactly
+                    head = row[:RERANK_DEPTH]
+                    order = np.argsort(-block.rescore(qvec[qi], queries[qi]["text"], pvec[head] @ qvec[qi], [blobs[i] for i in head]), kind="stable")
+                    row = np.concatenate([head[order], row[RERANK_DEPTH:]])
+                ranked[qi] = [asins[i] for i in row]
         report["encode_products_per_s"] = round(report["encode_products_per_s"], 1)
         report["encode_queries_per_s"] = round(report["encode_queries_per_s"], 1)
 

@@ -48,7 +48,7 @@ def backfill(
 
     def write(docs: list[dict], vecs: np.ndarray) -> None:
         nonlocal n_written
-        recs = records_of(docs, vecs, encoder.version)
+        recs = records_of(docs, vecs, encoder, scheme)
         written = [i for i, ok in enumerate(write_records(store, sink, settings.embeddings_topic, recs)) if ok]
         n_written += len(written)
         if snapshot_root is not None and written:  # a few arrays per batch, not objects per product

@@ -231,7 +231,7 @@ class Indexer:
         M.STORE_SIZE.set(self.store.count())
 
     def _write(self, docs: list[dict], vectors: np.ndarray) -> None:
-        written = write_records(self.store, self.sink, self.s.embeddings_topic, records_of(docs, vectors, self.encoder.version))
+        written = write_records(self.store, self.sink, self.s.embeddings_topic, records_of(docs, vectors, self.encoder, self.scheme))
         M.WRITES.inc(sum(written))
 
     def _encode(self, docs: list[dict], texts: list[str], by_asin_msg, msgs) -> tuple[list[dict], np.ndarray]:

@@ -55,7 +55,7 @@ def namespace_for(base: str, bundle_version: str) -> str:
 
 
 def embed_docs(docs: list[dict], encoder, scheme: str) -> list[VectorRecord]:
-    return records_of(docs, encoder.embed([render_product(d, scheme) for d in docs]), encoder.version)
+    return records_of(docs, encoder.embed([render_product(d, scheme) for d in docs]), encoder, scheme)
 
 
 def copy_namespace(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, batch: int = 512) -> int:

@@ -10,17 +10,29 @@ import orjson
 
 from m5core.events.base import EventSink
 from m5core.feed import encode_feed_value
-from m5core.schema import content_hash
+from m5core.schema import content_hash, render_product
 from m5core.stores.base import EmbeddingStore, VectorRecord
 
 
-def records_of(docs: Sequence[dict], vectors: np.ndarray, bundle_version: str) -> list[VectorRecord]:
-    """Validated product documents (`Product.model_dump()`) and their (n, dim) vectors -> store records."""
+def records_of(docs: Sequence[dict], vectors: np.ndarray, encoder, scheme: str) -> list[VectorRecord]:
+    """Validated product documents (`Product.model_dump()`) and the (n, dim) vectors `encoder` gave them -> store
+    records, with each product's exact lexical terms when the bundle has them (text search re-scores with them)."""
+    block = getattr(encoder, "lexical", None)
+    terms = block.product_terms([render_product(d, scheme) for d in docs]) if block is not None and block.exact else [None] * len(docs)
     return [
         VectorRecord(
-            d["asin"], v, d["version"], bundle_version, content_hash(d), d["locale"], d["product_line"], float(d["updated_at"]), orjson.dumps(d)
+            d["asin"],
+            v,
+            d["version"],
+            encoder.version,
+            content_hash(d),
+            d["locale"],
+            d["product_line"],
+            float(d["updated_at"]),
+            orjson.dumps(d),
+            lex,
         )
-        for d, v in zip(docs, vectors)
+        for d, v, lex in zip(docs, vectors, terms)
     ]
 
 

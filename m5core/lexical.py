@@ -23,6 +23,13 @@ compounding and inflecting languages (McNamee & Mayfield 2004): "Akkuschrauber" 
 "المثقاب" meets "مثقاب", "sunglases" meets "sunglasses", with no per-language stemmer. `words` (the bundles
 exported before it) counts whole words, as the BM25 baseline does.
 
+Hashing 4-grams into a few hundred buckets blurs them: on the development set the block alone ranks Arabic
+0.859 at 256 buckets and 0.908 with (nearly) no collisions. So a bundle also freezes the exact idf of every term
+of its training catalog (`term_ids`, `term_idf`), the indexer stores each product's terms beside its vector
+(`pack_terms`), and text search re-scores the index's first candidates with the exact lexical cosine in
+place of the hashed one (`rescore`): the served vector keeps its fixed size for FAISS and partners, and the
+ranking a person sees counts every 4-gram exactly (development set 0.902 -> 0.935 nDCG@10).
+
 A query's own mix follows what the dense tower can read of it (`query_share`, `adaptive` bundles): the share of
 its words that the tower's vocabulary holds in pieces of two or more characters (`m5core.encoder.known_share`).
 A query the tower spells letter by letter (a script its starting checkpoint never learned) is ranked by the
@@ -39,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+RERANK_DEPTH = 50
+"""How many of the index's candidates text search re-scores exactly (the service's `rerank_depth`, the eval's)."""
 WORD_RE = re.compile(r"\w+", re.UNICODE)
 FILE = "lexical.json"
 
@@ -65,9 +74,39 @@ ANALYZERS = {"words": words, "char4": char_ngrams}
 """Name (saved in lexical.json, so a bundle keeps the terms it was fitted with) -> text to terms."""
 
 
+def term_ids(tokens: list[str]) -> np.ndarray:
+    """Terms -> their crc32 (as int64): the exact identity of a term, collisions one in billions."""
+    return np.fromiter((zlib.crc32(t.encode()) for t in tokens), dtype=np.int64, count=len(tokens))
+
+
+TERM = np.dtype([("id", "<u4"), ("sat", "<f2")])
+"""One stored term: its crc32 and its saturated term frequency (BM25's tf x (k1 + 1) / (tf + k1 x length norm))."""
+
+
+def pack_terms(ids: np.ndarray, sat: np.ndarray, hashed_norm: float, exact_norm: float) -> bytes:
+    """A product's terms as one blob for the store: the lengths of its hashed and its exact BM25 vectors (float32),
+    then (id, sat) per term. With the bundle's idf they give the product's share of both the hashed and the exact
+    lexical cosine, so the re-score needs nothing else of the product."""
+    terms = np.empty(len(ids), TERM)
+    terms["id"], terms["sat"] = ids, sat
+    return np.array([hashed_norm, exact_norm], "<f4").tobytes() + terms.tobytes()
+
+
+def unpack_terms(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blobs -> (norms (n, 2), terms (m,) of TERM, owner (m,) the blob of each term), in a few array calls.
+    Raises ValueError on a blob of the wrong length."""
+    for b in blobs:
+        if len(b) < 8 or (len(b) - 8) % TERM.itemsize:
+            raise ValueError(f"lexical terms: {len(b)} bytes is not a header and whole (id, sat) entries")
+    norms = np.frombuffer(b"".join(b[:8] for b in blobs), "<f4").reshape(-1, 2)
+    terms = np.frombuffer(b"".join(b[8:] for b in blobs), TERM)
+    owner = np.repeat(np.arange(len(blobs)), [(len(b) - 8) // TERM.itemsize for b in blobs])
+    return norms, terms, owner
+
+
 def _buckets(tokens: list[str], dims: int) -> tuple[np.ndarray, np.ndarray]:
     """Words -> (bucket, sign) arrays. The sign halves the bias that colliding words add to a score."""
-    crc = np.fromiter((zlib.crc32(t.encode()) for t in tokens), dtype=np.uint64, count=len(tokens))
+    crc = term_ids(tokens)
     return (crc % dims).astype(np.int64), np.where(crc >> 31 & 1, 1.0, -1.0).astype(np.float32)
 
 
@@ -85,6 +124,13 @@ class LexicalBlock:
     """A key of ANALYZERS: the terms hashed into buckets."""
     adaptive: bool = False
     """Queries the dense tower cannot read lean on the block (`query_share`); False: every query at `share`."""
+    exact_ids: np.ndarray | None = None
+    """(m,) sorted int64 crc32 of every term of the training catalog, for the exact re-score; None in bundles
+    exported before it (their searches rank by the hashed block alone)."""
+    exact_idf: np.ndarray | None = None
+    """(m,) float32 idf of each of exact_ids; a term the catalog never had gets that of a term seen nowhere."""
+    n_docs: int = 0
+    """Products the statistics were fitted on (the idf of an unseen term)."""
 
     def __post_init__(self) -> None:
         if self.analyzer not in ANALYZERS:
@@ -113,14 +159,84 @@ class LexicalBlock:
         terms = ANALYZERS[analyzer]
         df = np.zeros(dims, np.float64)
         total = 0
+        seen: list[np.ndarray] = []  # each product's distinct exact terms
         for text in texts:
             toks = terms(text)
             total += len(toks)
             if toks:
                 df[np.unique(_buckets(toks, dims)[0])] += 1
+                seen.append(np.unique(term_ids(toks)))
         n = len(texts)
         idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
-        return cls(dims, share, idf, avgdl=total / max(1, n), k1=k1, b=b, analyzer=analyzer, adaptive=adaptive)
+        exact_ids, exact_df = np.unique(np.concatenate(seen) if seen else np.zeros(0, np.int64), return_counts=True)
+        exact_idf = np.log1p((n - exact_df + 0.5) / (exact_df + 0.5)).astype(np.float32)
+        return cls(dims, share, idf, total / max(1, n), k1, b, analyzer, adaptive, exact_ids, exact_idf, n)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the bundle carries exact term statistics (text search re-scores with them)."""
+        return self.exact_ids is not None
+
+    def _exact_idf_of(self, ids: np.ndarray) -> np.ndarray:
+        assert self.exact_ids is not None and self.exact_idf is not None
+        unseen = np.float32(np.log1p((self.n_docs + 0.5) / 0.5))
+        if not len(self.exact_ids):
+            return np.full(len(ids), unseen, np.float32)
+        pos = np.minimum(np.searchsorted(self.exact_ids, ids), len(self.exact_ids) - 1)
+        return np.where(self.exact_ids[pos] == ids, self.exact_idf[pos], unseen).astype(np.float32)
+
+    def product_terms(self, texts: list[str]) -> list[bytes | None]:
+        """Each product's terms packed for the store (`pack_terms`; None: no terms, or a bundle without exact
+        statistics)."""
+        if not self.exact:
+            return [None] * len(texts)
+        out: list[bytes | None] = []
+        for text in texts:
+            toks = self.terms(text)
+            if not toks:
+                out.append(None)
+                continue
+            ids, tf = np.unique(term_ids(toks), return_counts=True)
+            norm = self.k1 * (1 - self.b + self.b * len(toks) / self.avgdl)
+            sat = (tf * (self.k1 + 1) / (tf + norm)).astype(np.float16).astype(np.float32)  # as stored
+            bucket = (ids % self.dims).astype(np.int64)
+            hashed = np.bincount(bucket, weights=np.where(ids >> 31 & 1, 1.0, -1.0) * self.idf[bucket] * sat, minlength=self.dims)
+            out.append(pack_terms(ids, sat, float(np.linalg.norm(hashed)), float(np.linalg.norm(self._exact_idf_of(ids) * sat))))
+        return out
+
+    def query_terms(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """A query's distinct exact terms (sorted ids) and their unit weights (each term counts once, as in `queries`)."""
+        ids = np.unique(term_ids(self.terms(text)))
+        return ids, np.full(len(ids), 1 / np.sqrt(max(1, len(ids))), np.float32)
+
+    def rescore(self, query: np.ndarray, text: str, scores: np.ndarray, blobs: list[bytes | None]) -> np.ndarray:
+        """(n,) the index's scores of a text query's candidates with the exact lexical cosine in place of the hashed
+        one. A served score is dense part + sqrt(s_q s) x hashed cosine; the product's side of both cosines follows
+        from its stored terms (`product_terms`) and this block's idf, so the index's score, the query vector and the
+        terms are all it takes. A candidate without stored terms keeps its score.
+
+        query: (dim,) the served vector of `text`; scores: (n,) query . product as the index gave them."""
+        scores = np.asarray(scores, np.float32)
+        idx = [i for i, b in enumerate(blobs) if b]
+        if not idx:
+            return scores
+        norms, terms, owner = unpack_terms([blobs[i] for i in idx])  # type: ignore[misc]
+        ids, sat, n = terms["id"].astype(np.int64), terms["sat"].astype(np.float32), len(idx)
+        lex_q = query[query.shape[0] - self.dims :]
+        bucket = ids % self.dims
+        signed = np.where(ids >> 31 & 1, 1.0, -1.0) * self.idf[bucket] * sat * lex_q[bucket]
+        hashed = np.bincount(owner, weights=signed, minlength=n) / np.maximum(norms[:, 0], 1e-12)  # product . query, lexical part
+        q_ids, q_w = self.query_terms(text)
+        cos = np.zeros(n)
+        if len(q_ids):
+            pos = np.minimum(np.searchsorted(q_ids, ids), len(q_ids) - 1)
+            hit = q_ids[pos] == ids
+            q_weight = self._exact_idf_of(q_ids) * q_w
+            cos = np.bincount(owner[hit], weights=sat[hit] * q_weight[pos[hit]], minlength=n) / np.maximum(norms[:, 1], 1e-12)
+        root_s = np.sqrt(self.share)
+        out = scores.copy()
+        out[idx] = scores[idx] + root_s * (float(np.linalg.norm(lex_q)) * cos - hashed)
+        return out
 
     def products(self, texts: list[str]) -> np.ndarray:
         """(n, dims) BM25 term weights of each product (saturated term frequency x idf, length-normalised)."""
@@ -166,6 +282,15 @@ class LexicalBlock:
                     "adaptive": self.adaptive,
                     "avgdl": self.avgdl,
                     "idf": [round(float(x), 6) for x in self.idf],
+                    **(
+                        {
+                            "n_docs": self.n_docs,
+                            "exact_ids": [int(x) for x in self.exact_ids],
+                            "exact_idf": [round(float(x), 6) for x in self.exact_idf],
+                        }
+                        if self.exact_ids is not None and self.exact_idf is not None
+                        else {}
+                    ),
                 }
             )
         )
@@ -186,9 +311,16 @@ class LexicalBlock:
                 float(d["b"]),
                 analyzer=str(d.get("analyzer", "words")),
                 adaptive=bool(d.get("adaptive", False)),
+                exact_ids=np.asarray(d["exact_ids"], np.int64) if "exact_ids" in d else None,
+                exact_idf=np.asarray(d["exact_idf"], np.float32) if "exact_ids" in d else None,
+                n_docs=int(d.get("n_docs", 0)),
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a lexical block: {exc}") from exc
         if block.dims <= 0 or idf.shape != (block.dims,) or not 0 < block.share < 1 or block.avgdl <= 0:
             raise ValueError(f"{path}: lexical block has dims {block.dims}, {idf.shape[0]} idf values, share {block.share}")
+        if block.exact_ids is not None and (
+            block.exact_idf is None or block.exact_ids.shape != block.exact_idf.shape or np.any(np.diff(block.exact_ids) <= 0)
+        ):
+            raise ValueError(f"{path}: exact_ids must be sorted, distinct and as many as exact_idf")
         return block

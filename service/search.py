@@ -36,6 +36,19 @@ def query_vectors(g: Serving, texts: list[str], s: ServiceSettings, field: str =
     return embed_queries(g.encoder, g.cache, texts)
 
 
+def rescored(g: Serving, hits: list[tuple[str, float]], q: np.ndarray, text: str, depth: int) -> list[tuple[str, float]]:
+    """The first `depth` hits re-ordered by `LexicalBlock.rescore` (exact lexical cosine in place of the hashed one),
+    their terms read from the store in one round trip; the rest follow as the index ranked them. A candidate the
+    store no longer holds, or holds without terms, keeps the index's score."""
+    head = hits[:depth]
+    blobs = from_store(g.store.get_terms, [a for a, _ in head])
+    if not any(blobs):
+        return hits
+    scores = g.encoder.lexical.rescore(q, text, np.array([sc for _, sc in head], np.float32), blobs)
+    order = np.argsort(-scores, kind="stable")
+    return [(head[i][0], float(scores[i])) for i in order] + hits[depth:]
+
+
 def search(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.ndarray | None = None) -> dict:
     """The response document (the caller reads `state.serving` once: a model switch cannot split a request).
     text_vector: the (1, dim) embedding of `body.query` when the caller embedded it already (a batch)."""
@@ -60,11 +73,23 @@ def search(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.
     if q.shape[1] != index.dim:
         raise ApiError(409, f"the query tower gives {q.shape[1]}-d vectors, the index is {index.dim}-d (bundle mismatch)")
     f = body.filters
+    block = getattr(g.encoder, "lexical", None)
+    depth = s.rerank_depth if body.query is not None and block is not None and block.exact else 0
     t1 = time.perf_counter()
     hits = index.search(
-        q, body.k, locale=f.locale if f else None, product_line=f.product_line if f else None, exclude=exclude, effort=body.effort or s.effort
+        q,
+        max(body.k, depth),
+        locale=f.locale if f else None,
+        product_line=f.product_line if f else None,
+        exclude=exclude,
+        effort=body.effort or s.effort,
     )[0]
     M.STAGE.labels("search").observe(time.perf_counter() - t1)
+    if depth and hits:
+        t2 = time.perf_counter()
+        hits = rescored(g, hits, q[0], body.query, depth)
+        M.STAGE.labels("rescore").observe(time.perf_counter() - t2)
+    hits = hits[: body.k]
     out = [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits]
     if body.fields and out:
         docs = from_store(g.store.get_docs, [h["asin"] for h in out])

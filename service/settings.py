@@ -4,6 +4,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
+from m5core.lexical import RERANK_DEPTH
 from m5core.settings import BundleConfig, FeedConfig, IndexConfig, StoreConfig
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -62,6 +63,9 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     so the requests served stay fast under overload (docs/service.md, "Overload"); 0: never shed by wait."""
     feed_lag_ready_bound: int = Field(default=10_000, ge=0)
     """/readyz fails while the index is more than this many feed messages behind."""
+    rerank_depth: int = Field(default=RERANK_DEPTH, ge=0, le=1000)
+    """Text searches re-score this many of the index's first candidates with the exact lexical terms the indexer
+    stored (one store round trip); 0, or a bundle without exact terms: the index's order as it is."""
     effort: int | None = None
     """Default recall/latency knob: nprobe (IVF) or efSearch (HNSW); None uses the index default."""
     search_threads: int = Field(default=1, ge=1, le=256)

@@ -27,6 +27,7 @@ class VectorRecord:
     product_line: str
     updated_at: float  # event time of the change, unix seconds
     doc: bytes | None = None  # the product document (JSON), needed to apply later patches
+    lex: bytes | None = None  # exact lexical term weights (`m5core.lexical.pack_terms`) for text search's re-score
 
 
 def quantize_int8(v: np.ndarray) -> tuple[np.ndarray, float]:
@@ -73,6 +74,11 @@ class EmbeddingStore(ABC):
     @abstractmethod
     def versions_of(self, asins: Sequence[str]) -> list[tuple[int | None, str | None, bool]]:
         """(product version, content hash, is tombstone) per ASIN, in one round trip: plans a batch."""
+
+    @abstractmethod
+    def get_terms(self, asins: Sequence[str]) -> list[bytes | None]:
+        """Each live product's stored lexical terms (`VectorRecord.lex`) in one round trip; None when it has none,
+        is absent or deleted."""
 
     @abstractmethod
     def get_doc(self, asin: str) -> bytes | None:

@@ -19,7 +19,7 @@ from m5core.stores.base import EmbeddingStore, VectorRecord
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
   ns TEXT NOT NULL, asin TEXT NOT NULL, pv INTEGER NOT NULL, vec BLOB, bv TEXT, h TEXT,
-  loc TEXT, pl TEXT, ts REAL, doc BLOB, del INTEGER NOT NULL DEFAULT 0,
+  loc TEXT, pl TEXT, ts REAL, doc BLOB, del INTEGER NOT NULL DEFAULT 0, lex BLOB,
   PRIMARY KEY (ns, asin)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pointers (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,6 +38,8 @@ class LocalStore(EmbeddingStore):
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        if "lex" not in {row[1] for row in self.db.execute("PRAGMA table_info(vectors)")}:  # a store written before exact terms
+            self.db.execute("ALTER TABLE vectors ADD COLUMN lex BLOB")
 
     def put(self, records: Sequence[VectorRecord]) -> list[bool]:
         out = []
@@ -46,10 +48,10 @@ class LocalStore(EmbeddingStore):
             try:
                 for r in records:
                     cur = self.db.execute(
-                        """INSERT INTO vectors (ns, asin, pv, vec, bv, h, loc, pl, ts, doc, del)
-                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
+                        """INSERT INTO vectors (ns, asin, pv, vec, bv, h, loc, pl, ts, doc, lex, del)
+                           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)
                            ON CONFLICT (ns, asin) DO UPDATE SET pv=excluded.pv, vec=excluded.vec, bv=excluded.bv,
-                             h=excluded.h, loc=excluded.loc, pl=excluded.pl, ts=excluded.ts, doc=excluded.doc, del=0
+                             h=excluded.h, loc=excluded.loc, pl=excluded.pl, ts=excluded.ts, doc=excluded.doc, lex=excluded.lex, del=0
                            WHERE excluded.pv > vectors.pv""",
                         (
                             self.namespace,
@@ -62,6 +64,7 @@ class LocalStore(EmbeddingStore):
                             r.product_line,
                             r.updated_at,
                             r.doc,
+                            r.lex,
                         ),
                     )
                     out.append(cur.rowcount == 1)
@@ -83,7 +86,7 @@ class LocalStore(EmbeddingStore):
         with self._lock:
             cur = self.db.execute(
                 """INSERT INTO vectors (ns, asin, pv, del) VALUES (?, ?, ?, 1)
-                   ON CONFLICT (ns, asin) DO UPDATE SET pv=excluded.pv, del=1, vec=NULL, doc=NULL, h=NULL
+                   ON CONFLICT (ns, asin) DO UPDATE SET pv=excluded.pv, del=1, vec=NULL, doc=NULL, h=NULL, lex=NULL
                    WHERE excluded.pv > vectors.pv""",
                 (self.namespace, asin, product_version),
             )
@@ -102,6 +105,14 @@ class LocalStore(EmbeddingStore):
 
     def get_many(self, asins: Sequence[str]) -> list[VectorRecord | None]:
         return [self.get(a) for a in asins]
+
+    def get_terms(self, asins: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        with self._lock:
+            for a in asins:
+                row = self.db.execute("SELECT lex, del FROM vectors WHERE ns=? AND asin=?", (self.namespace, a)).fetchone()
+                out.append(bytes(row[0]) if row is not None and not row[1] and row[0] else None)
+        return out
 
     def get_doc(self, asin: str) -> bytes | None:
         with self._lock:

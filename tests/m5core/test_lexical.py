@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from m5core.bundle import BundleError, LexicalRef, Manifest, TowerSpec
-from m5core.lexical import ANALYZERS, LexicalBlock, char_ngrams, words
+from m5core.lexical import ANALYZERS, LexicalBlock, char_ngrams, pack_terms, unpack_terms, words
 
 CORPUS = [
     "Gardena Gartenschlauch 20m, 1/2 Zoll, knickfest, mit Spritze",
@@ -137,6 +137,62 @@ def test_save_load_round_trip_and_bad_files_name_themselves(tmp_path):
         LexicalBlock.fit(CORPUS, dims=0, share=0.4)
     with pytest.raises(ValueError, match="share"):
         LexicalBlock.fit(CORPUS, dims=8, share=1.0)
+
+
+def test_rescore_without_collisions_is_the_served_inner_product():
+    """With buckets to spare the hashed block is exact, so the re-score must give what the vectors' inner product gives
+    (up to the float16 of the stored weights); at 8 buckets collisions blur the hashed score and the re-score still
+    ranks as the exact one does."""
+    rng = np.random.default_rng(0)
+    dense_p = rng.standard_normal((len(CORPUS), 6)).astype(np.float32)
+    dense_p /= np.linalg.norm(dense_p, axis=1, keepdims=True)
+    for dims in (1 << 20, 8):
+        block = LexicalBlock.fit(CORPUS, dims=dims, share=0.4)
+        products = block.append(dense_p, block.products(CORPUS))
+        blobs = block.product_terms(CORPUS)
+        assert all(blobs)
+        for qi, text in enumerate(QUERIES):
+            dense_q = dense_p[qi : qi + 1]
+            q = block.append(dense_q, block.queries([text]), np.array([0.7]))[0]
+            got = block.rescore(q, text, products @ q, blobs)
+            if dims == 1 << 20:
+                np.testing.assert_allclose(got, products @ q, atol=2e-3)
+            else:
+                wide = LexicalBlock.fit(CORPUS, dims=1 << 20, share=0.4)
+                ref = wide.append(dense_p, wide.products(CORPUS)) @ wide.append(dense_q, wide.queries([text]), np.array([0.7]))[0]
+                np.testing.assert_allclose(got, ref, atol=2e-3)
+
+
+def test_packed_terms_round_trip_and_candidates_without_terms_keep_their_score():
+    ids, sat = np.array([1, 5, 2**32 - 1]), np.array([0.6, 1.0, 2.2], np.float32)
+    norms, terms, owner = unpack_terms([pack_terms(ids, sat, 3.0, 4.0), pack_terms(ids[:1], sat[:1], 1.0, 2.0)])
+    assert norms.tolist() == [[3.0, 4.0], [1.0, 2.0]] and owner.tolist() == [0, 0, 0, 1]
+    assert terms["id"].tolist() == [1, 5, 2**32 - 1, 1] and np.allclose(terms["sat"], [*sat, sat[0]], rtol=1e-3)
+    with pytest.raises(ValueError, match="13 bytes"):
+        unpack_terms([b"1234567890123"])
+    block = LexicalBlock.fit(CORPUS, dims=16, share=0.4)
+    q = block.append(np.ones((1, 2), np.float32) / np.sqrt(2), block.queries(["cable"]))[0]
+    scores = np.array([0.3, 0.2, 0.1], np.float32)
+    np.testing.assert_array_equal(block.rescore(q, "cable", scores, [None, None, b""]), scores)
+    got = block.rescore(q, "cable", scores, [None, block.product_terms(["USB-C cable 2m"])[0], None])
+    assert got[0] == scores[0] and got[2] == scores[2] and got[1] != scores[1]
+
+
+def test_exact_statistics_survive_save_and_old_files_have_none(tmp_path):
+    block = LexicalBlock.fit(CORPUS, dims=32, share=0.3)
+    assert block.exact and block.n_docs == len(CORPUS)
+    block.save(tmp_path / "lexical.json")
+    back = LexicalBlock.load(tmp_path / "lexical.json")
+    (n1, t1, _), (n2, t2, _) = (unpack_terms(b.product_terms(CORPUS)) for b in (back, block))
+    np.testing.assert_allclose(n1, n2, rtol=1e-5)  # idf saved to 6 decimals
+    assert t1.tobytes() == t2.tobytes()
+    d = json.loads((tmp_path / "lexical.json").read_text())
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in d.items() if not k.startswith("exact") and k != "n_docs"}))
+    old = LexicalBlock.load(tmp_path / "old.json")
+    assert not old.exact and old.product_terms(CORPUS) == [None] * len(CORPUS)
+    (tmp_path / "unsorted.json").write_text(json.dumps({**d, "exact_ids": d["exact_ids"][::-1]}))
+    with pytest.raises(ValueError, match="unsorted.json: exact_ids must be sorted"):
+        LexicalBlock.load(tmp_path / "unsorted.json")
 
 
 def test_manifest_refuses_a_lexical_block_that_leaves_no_dense_part():

@@ -47,6 +47,26 @@ def test_documents_of_many_products_in_one_call(store):
     assert store.get_docs(["B000000002", "B000000009", "B000000001"]) == [None, None, b'{"title":"a"}']  # deleted, unknown, live
 
 
+def test_lexical_terms_for_the_rescore_in_one_call(store):
+    """Text search's re-score reads each candidate's stored terms; a touch keeps them, a newer version replaces
+    them (here with none), a delete drops them."""
+    from dataclasses import replace
+
+    from m5core.lexical import pack_terms, unpack_terms
+
+    blob = pack_terms(np.array([3, 7, 2**32 - 1]), np.array([0.5, 0.25, 0.125], np.float32), 1.5, 2.5)
+    store.put([replace(rec("B000000001"), lex=blob), rec("B000000002", seed=1), replace(rec("B000000003", seed=2), lex=blob)])
+    store.delete("B000000003", 2)
+    lex1, lex2, lex3, lex4 = store.get_terms(["B000000001", "B000000002", "B000000003", "B000000009"])
+    norms, terms, _ = unpack_terms([lex1])
+    assert norms.tolist() == [[1.5, 2.5]] and terms["id"].tolist() == [3, 7, 2**32 - 1] and terms["sat"].tolist() == [0.5, 0.25, 0.125]
+    assert (lex2, lex3, lex4) == (None, None, None)  # written without terms, deleted, unknown
+    store.touch("B000000001", 2, b'{"x":2}', 5.0)  # same text, new metadata: the terms stay
+    assert store.get_terms(["B000000001"]) == [blob]
+    store.put([rec("B000000001", pv=3, seed=5)])
+    assert store.get_terms(["B000000001"]) == [None]
+
+
 def test_older_and_equal_versions_are_skipped(store):
     assert store.put([rec(pv=5, seed=1)]) == [True]
     assert store.put([rec(pv=4, seed=2), rec(pv=5, seed=3)]) == [False, False]

@@ -71,6 +71,41 @@ async def test_trained_bundle_query_tower(trained_bundle, tmp_path):
     await _run(app, check)
 
 
+async def test_text_search_rescores_its_candidates_with_the_stored_exact_terms(trained_bundle, redis_url, unique_name):
+    """Over real Redis: a text search's hits carry `LexicalBlock.rescore`'s scores (exact lexical cosine from the terms
+    the indexer stored) in that order; a product stored without terms keeps its index score; rerank_depth 0 answers
+    the index's own inner products."""
+    product = OnnxEncoder(trained_bundle, "product")
+    block = product.lexical
+    assert block is not None and block.exact
+    texts = [t for t, _, _ in TEXTS.values()]
+    vecs = product.embed(texts)  # (5, dim)
+    blobs = block.product_terms(texts)
+    blobs[4] = None  # written by an indexer before exact terms
+    ns = unique_name("rescore")
+    store = RedisStore(redis_url, ns)
+    recs = [VectorRecord(a, v, 1, product.version, "h", loc, pl, 1.0, None, lex) for (a, (_, loc, pl)), v, lex in zip(TEXTS.items(), vecs, blobs)]
+    store.put(recs)
+    store.close()
+    query = OnnxEncoder(trained_bundle, "query")
+    text = "running shoes 42"
+    q = query.embed([text])[0]
+    want = block.rescore(q, text, vecs @ q, blobs)
+    assert want[4] == np.float32(vecs[4] @ q)
+    for depth, expected in ((50, want), (0, vecs @ q)):
+        s = ServiceSettings(store="redis", redis_url=redis_url, namespace=ns, events="local", bundle=trained_bundle, rerank_depth=depth)
+        app = create_app(s, follow_feed=False)
+
+        async def check(c, expected=expected):
+            hits = (await c.post("/search", json={"query": text, "k": 5})).json()["hits"]
+            order = np.argsort(-expected, kind="stable")
+            assert [h["asin"] for h in hits] == [list(TEXTS)[i] for i in order]
+            np.testing.assert_allclose([h["score"] for h in hits], expected[order], atol=1e-4)
+
+        await _run(app, check)
+    assert not np.allclose(want[:4], (vecs @ q)[:4], atol=1e-3)  # the exact idf is not the buckets' idf
+
+
 async def test_starts_from_snapshot_and_swaps_without_failing_requests(tmp_path):
     idx = AnnIndex(ENC.dim, "flat", ENC.version)
     vecs = ENC.embed([t for t, _, _ in TEXTS.values()])
