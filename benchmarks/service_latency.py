@@ -1,6 +1,7 @@
 """Service latency benchmark: N synthetic 256-d products in Redis + FAISS, the service under uvicorn, wrk on loopback.
 
-Reports, per scenario (GET embedding, search by vector top-10) at 1 and 32 clients: end-to-end p50/p99 (wrk)
+Reports, per scenario (GET embedding, search by vector top-10; with a bundle of the data's dim also query embed, text
+search and GET duplicates) at 1 and 32 clients: end-to-end p50/p99 (wrk)
 and server-side p99 (the service's own m5_http_request_duration_seconds histogram), req/s with
 --workers workers, the same GET against a bare Starlette + Redis endpoint (benchmarks/service_bare.py),
 recall@10 of the index at its default effort, the query tower's cost on a cache miss (in process, one
@@ -155,11 +156,12 @@ def wrk(url: str, script: Path, clients: int, duration: int) -> dict:
     return {"p50_ms": pct["50"], "p90_ms": pct["90"], "p99_ms": pct["99"], "rps": rps, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def lua_get(asins: list[str], path: Path) -> Path:
+def lua_get(asins: list[str], path: Path, tail: str = "/embedding") -> Path:
+    """GETs of /asin/{a random one of asins}{tail}."""
     sample = ",".join(f'"{a}"' for a in asins)
     path.write_text(
         f"local a = {{{sample}}}\nmath.randomseed(os.time())\n"
-        "request = function() return wrk.format('GET', '/asin/' .. a[math.random(#a)] .. '/embedding') end\n"
+        f"request = function() return wrk.format('GET', '/asin/' .. a[math.random(#a)] .. '{tail}') end\n"
     )
     return path
 
@@ -335,7 +337,11 @@ def main() -> int:
             store.close()
             asins, x = [r.asin for r in recs], np.stack([r.vector for r in recs]).astype(np.float32)  # (n, dim)
             del recs
+            if bundle is None or load_manifest(bundle).dim != x.shape[1]:
+                raise SystemExit(f"--bundle must be the bundle of namespace {ns}'s {x.shape[1]}-d vectors")
+            serve_bundle = bundle
             args.n, args.dim, version = len(asins), x.shape[1], load_manifest(serve_bundle).version
+            results["served_query_tower"] = version
             texts = [json.loads(line)["text"] for line in (args.catalog / "queries.jsonl").open()][:200]
             q = OnnxEncoder(serve_bundle, "query", threads=1).embed(texts)  # (200, dim)
             idx, _ = AnnIndex.load(latest_snapshot(snaps))
@@ -405,6 +411,8 @@ def main() -> int:
             scenarios += [
                 ("query_embed_miss", lua_text(work / "embed.lua", '{"queries": ["%s"]}'), "/query/embed", "/query/embed"),
                 ("search_text_top10", lua_text(work / "text.lua", '{"query": "%s", "k": 10}'), "/search", "/search"),
+                # the bundle's calibrated threshold, 10 neighbours within the product's locale
+                ("duplicates", lua_get(asins[:: max(1, args.n // 2000)], work / "dups.lua", "/duplicates"), "/asin/{asin}/duplicates", "/"),
             ]
         wrk(base + scenarios[0][3], scenarios[0][1], 32, 3)  # warm-up, discarded
         for name, script, route, path in scenarios:

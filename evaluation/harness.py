@@ -111,6 +111,17 @@ def _mean_metrics(rows: list[dict]) -> dict:
     return {m: round(float(np.mean([x[m] for x in rows])), 4) for m in SEARCH_METRICS} | {"queries": len(rows)}
 
 
+def _precision_recall(scores: list[float], labels: list[int], threshold: float) -> dict:
+    """Precision and recall of calling every pair at or above `threshold` a duplicate (precision None when none is)."""
+    called = [y for s, y in zip(scores, labels) if s >= threshold]
+    positives = sum(labels)
+    return {
+        "pairs": len(labels),
+        "precision": round(sum(called) / len(called), 4) if called else None,
+        "recall": round(sum(called) / positives, 4) if positives else None,
+    }
+
+
 def _auc_by(keys: list[str], scores: list[float], labels: list[int]) -> dict[str, float]:
     """ROC-AUC per key, for the keys whose pairs hold both labels."""
     groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
@@ -259,6 +270,17 @@ def evaluate(
         dup["auc_by_language"] = _auc_by(
             [pair_language(by_asin[d["asin_a"]]["locale"], by_asin[d["asin_b"]]["locale"]) for d in pairs], scores, labels
         )
+        calibrated = getattr(getattr(product_encoder, "manifest", None), "duplicates", None)
+        if calibrated is not None:  # what the served endpoint calls a duplicate, per product line and over all
+            lines = [d["product_line"] for d in pairs]
+            dup["at_threshold"] = {
+                "threshold": calibrated.threshold,
+                "all": _precision_recall(scores, labels, calibrated.threshold),
+                "by_product_line": {
+                    line: _precision_recall(*zip(*[(s, y) for s, y, x in zip(scores, labels, lines) if x == line]), calibrated.threshold)
+                    for line in sorted(set(lines))
+                },
+            }
         report["duplicates"] = dup
         curves["roc"] = roc_curve(scores, labels)
         curves["pr"] = pr_curve(scores, labels)
@@ -357,12 +379,20 @@ def _describe(r: dict) -> str:
 
 def _duplicates_line(r: dict) -> str:
     d = r["duplicates"]
-    return (
+    line = (
         f"Duplicates: {d['pairs']} pairs ({d['positives']} positive), score {d['score']}; AUC by product line: "
         + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_product_line"].items()) or "-")
         + "; by language: "
         + (", ".join(f"{k} {v:.3f}" for k, v in d["auc_by_language"].items()) or "-")
     )
+    if at := d.get("at_threshold"):
+
+        def pr(x: dict) -> str:
+            return f"P {x['precision'] if x['precision'] is not None else '-'} / R {x['recall'] if x['recall'] is not None else '-'}"
+
+        parts = ", ".join(f"{k} {pr(v)}" for k, v in at["by_product_line"].items())
+        line += f". At the bundle's threshold {at['threshold']:.4f}: all {pr(at['all'])}; by product line: {parts}"
+    return line
 
 
 def _throughput_line(r: dict) -> str:

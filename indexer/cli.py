@@ -1,4 +1,4 @@
-"""`m5 index run|backfill|snapshot|reembed|rollback`."""
+"""`m5 index run|backfill|snapshot|reembed|rollback` and `m5 duplicates clusters`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb = isub.add_parser("rollback", help="point readers back at the namespace active before the last switch")
     add_settings_arguments(rb, IndexerSettings)
     rb.set_defaults(func=_rollback, parser=rb)
+
+    d = sub.add_parser("duplicates", help="duplicate detection over the whole catalog")
+    dsub = d.add_subparsers(dest="duplicates_command", metavar="SUBCOMMAND", required=True)
+    c = dsub.add_parser("clusters", help="write the store's duplicate clusters as JSONL (connected components above the threshold)")
+    c.add_argument("--out", type=Path, required=True, help="JSONL file to write (replaced whole)")
+    c.add_argument("--threshold", type=float, help="cosine of a duplicate link (default: the bundle's calibrated threshold)")
+    c.add_argument("--k", type=_positive, default=20, help="neighbours looked at per product")
+    c.add_argument("--max-cluster", type=_positive, default=50, help="largest cluster; links beyond it are counted, not followed")
+    c.add_argument("--scope", choices=("marketplace", "all"), default="marketplace", help="marketplace: links within a locale only")
+    c.add_argument(
+        "--effort", type=_positive, help="nprobe (IVF) or efSearch (HNSW) of the neighbour search; duplicates sit close, so a low one finds them"
+    )
+    add_settings_arguments(c, IndexerSettings)
+    c.set_defaults(func=_clusters, parser=c)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _clusters(args) -> int:
+    from indexer.clusters import duplicate_clusters
+    from m5core.bundle import load_manifest
+    from m5core.stores import active_namespace, open_store
+
+    s = settings_from_args(IndexerSettings, args, args.parser)
+    threshold = args.threshold
+    if threshold is None:
+        calibrated = load_manifest(s.bundle).duplicates
+        if calibrated is None:
+            args.parser.error(f"--threshold: bundle {s.bundle} has no calibrated duplicate threshold; give one")
+        threshold = calibrated.threshold
+    if not -1 <= threshold <= 1:
+        args.parser.error(f"--threshold: a cosine is between -1 and 1, got {threshold}")
+    with closing(open_store(s, active_namespace(s))) as store:
+        try:
+            out = duplicate_clusters(
+                store, args.out, threshold, args.k, args.max_cluster, args.scope == "marketplace", s.index_kind, effort=args.effort
+            )
+        except ValueError as exc:
+            args.parser.exit(2, f"m5 duplicates clusters: error: {exc}\n")
+    print(f"clusters: {out}")
+    return 0
 
 
 def _run(args) -> int:

@@ -67,9 +67,21 @@ def search_body(query: str | None, vector: Any, asin: str | None, k: int, filter
     return body
 
 
+def duplicates_params(k: int, threshold: float | None, scope: str, fields: list[str] | None) -> dict:
+    params: dict[str, Any] = {"k": k, "scope": scope}
+    if threshold is not None:
+        params["threshold"] = threshold
+    if fields:
+        params["fields"] = list(fields)
+    return params
+
+
+def read_hits(hits: list[dict]) -> list[Hit]:
+    return [Hit(h["asin"], float(h["score"]), int(h["product_version"]), h.get("product")) for h in hits]
+
+
 def read_search(doc: dict) -> SearchResult:
-    hits = [Hit(h["asin"], float(h["score"]), int(h["product_version"]), h.get("product")) for h in doc["hits"]]
-    return SearchResult(hits, doc["bundle_version"], int(doc["index_size"]), float(doc["took_ms"]))
+    return SearchResult(read_hits(doc["hits"]), doc["bundle_version"], int(doc["index_size"]), float(doc["took_ms"]))
 
 
 def read_embedding(asin: str, r: httpx.Response) -> Embedding:
@@ -163,6 +175,13 @@ class M5Client(_Client):
         """The hits of `search_result` (same arguments)."""
         return self.search_result(query, **kw).hits
 
+    def duplicates(
+        self, asin: str, *, k: int = 10, threshold: float | None = None, scope: str = "marketplace", fields: list[str] | None = None
+    ) -> list[Hit]:
+        """A product's duplicates: its neighbours at or above `threshold` (default: the bundle's calibrated one)."""
+        r = self._request("GET", f"/asin/{asin}/duplicates", params=duplicates_params(k, threshold, scope, fields))
+        return read_hits(r.json()["duplicates"])
+
 
 class AsyncM5Client(_Client):
     """`M5Client` for asyncio code; one connection pool per client."""
@@ -202,3 +221,10 @@ class AsyncM5Client(_Client):
 
     async def search(self, query: str | None = None, **kw: Any) -> list[Hit]:
         return (await self.search_result(query, **kw)).hits
+
+    async def duplicates(
+        self, asin: str, *, k: int = 10, threshold: float | None = None, scope: str = "marketplace", fields: list[str] | None = None
+    ) -> list[Hit]:
+        """As `M5Client.duplicates`."""
+        r = await self._request("GET", f"/asin/{asin}/duplicates", params=duplicates_params(k, threshold, scope, fields))
+        return read_hits(r.json()["duplicates"])

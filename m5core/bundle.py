@@ -61,6 +61,21 @@ def check_version(version: str) -> str:
     return version
 
 
+class DuplicateThreshold(BaseModel):
+    """The cosine above which two products are called duplicates, calibrated at export on labelled pairs of the
+    validation split (never test) to a target precision, with what it reached there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float
+    precision: float
+    recall: float
+    target_precision: float
+    pairs: int
+    positives: int
+    split: str = "valid"
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -77,6 +92,8 @@ class Manifest(BaseModel):
     tokenizer: str = "tokenizer.json"
     towers: dict[Literal["product", "query"], TowerSpec]
     lexical: LexicalRef | None = None
+    duplicates: DuplicateThreshold | None = None
+    """Served duplicate detection's threshold (`GET /asin/{asin}/duplicates`); None: not calibrated (no labelled pairs)."""
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_config: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
@@ -99,9 +116,15 @@ PINNED = re.compile(r"-([0-9a-f]{16})$")
 stored vector, the namespace it lives in) pins the bundle's content, and a bundle that does not hash to it is refused."""
 
 
+LATER_FIELDS = ("duplicates",)
+"""Manifest fields added after versions were pinned: left out of the digest while unset, so a bundle published
+before a field existed keeps the version it was published under."""
+
+
 def content_digest(manifest: Manifest) -> str:
     """sha256 of the manifest with its version blanked: the manifest lists every file's sha256, so this covers them all."""
-    return hashlib.sha256(manifest.model_copy(update={"version": "-"}).model_dump_json().encode()).hexdigest()
+    unset = {f for f in LATER_FIELDS if getattr(manifest, f) is None}
+    return hashlib.sha256(manifest.model_copy(update={"version": "-"}).model_dump_json(exclude=unset).encode()).hexdigest()
 
 
 def pinned_version(prefix: str, manifest: Manifest) -> str:

@@ -41,6 +41,22 @@ def recall_at_precision(scores: Sequence[float], labels: Sequence[int], precisio
     return float(rec[ok].max()) if ok.any() else 0.0
 
 
+def threshold_at_precision(scores: Sequence[float], labels: Sequence[int], precision: float = 0.9) -> tuple[float, float, float] | None:
+    """(threshold, precision, recall) of the lowest score threshold whose pairs at or above it are at least
+    `precision` positive, the one of highest recall among those; None when no threshold reaches it."""
+    s, y = np.asarray(scores, float), np.asarray(labels, int)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[s[1:] != s[:-1], True]  # a threshold keeps every pair of its score: cut only after a run of ties
+    tp = np.cumsum(y)
+    prec = tp / np.arange(1, len(s) + 1)
+    ok = np.flatnonzero(last & (prec >= precision))
+    if not len(ok) or not y.sum():
+        return None
+    best = ok[np.argmax(tp[ok])]
+    return float(s[best]), float(prec[best]), float(tp[best] / y.sum())
+
+
 def recall_at_k(ranked: Sequence[str], relevant: set[str], k: int) -> float:
     """Capped recall (BEIR's R_cap@k): found / min(|relevant|, k), so a query with more relevant
     products than k can still reach 1.0 and every query weighs the same."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import Response
@@ -23,13 +23,18 @@ from m5core.stores.base import EmbeddingStore
 from service import metrics as M
 from service.admin import admin_routes
 from service.auth import KeyRing
+from service.duplicates import duplicates, duplicates_batch
 from service.errors import OCTET, install_error_handlers, json_response
 from service.hotpath import HotPath, embedding_reply, embeddings_doc
 from service.middleware import ServiceMiddleware
 from service.schemas import (
     AsinBatchRequest,
     AsinBatchResponse,
+    DuplicatesBatchResponse,
+    DuplicatesRequest,
+    DuplicatesResponse,
     EmbeddingResponse,
+    HitField,
     Problem,
     QueryEmbedRequest,
     QueryEmbedResponse,
@@ -120,6 +125,27 @@ def create_app(
     async def search_batch_route(request: Request, body: SearchBatchRequest) -> Response:
         serving = request.app.state.m5.serving  # one serving set for the whole batch, even across a model switch
         return json_response(await run_in_threadpool(search_batch, serving, body.searches, s))
+
+    @app.get(
+        "/asin/{asin}/duplicates",
+        response_model=DuplicatesResponse,
+        responses=needs_model,
+        summary="A product's duplicates: its neighbours at or above the bundle's calibrated threshold",
+    )
+    async def asin_duplicates(
+        request: Request,
+        asin: str = Path(pattern=ASIN_PATTERN, examples=["B0000009IX"]),
+        k: int = Query(10, ge=1, description="neighbours looked at"),
+        threshold: float | None = Query(None, ge=-1, le=1, description="cosine; default: the bundle's calibrated one"),
+        scope: Literal["marketplace", "all"] = Query("marketplace", description="marketplace: same locale only"),
+        fields: Annotated[list[HitField] | None, Query(description="product fields to return with each duplicate")] = None,
+    ) -> Response:
+        body = DuplicatesRequest(asins=[asin], k=k, threshold=threshold, scope=scope, fields=fields)
+        return json_response(duplicates(request.app.state.m5.serving, asin, body, s))
+
+    @app.post("/duplicates", response_model=DuplicatesBatchResponse, responses=needs_model, summary="Duplicates of many products")
+    async def duplicates_route(request: Request, body: DuplicatesRequest) -> Response:
+        return json_response(await run_in_threadpool(duplicates_batch, request.app.state.m5.serving, body, s))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> Response:

@@ -130,6 +130,40 @@ class SearchBatchResponse(_Model):
     took_ms: float
 
 
+class DuplicatesRequest(_Model):
+    asins: list[Asin] = Field(min_length=1, examples=[["B0000009IX", "B0017WE19M"]])
+    k: int = Field(10, ge=1, description="candidates looked at per product (its nearest neighbours), at most this many returned")
+    threshold: Finite | None = Field(None, ge=-1, le=1, description="cosine at or above which a neighbour is a duplicate; default: the bundle's")
+    scope: Literal["marketplace", "all"] = Field("marketplace", description="marketplace: only products of the same locale")
+    fields: list[HitField] | None = Field(None, max_length=len(HIT_FIELDS), description="product fields to return with each duplicate")
+
+
+class DuplicatesResponse(_Model):
+    asin: str
+    duplicates: list[SearchHit] = Field(description="neighbours at or above the threshold, best first")
+    threshold: float
+    threshold_source: Literal["bundle", "request"]
+    calibrated_precision: float | None = Field(None, description="the bundle's precision at its threshold on validation pairs")
+    scope: Literal["marketplace", "all"]
+    k: int
+    bundle_version: str
+    took_ms: float
+
+
+class DuplicatesBatchItem(_Model):
+    """One ASIN's duplicates, or the error `GET /asin/{asin}/duplicates` would have given it (404)."""
+
+    asin: str
+    result: DuplicatesResponse | None = None
+    error: SearchError | None = None
+
+
+class DuplicatesBatchResponse(_Model):
+    results: list[DuplicatesBatchItem] = Field(description="one per ASIN, in order")
+    bundle_version: str
+    took_ms: float
+
+
 class Problem(_Model):
     detail: str
 

@@ -36,6 +36,17 @@ def query_vectors(g: Serving, texts: list[str], s: ServiceSettings, field: str =
     return embed_queries(g.encoder, g.cache, texts)
 
 
+def hit_docs(g: Serving, hits: list[tuple[str, float]], fields: list[str] | None) -> list[dict]:
+    """(asin, score) -> response hits with the product version, and the requested product fields (one store round
+    trip for all hits; a product deleted since the index saw it has empty fields)."""
+    out = [{"asin": a, "score": sc, "product_version": g.index.version_of(a) or 0} for a, sc in hits]
+    if fields and out:
+        for h, doc in zip(out, from_store(g.store.get_docs, [h["asin"] for h in out])):
+            product = orjson.loads(doc) if doc is not None else {}
+            h["product"] = {f: product.get(f) for f in fields}
+    return out
+
+
 def rescored(g: Serving, hits: list[tuple[str, float]], q: np.ndarray, text: str, depth: int) -> list[tuple[str, float]]:
     """The first `depth` hits re-ordered by `LexicalBlock.rescore` (exact lexical cosine in place of the hashed one),
     their terms read from the store in one round trip; the rest follow as the index ranked them. A candidate the
@@ -90,12 +101,7 @@ def search(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.
         hits = rescored(g, hits, q[0], body.query, depth)
         M.STAGE.labels("rescore").observe(time.perf_counter() - t2)
     hits = hits[: body.k]
-    out = [{"asin": a, "score": sc, "product_version": index.version_of(a) or 0} for a, sc in hits]
-    if body.fields and out:
-        docs = from_store(g.store.get_docs, [h["asin"] for h in out])
-        for h, doc in zip(out, docs):
-            product = orjson.loads(doc) if doc is not None else {}  # gone since the index saw it: the fields are empty
-            h["product"] = {f: product.get(f) for f in body.fields}
+    out = hit_docs(g, hits, body.fields)
     return {
         "hits": out,
         "k": body.k,

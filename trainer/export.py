@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m5core.bundle import LexicalRef, Manifest, TowerSpec, pinned_version, write_manifest
+from m5core.bundle import DuplicateThreshold, LexicalRef, Manifest, TowerSpec, pinned_version, write_manifest
 from m5core.encoder import OnnxEncoder, embed_in_batches
 from m5core.lexical import FILE as LEXICAL_FILE
 from m5core.lexical import LexicalBlock
+from m5core.metrics import threshold_at_precision
 from trainer.model import EmbeddingModel
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,7 @@ def publish_bundle(
     query_distilled: bool,
     max_lengths: tuple[int, int],
     lexical: LexicalBlock | None = None,
+    duplicate_pairs: list[tuple[str, str, int]] | None = None,
 ) -> Path:
     """Export both towers, quantise, gate, then move the bundle into place and repoint `current`.
 
@@ -263,6 +265,7 @@ def publish_bundle(
             lexical.save(staging / LEXICAL_FILE)
             manifest.lexical = LexicalRef(file=LEXICAL_FILE, dims=lexical.dims)
             manifest.dim = pc.dim + lexical.dims
+        manifest.duplicates = calibrate_duplicates(staging, manifest, duplicate_pairs or [], export_cfg.get("duplicate_precision", 0.9))
         if not export_cfg.get("keep_fp32", True):
             for f in staging.glob("*.fp32.onnx"):
                 f.unlink()
@@ -277,6 +280,32 @@ def publish_bundle(
     link_current(out_dir, final)
     log.info("published bundle %s (%s)", version, parity)
     return final
+
+
+def calibrate_duplicates(bundle_dir: Path, manifest: Manifest, pairs: list[tuple[str, str, int]], precision: float) -> DuplicateThreshold | None:
+    """The served duplicate threshold: cosine of the bundle's own served product vectors (int8 tower and lexical
+    block, as the indexer stores them) on the validation pairs, the lowest that keeps `precision`. None without
+    pairs of both kinds, or when no threshold reaches the precision (logged: the bundle then serves no default)."""
+    labels = [y for _, _, y in pairs]
+    if not pairs or 0 in (sum(labels), len(labels) - sum(labels)):
+        log.warning("no duplicate threshold: the validation split has no labelled duplicate pairs of both kinds")
+        return None
+    enc = OnnxEncoder(bundle_dir, "product", manifest=manifest)
+    a, b = enc.embed([p[0] for p in pairs]), enc.embed([p[1] for p in pairs])  # (n, dim) each
+    found = threshold_at_precision(np.einsum("nd,nd->n", a, b).tolist(), labels, precision)
+    if found is None:
+        log.warning("no duplicate threshold: no cosine reaches precision %.2f on %d validation pairs", precision, len(pairs))
+        return None
+    threshold, prec, rec = found
+    log.info("duplicate threshold %.4f: precision %.3f, recall %.3f on %d validation pairs", threshold, prec, rec, len(pairs))
+    return DuplicateThreshold(
+        threshold=round(threshold, 6),
+        precision=round(prec, 4),
+        recall=round(rec, 4),
+        target_precision=precision,
+        pairs=len(pairs),
+        positives=sum(labels),
+    )
 
 
 def link_current(out_dir: Path, bundle: Path) -> None:

@@ -48,6 +48,15 @@ def validation_set(catalog, products: dict[str, dict], scheme: str, size: int) -
     }
 
 
+def duplicate_validation_pairs(catalog, products: dict[str, dict], scheme: str) -> list[tuple[str, str, int]]:
+    """(text a, text b, label) of the validation split's labelled pairs: the served duplicate threshold's calibration."""
+    return [
+        (render_product(products[d["asin_a"]], scheme), render_product(products[d["asin_b"]], scheme), int(d["label"]))
+        for d in catalog.duplicate_pairs("valid")
+        if d["asin_a"] in products and d["asin_b"] in products
+    ]
+
+
 def refuse_evaluation_only(catalog) -> None:
     """The hand-written set is a yardstick: a model trained or tuned on it would grade its own homework."""
     try:
@@ -224,6 +233,7 @@ class Run:
             query_distilled=self.cfg.distill.enabled,
             max_lengths=(self.cfg.finetune.max_product_len, self.cfg.finetune.max_query_len),
             lexical=self.lexical_block(),
+            duplicate_pairs=duplicate_validation_pairs(self.catalog, self.products, self.scheme),
         )
 
     def _project(self, query: EmbeddingModel, product: EmbeddingModel) -> dict:

@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_ports_and_env_match_the_settings_defaults():
     for key in env:
         field = key.removeprefix("M5_").lower()
         assert field in ServiceSettings.model_fields or field in IndexerSettings.model_fields, key
-    assert env["M5_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["M5_KAFKA_BOOTSTRAP"] == "kafka://m5:${M5_KAFKA_PASSWORD:?set M5_KAFKA_PASSWORD}@kafka:9092?mechanism=PLAIN"
     assert env["M5_REDIS_URL"].endswith("@redis:6379/0")
     ienv = SERVICES["indexer"]["environment"]
     service_only = {"M5_API_KEY", "M5_SHED_WAIT_MS"}
@@ -162,3 +163,72 @@ def test_kafka_keeps_its_log_on_the_volume_and_topics_init_makes_the_three_topic
     for topic, parts in (("catalog.changes", 3), ("catalog.embeddings", 3), ("catalog.changes.dlq", 1)):
         assert re.search(rf"--topic {re.escape(topic)} --partitions {parts}\b", init), topic
     assert re.search(r"--topic catalog\.embeddings --partitions 3 --config cleanup\.policy=compact", init)
+
+
+def image_property(env_name: str) -> str:
+    """The apache/kafka image's rule for its KAFKA_* variables: drop the prefix, lower-case, `___` -> `-`,
+    `__` -> `_`, `_` -> `.` (so KAFKA_LISTENER_NAME_CLIENT_PLAIN_SASL_JAAS_CONFIG is listener.name.client.plain.sasl.jaas.config)."""
+    name = env_name.removeprefix("KAFKA_").lower()
+    return name.replace("___", "\0").replace("__", "\1").replace("_", ".").replace("\0", "-").replace("\1", "_")
+
+
+def test_compose_kafka_settings_admit_our_clients_with_the_password_and_refuse_them_without(kafka_bootstrap, tmp_path):
+    """No Docker here, so the broker of the compose file is started from the jars with exactly its KAFKA_* settings
+    (the image's translation above; only the host names, ports and data directory are made local), and the
+    indexer's and service's own address (x-m5env M5_KAFKA_BOOTSTRAP, SASL/PLAIN) must get in; a wrong password
+    must not."""
+    import os
+    import subprocess
+    import uuid
+
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError
+
+    from m5core.settings import kafka_client_options
+    from tests.fixtures.services import free_port
+
+    assert kafka_bootstrap  # the shared broker's jars are resolved
+    libs = Path(os.environ.get("M5_CACHE_DIR", REPO / ".cache" / "m5")) / "kafka" / "libs"
+    password = uuid.uuid4().hex
+
+    def local(value: str) -> str:
+        value = re.sub(r"\$\{M5_KAFKA_PASSWORD:\?[^}]*\}", password, str(value))
+        return (
+            value.replace("CLIENT://:9092", f"CLIENT://127.0.0.1:{port}")
+            .replace("kafka:9092", f"127.0.0.1:{port}")
+            .replace("localhost:9093", f"127.0.0.1:{ctl}")
+        )
+
+    port, ctl = free_port(), free_port()
+    env = SERVICES["kafka"]["environment"]
+    assert env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] == "CONTROLLER:PLAINTEXT,CLIENT:SASL_PLAINTEXT"  # no plaintext client listener
+    props = {image_property(k): local(v) for k, v in env.items() if k.startswith("KAFKA_")}
+    props["log.dirs"] = str(tmp_path / "data")
+    (tmp_path / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    java = ["java", "-Xmx512m", f"-Dlog4j2.configurationFile={REPO / 'deploy/local/kafka/log4j2.properties'}"]
+    java += [f"-Dkafka.log.file={tmp_path / 'kafka.log'}", "-cp", f"{libs}/*"]
+    cid = subprocess.run([*java, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    fmt = subprocess.run(
+        [*java, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(tmp_path / "server.properties")], capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout[-2000:] + fmt.stderr[-2000:]
+    broker = subprocess.Popen([*java, "kafka.Kafka", str(tmp_path / "server.properties")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ours = local(COMPOSE["x-m5env"]["M5_KAFKA_BOOTSTRAP"])
+        deadline, admin = time.monotonic() + 90, None
+        while admin is None:
+            try:
+                admin = KafkaAdminClient(**kafka_client_options(ours), request_timeout_ms=5000)
+            except KafkaError:
+                assert time.monotonic() < deadline and broker.poll() is None, (tmp_path / "kafka.log").read_text()[-3000:]
+                time.sleep(1)
+        admin.create_topics([NewTopic("catalog.changes", 3, 1)])
+        assert "catalog.changes" in admin.list_topics()
+        admin.close()
+        wrong = ours.replace(password, "not-the-password")
+        with pytest.raises(KafkaError):
+            KafkaAdminClient(**kafka_client_options(wrong), request_timeout_ms=5000, api_version_auto_timeout_ms=5000).list_topics()
+    finally:
+        broker.terminate()
+        broker.wait(timeout=60)

@@ -43,6 +43,32 @@ def test_a_version_pins_its_manifest(tmp_path):
         load_manifest(tmp_path)
 
 
+def test_a_bundle_published_before_a_manifest_field_existed_keeps_its_version(tmp_path):
+    """`duplicates` came after versions were pinned: a manifest without it (as older bundles were written) must still
+    hash to its version, and one that sets it is pinned with it (changing it is tampering)."""
+    import json
+
+    from m5core.bundle import DuplicateThreshold, pinned_version
+
+    m = _bundle(tmp_path)
+    doc = json.loads(m.model_dump_json())
+    del doc["duplicates"]  # written by a release that had no such field
+    old = Manifest.model_validate(doc)
+    version = pinned_version("m5-20261203000000", old)
+    (tmp_path / "manifest.json").write_text(json.dumps({**doc, "version": version}))
+    assert load_manifest(tmp_path).version == version
+    cal = DuplicateThreshold(threshold=0.87, precision=0.91, recall=0.8, target_precision=0.9, pairs=100, positives=60)
+    new = old.model_copy(update={"duplicates": cal})
+    pinned = pinned_version("m5-20261203000000", new)
+    assert pinned != version
+    (tmp_path / "manifest.json").write_text(new.model_copy(update={"version": pinned}).model_dump_json())
+    assert load_manifest(tmp_path).duplicates == cal
+    lowered = cal.model_copy(update={"threshold": 0.1})  # a looser threshold slipped into a published bundle
+    (tmp_path / "manifest.json").write_text(new.model_copy(update={"version": pinned, "duplicates": lowered}).model_dump_json())
+    with pytest.raises(BundleError, match="does not hash to its version"):
+        load_manifest(tmp_path)
+
+
 def test_published_bundles_carry_pinned_versions(trained_bundle):
     from m5core.bundle import PINNED
 

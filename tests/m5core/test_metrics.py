@@ -14,6 +14,7 @@ from m5core.metrics import (
     recall_at_precision,
     roc_auc,
     roc_curve,
+    threshold_at_precision,
 )
 
 
@@ -32,6 +33,16 @@ def test_recall_at_precision():
     assert recall_at_precision(scores, labels, 0.9) == pytest.approx(2 / 3)
     assert recall_at_precision(scores, labels, 0.75) == pytest.approx(1.0)
     assert recall_at_precision([0.9, 0.1], [0, 1], 0.9) == 0.0
+
+
+def test_threshold_at_precision_is_the_lowest_cut_that_keeps_the_precision():
+    scores, labels = [0.9, 0.8, 0.7, 0.6, 0.5], [1, 1, 0, 1, 0]
+    assert threshold_at_precision(scores, labels, 0.9) == pytest.approx((0.8, 1.0, 2 / 3))
+    assert threshold_at_precision(scores, labels, 0.75) == pytest.approx((0.6, 0.75, 1.0))
+    assert threshold_at_precision([0.9, 0.1], [0, 1], 0.9) is None
+    # a cut keeps every pair of its score: at 0.8 both tied pairs are in (precision 2/3), so the cut stays at 0.9
+    assert threshold_at_precision([0.9, 0.8, 0.8], [1, 1, 0], 0.9) == pytest.approx((0.9, 1.0, 0.5))
+    assert threshold_at_precision([0.9, 0.8], [0, 0], 0.5) is None
 
 
 def test_recall_average_precision_and_exact_share():

@@ -82,6 +82,11 @@ def test_the_sync_client_searches_embeds_and_names_errors(server):
         assert "not in the catalog" in e.value.detail
         with pytest.raises(ValueError, match="exactly one"):
             m5.search("x", asin="B000000001")
+        dups = m5.duplicates("B000000001", threshold=0.2, fields=["title"])
+        assert [d.asin for d in dups] == ["B000000002"] and dups[0].score >= 0.2 and "title" in dups[0].product
+        with pytest.raises(M5Error) as e:
+            m5.duplicates("B000000001")  # the test encoder carries no calibrated threshold
+        assert e.value.status == 409
     with M5Client(url, api_key="wrong") as m5, pytest.raises(M5Error) as e:
         m5.search("shoes")
     assert e.value.status == 401
@@ -115,6 +120,7 @@ async def test_the_async_client_in_process(api):
         assert e.value.status == 422
         with pytest.raises(TypeError, match="filter"):
             await m5.search("x", filter={"locale": "en_US"})  # a typo is an error, not a search without the filter
+        assert [d.asin for d in await m5.duplicates("B000000001", threshold=-1, scope="all")] != []
 
 
 def test_the_readme_example_runs(server):

@@ -249,3 +249,34 @@ def test_a_product_student_keeps_evenly_spaced_layers_and_moves_toward_the_teach
     before = float((embed_texts(cut, tok, texts, 32, torch.device("cpu")) * target).sum(1).mean())
     after = float((embed_texts(student, tok, texts, 32, torch.device("cpu")) * target).sum(1).mean())
     assert after > before
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_query_student_keeps_the_teachers_word_embeddings_unless_told_otherwise(tmp_path, freeze):
+    """A warm-started student learns on cached teacher vectors; its word embeddings stay the teacher's when frozen
+    (the default: their dense AdamW update was most of a 1-layer step) and train otherwise, and it moves toward the
+    teacher either way."""
+    from trainer.config import load_config
+    from trainer.distill import distill
+    from trainer.finetune import embed_texts
+    from trainer.model import EmbeddingModel
+    from trainer.pipeline import resolve_model
+
+    d = tiny_checkpoint(tmp_path / "ck")
+    tok, rows = tokenizer_from_checkpoint(d, [], extend=0)
+    overrides = {
+        "model": {"init": str(d), "layers": 0, "proj_dim": 0},
+        "distill": {"layers": 1, "steps": 40, "batch": 8, "lr": 1e-3, "rank_bank": 0, "freeze_word_embeddings": freeze},
+    }
+    cfg = resolve_model(load_config(preset="test", overrides=overrides))
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"vocab_size": tok.get_vocab_size(), "dropout": 0.0})})
+    student_shape = {"hidden": cfg.model.hidden, "heads": cfg.model.heads, "intermediate": 32}  # warm-startable from the teacher
+    cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update=student_shape)})
+    teacher = EmbeddingModel(cfg.model, checkpoint.load_mlm(checkpoint.resolve(str(d)), 0, tok.get_vocab_size(), rows).bert).eval()
+    texts = [" ".join(WORDS[(i * 3 + j) % 20] for j in range(2 + i % 3)) for i in range(24)]
+    student, m = distill(cfg, teacher, tok, texts, torch.device("cpu"))
+    assert m["warm_start"].startswith("embeddings") and m["teacher_embed_seconds"] >= 0
+    same = torch.equal(student.encoder.embeddings.word_embeddings.weight, teacher.encoder.embeddings.word_embeddings.weight)
+    assert same is freeze
+    target = embed_texts(teacher, tok, texts, 16, torch.device("cpu"))
+    assert float((embed_texts(student, tok, texts, 16, torch.device("cpu")) * target).sum(1).mean()) > 0.9
