@@ -140,6 +140,7 @@ def create_app(
         scope: Literal["marketplace", "all"] = Query("marketplace", description="marketplace: same locale only"),
         fields: Annotated[list[HitField] | None, Query(description="product fields to return with each duplicate")] = None,
     ) -> Response:
+        fields = list(dict.fromkeys(fields)) if fields else None  # `?fields=brand&fields=brand` asks for brand once
         body = DuplicatesRequest(asins=[asin], k=k, threshold=threshold, scope=scope, fields=fields)
         return json_response(duplicates(request.app.state.m5.serving, asin, body, s))
 

@@ -33,6 +33,8 @@ async def test_duplicates_are_the_neighbours_above_the_threshold_in_the_same_mar
     assert len(everywhere["duplicates"]) == 4  # every other product, the German one included
     fields = (await h.client.get("/asin/B000000001/duplicates", params={"threshold": 0.2, "fields": ["title", "brand"]})).json()
     assert set(fields["duplicates"][0]["product"]) == {"title", "brand"}
+    repeated = await h.client.get("/asin/B000000001/duplicates", params={"threshold": 0.2, "fields": ["brand"] * 12})
+    assert repeated.status_code == 200 and set(repeated.json()["duplicates"][0]["product"]) == {"brand"}
 
 
 async def test_bad_duplicate_requests_get_a_clear_error(api):
