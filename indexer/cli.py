@@ -146,6 +146,7 @@ def _reembed(args) -> int:
     from indexer.reembed import Gates, ReembedRefused, reembed
     from m5core.bundle import load_manifest
     from m5core.encoder import OnnxEncoder
+    from m5core.events import open_sink
 
     s = settings_from_args(IndexerSettings, args, args.parser)
     manifest = load_manifest(s.bundle)
@@ -153,7 +154,10 @@ def _reembed(args) -> int:
     qenc = OnnxEncoder(s.bundle, "query", threads=s.encode_threads, manifest=manifest) if args.golden else None
     gates = Gates(min_coverage=args.min_coverage, min_overlap=args.min_overlap, min_recall=args.min_recall)
     try:
-        out = reembed(s, enc, manifest.render_scheme, qenc, args.golden, gates, s.batch, switch=not args.no_switch)
+        with closing(open_sink(s)) as sink:
+            out = reembed(
+                s, enc, manifest.render_scheme, qenc, args.golden, gates, s.batch, switch=not args.no_switch, sink=sink, topic=s.embeddings_topic
+            )
     except ReembedRefused as exc:
         print(f"reembed refused: {exc}")
         return 1
@@ -163,10 +167,12 @@ def _reembed(args) -> int:
 
 def _rollback(args) -> int:
     from indexer.reembed import ReembedRefused, rollback
+    from m5core.events import open_sink
 
     s = settings_from_args(IndexerSettings, args, args.parser)
     try:
-        frm, to = rollback(s)
+        with closing(open_sink(s)) as sink:
+            frm, to = rollback(s, sink, s.embeddings_topic)
     except ReembedRefused as exc:
         print(f"rollback refused: {exc}")
         return 1

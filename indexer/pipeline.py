@@ -48,7 +48,7 @@ class Indexer:
     def start_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Where to read newly assigned partitions from: the offsets the store recorded with its last batch.
 
-        Normally they equal the group's commit (or are one batch ahead, after a crash between the two). Behind
+        Normally they equal the group's commit (or are one batch behind, after a crash between the two). Behind
         it, the store came back with less than it acknowledged (a Redis host crash loses up to a second of
         an `appendfsync everysec` AOF), or it is a re-embedded namespace that starts where the copy began:
         replaying from the store's offsets writes the missing records. A partition the store holds no offsets
@@ -159,26 +159,34 @@ class Indexer:
     def process(self, msgs: list[Message]) -> None:
         if self._store_went_back(msgs):
             return  # the source now reads from what the store holds: the next polls replay what it lost
-        events: list[ChangeEvent] = []
-        source: dict[int, Message] = {}  # id(event) -> its message: a dead letter names the event that failed
-        for m in msgs:
-            parsed = parse_event(m, self.s.max_event_bytes)
-            if isinstance(parsed, DeadLetter):
-                self._dead(parsed)
-            else:
-                events.append(parsed)
-                source[id(parsed)] = m
-                M.EVENTS.labels(parsed.op).inc()
-        if events:
-            self._apply(events, msgs, source)
-        self.sink.flush()
         offsets: dict[tuple[str, int], int] = {}
         for m in msgs:
             key = (m.topic, m.partition)
             offsets[key] = max(offsets.get(key, 0), m.offset + 1)
-        self.store.save_offsets(self.s.group_id, offsets)  # after the records and the feed: see start_offsets
+        self.sink.begin()
+        try:
+            events: list[ChangeEvent] = []
+            source: dict[int, Message] = {}  # id(event) -> its message: a dead letter names the event that failed
+            for m in msgs:
+                parsed = parse_event(m, self.s.max_event_bytes)
+                if isinstance(parsed, DeadLetter):
+                    self._dead(parsed)
+                else:
+                    events.append(parsed)
+                    source[id(parsed)] = m
+                    M.EVENTS.labels(parsed.op).inc()
+            if events:
+                self._apply(events, msgs, source)
+            # The feed's records and the offsets in one transaction (Kafka): a member the group has moved on from
+            # commits neither, so its late, stale records never reach a reader.
+            self.sink.commit_batch(offsets, self.source)
+        except BaseException:
+            self.sink.abort()
+            raise
+        # After the commit, and after the records on the same connection (see start_offsets): offsets saved before
+        # a commit that then failed would let the partition's next owner skip a batch whose feed records were aborted.
+        self.store.save_offsets(self.s.group_id, offsets)
         self._saved.update(offsets)
-        self.source.commit(offsets)
         M.BATCHES.inc()
 
     def _apply(self, events: list[ChangeEvent], msgs: list[Message], source: dict[int, Message]) -> None:

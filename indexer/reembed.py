@@ -4,9 +4,11 @@ Steps: (1) read every live product document of the active namespace and write it
 `{namespace}.{bundle version}`; (2) catch up with changes the event indexer made meanwhile (newer
 versions re-embedded, deletes tombstoned); (3) gate: coverage, product-to-product top-k overlap
 between the two namespaces on a sample, and (with a golden query set) recall@k of the new bundle's
-query tower; (4) move the `{namespace}:active` pointer in one atomic write. `rollback` moves it
-back. Readers (service, indexer) resolve the pointer at start-up with
-m5core.stores.active_namespace, so after a switch the indexer is restarted with `--bundle NEW`.
+query tower; (4) move the `{namespace}:active` pointer in one atomic write; (5) publish the namespace
+to the feed, so a partner following `catalog.embeddings` gets every product in the new bundle, not only
+those changed since. `rollback` moves the pointer back and publishes the old namespace the same way.
+Readers (service, indexer) resolve the pointer at start-up with m5core.stores.active_namespace, so
+after a switch the indexer is restarted with `--bundle NEW`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from tqdm import tqdm
 
 from indexer.write import records_of
 from m5core.batching import batched
-from m5core.events.base import offsets_to_meta
+from m5core.events.base import EventSink, offsets_to_meta
+from m5core.feed import encode_feed_value
 from m5core.index import AnnIndex
 from m5core.schema import render_product
 from m5core.settings import StoreConfig
@@ -31,6 +34,8 @@ from m5core.stores import active_namespace, open_store, previous_namespace, swit
 from m5core.stores.base import EmbeddingStore, VectorRecord
 
 log = logging.getLogger(__name__)
+
+CATCH_UP_PASSES = 5
 
 
 class ReembedRefused(RuntimeError):
@@ -70,17 +75,16 @@ def copy_namespace(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: st
 
 
 def catch_up(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, batch: int = 512) -> dict:
-    """Pass 2: apply what changed in `old` during pass 1 (newer versions, deletes) to `new`."""
+    """Pass 2: apply what changed in `old` during pass 1 (newer versions, deletes) to `new`, and every tombstone. What changes during
+    this pass the indexer restarted on `new` replays from the offsets `reembed` saves."""
     embedded = deleted = 0
     for chunk in batched(old.iter_docs(batch), batch):
         held = new.versions_of([a for a, _ in chunk])
         stale = [orjson.loads(d) for (a, d), (pv, _, _) in zip(chunk, held) if pv is None or pv < orjson.loads(d)["version"]]
         if stale:
             embedded += sum(new.put(embed_docs(stale, encoder, scheme)))
-    for chunk in batched((a for a, _ in new.iter_docs(batch)), batch):
-        for asin, (pv, _, tomb) in zip(chunk, old.versions_of(chunk)):
-            if tomb and pv is not None:
-                deleted += new.delete(asin, pv)
+    for asin, pv in old.iter_tombstones(batch):  # tombstones too: a late older upsert must not bring a deleted product back
+        deleted += new.delete(asin, pv)  # version-checked: a newer record in `new` stays
     return {"embedded": embedded, "deleted": deleted}
 
 
@@ -168,8 +172,11 @@ def reembed(
     gates: Gates = Gates(),
     batch: int = 512,
     switch: bool = True,
+    sink: EventSink | None = None,
+    topic: str = "catalog.embeddings",
 ) -> dict:
-    """Fill the new namespace, gate it, switch the active pointer. Raises ReembedRefused on a failed gate."""
+    """Fill the new namespace, gate it, switch the active pointer, publish it to `topic` through `sink` (if given).
+    Raises ReembedRefused on a failed gate."""
     t0 = time.perf_counter()
     old_ns = active_namespace(settings)
     new_ns = namespace_for(settings.namespace, encoder.version)
@@ -184,6 +191,10 @@ def reembed(
         start = old.load_offsets(group) if group else {}
         written = copy_namespace(old, new, encoder, scheme, batch)
         caught = catch_up(old, new, encoder, scheme, batch)
+        for _ in range(CATCH_UP_PASSES - 1):  # under a busy stream a pass leaves a few changes; the gate counts after the last
+            if not any(caught.values()):
+                break
+            caught = {k: v + more for (k, v), more in zip(caught.items(), catch_up(old, new, encoder, scheme, batch).values())}
         report: dict = {"from": old_ns, "to": new_ns, "written": written, "catch_up": caught, "old_count": old.count(), "new_count": new.count()}
         report["coverage"] = report["new_count"] / max(report["old_count"], 1)
         report["overlap_at_k"] = neighbour_overlap(old, new, gates.sample, gates.k)
@@ -207,16 +218,39 @@ def reembed(
             switch_namespace(settings, new_ns)
             report["switched"] = True
             log.info("active namespace %s -> %s", old_ns, new_ns)
+            if sink is not None:
+                report["published"] = publish_namespace(new, sink, topic)
         return report
     finally:
         old.close()
         new.close()
 
 
-def rollback(settings: StoreConfig) -> tuple[str, str]:
-    """Point readers back at the namespace active before the last switch. -> (from, to)."""
+def publish_namespace(store: EmbeddingStore, sink: EventSink, topic: str, batch: int = 1000) -> int:
+    """Every live record of `store` onto the feed, flushed. Followers take a record only if it is not older than
+    what they hold, so a product the running indexer changes meanwhile ends at its newest version. -> records sent."""
+    n = 0
+    bar = tqdm(desc="publish", unit="p", total=store.count(), mininterval=1.0)
+    for rec in store.scan(batch):
+        sink.send(topic, rec.asin.encode(), encode_feed_value(rec))
+        n += 1
+        bar.update(1)
+    sink.flush()
+    bar.close()
+    return n
+
+
+def rollback(settings: StoreConfig, sink: EventSink | None = None, topic: str = "catalog.embeddings") -> tuple[str, str]:
+    """Point readers back at the namespace active before the last switch, and publish it (see `publish_namespace`;
+    what changed since the switch reaches it when the indexer restarted on it replays from its stored offsets). -> (from, to)."""
     prev = previous_namespace(settings)
     if prev is None:
         raise ReembedRefused(f"no previous namespace recorded under {settings.namespace}:active:prev")
     cur = switch_namespace(settings, prev)
+    if sink is not None:
+        store = open_store(settings, prev)
+        try:
+            publish_namespace(store, sink, topic)
+        finally:
+            store.close()
     return cur, prev

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import uuid
 
 from indexer.pipeline import Indexer
 from indexer.settings import IndexerSettings
@@ -45,7 +46,7 @@ def build_indexer(s: IndexerSettings, encoder=None, render_scheme: str = "fields
     store = open_store(s, active_namespace(s))  # follows a re-embed's switch
     check_bundle(store, encoder.version)
     source = open_source(s, [s.changes_topic], s.group_id, group_instance_id=s.group_instance_id, session_timeout_ms=s.session_timeout_ms)
-    sink = open_sink(s)
+    sink = open_sink(s, transactional_id=f"{s.group_id}.{s.transactional_id or s.group_instance_id or uuid.uuid4().hex}")
     return Indexer(s, source, sink, store, encoder, render_scheme)
 
 

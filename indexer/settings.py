@@ -11,6 +11,10 @@ class IndexerSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     group_instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
     """Static group membership: an indexer restarted under the same id (e.g. its pod name) takes its
     partitions back at once, instead of after session_timeout_ms. Unset: dynamic membership."""
+    transactional_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    """Kafka transactional id of this indexer's feed producer (one per replica, stable across its restarts, e.g. the
+    pod name): a restart then aborts at once what the crashed process left open. Unset: the group instance id if
+    set, else a random one (a crash then holds back the feed's readers for up to 30 s, until the broker aborts)."""
     session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
     """How long the group waits for a member that stopped heartbeating (a crash) before its partitions
     move; within the broker's group.{min,max}.session.timeout.ms (6 s-5 min by default)."""

@@ -182,6 +182,13 @@ class M5Client(_Client):
         r = self._request("GET", f"/asin/{asin}/duplicates", params=duplicates_params(k, threshold, scope, fields))
         return read_hits(r.json()["duplicates"])
 
+    def duplicates_of(
+        self, products: list[dict], *, k: int = 10, threshold: float | None = None, scope: str = "marketplace", fields: list[str] | None = None
+    ) -> list[list[Hit]]:
+        """Duplicates of product documents (the catalog schema), e.g. listings not yet in the catalog: one list per document."""
+        r = self._request("POST", "/duplicates", json={"products": products, **duplicates_params(k, threshold, scope, fields)})
+        return [read_hits(item["result"]["duplicates"]) for item in r.json()["results"]]
+
 
 class AsyncM5Client(_Client):
     """`M5Client` for asyncio code; one connection pool per client."""
@@ -228,3 +235,10 @@ class AsyncM5Client(_Client):
         """As `M5Client.duplicates`."""
         r = await self._request("GET", f"/asin/{asin}/duplicates", params=duplicates_params(k, threshold, scope, fields))
         return read_hits(r.json()["duplicates"])
+
+    async def duplicates_of(
+        self, products: list[dict], *, k: int = 10, threshold: float | None = None, scope: str = "marketplace", fields: list[str] | None = None
+    ) -> list[list[Hit]]:
+        """As `M5Client.duplicates_of`."""
+        r = await self._request("POST", "/duplicates", json={"products": products, **duplicates_params(k, threshold, scope, fields)})
+        return [read_hits(item["result"]["duplicates"]) for item in r.json()["results"]]

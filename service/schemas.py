@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from m5core.schema import ASIN_PATTERN, Locale, ProductLine
+from m5core.schema import ASIN_PATTERN, Locale, Product, ProductLine
 
 if TYPE_CHECKING:
     from service.settings import ServiceSettings
@@ -131,11 +131,20 @@ class SearchBatchResponse(_Model):
 
 
 class DuplicatesRequest(_Model):
-    asins: list[Asin] = Field(min_length=1, examples=[["B0000009IX", "B0017WE19M"]])
+    asins: list[Asin] | None = Field(None, min_length=1, examples=[["B0000009IX", "B0017WE19M"]], description="products in the catalog")
+    products: list[Product] | None = Field(
+        None, min_length=1, description="product documents (the catalog schema), e.g. listings not yet in the catalog: embedded by the product tower"
+    )
     k: int = Field(10, ge=1, description="candidates looked at per product (its nearest neighbours), at most this many returned")
     threshold: Finite | None = Field(None, ge=-1, le=1, description="cosine at or above which a neighbour is a duplicate; default: the bundle's")
     scope: Literal["marketplace", "all"] = Field("marketplace", description="marketplace: only products of the same locale")
     fields: list[HitField] | None = Field(None, max_length=len(HIT_FIELDS), description="product fields to return with each duplicate")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DuplicatesRequest:
+        if (self.asins is None) == (self.products is None):
+            raise ValueError("give exactly one of asins (catalog products) or products (documents)")
+        return self
 
 
 class DuplicatesResponse(_Model):

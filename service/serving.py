@@ -45,6 +45,20 @@ class Serving:
     cache: QueryCache = field(default_factory=lambda: QueryCache(0))
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    _product: Encoder | None = None
+    _product_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def product_tower(self) -> Encoder:
+        """The bundle's product tower, loaded on first use (`POST /duplicates` with documents): a listing not yet in
+        the catalog is embedded as the indexer would embed it. An encoder that is no bundle's tower (tests'
+        HashEncoder) embeds both sides itself."""
+        with self._product_lock:
+            if self._product is None:
+                from m5core.encoder import OnnxEncoder
+
+                bundle = getattr(self.encoder, "bundle_dir", None)
+                self._product = self.encoder if bundle is None else OnnxEncoder(bundle, "product", threads=1, manifest=self.encoder.manifest)
+            return self._product
 
     def mismatch(self, encoder: Encoder | None = None) -> str | None:
         """A query tower from another bundle than the indexed vectors gives meaningless neighbours."""

@@ -50,6 +50,8 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     """Largest ASIN list for POST /asin/embeddings."""
     max_queries: int = Field(default=64, ge=1)
     """Largest query list for POST /query/embed."""
+    max_duplicate_documents: int = Field(default=32, ge=1)
+    """Largest product document list for POST /duplicates (each is run through the product tower, ~5 ms)."""
     max_batch_searches: int = Field(default=64, ge=1)
     """Largest search list for POST /search/batch (its texts are embedded together, so at most max_queries of them)."""
     max_query_chars: int = Field(default=512, ge=1)

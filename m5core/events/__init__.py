@@ -20,11 +20,12 @@ def open_source(settings: FeedConfig, topics: list[str], group: str | None, **ka
     return LocalSource(settings.local_events_dir, topics, group or "follower")
 
 
-def open_sink(settings: FeedConfig) -> EventSink:
+def open_sink(settings: FeedConfig, transactional_id: str | None = None) -> EventSink:
+    """`transactional_id`: each batch in a Kafka transaction with its offsets (the event indexer; see KafkaSink)."""
     if settings.events == "kafka":
         from m5core.events.kafka import KafkaSink
 
-        return KafkaSink(settings.kafka_bootstrap)
+        return KafkaSink(settings.kafka_bootstrap, transactional_id)
     from m5core.events.local import LocalSink
 
     return LocalSink(settings.local_events_dir)

@@ -75,6 +75,11 @@ class EventSource(ABC):
         """The group's committed next offsets of these partitions (those with a commit)."""
         return {}
 
+    def group_metadata(self):
+        """The group membership the last poll's records were fetched under (Kafka's generation), which a transactional
+        commit of their offsets is checked against; None without a group."""
+        return None
+
     def close(self) -> None:  # noqa: B027
         pass
 
@@ -87,6 +92,19 @@ class EventSink(ABC):
     @abstractmethod
     def flush(self, timeout_s: float = 30.0) -> None:
         """Block until everything sent is durable at the transport (raise if not)."""
+
+    def begin(self) -> None:  # noqa: B027
+        """Open a batch: what is sent until `commit_batch` or `abort` belongs to it."""
+
+    def commit_batch(self, offsets: Mapping[TopicPartition, int], source: EventSource) -> None:
+        """Make the batch's records durable and mark its consumed `offsets` processed in `source`. Here one after
+        the other; a transactional sink does both atomically, so a member the group has moved on from (a zombie)
+        publishes nothing. Raises CommitRejected when the group has moved the partitions."""
+        self.flush()
+        source.commit(offsets)
+
+    def abort(self) -> None:  # noqa: B027
+        """Drop the batch's records where the transport can (a transaction); otherwise they stay sent."""
 
     def close(self) -> None:  # noqa: B027
         pass

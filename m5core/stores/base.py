@@ -100,6 +100,11 @@ class EmbeddingStore(ABC):
     def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
         """(asin, product JSON) of every live record: what a re-embed with a new bundle reads."""
 
+    @abstractmethod
+    def iter_tombstones(self, batch: int = 1000) -> Iterator[tuple[str, int]]:
+        """(asin, deleted version) of every tombstone: a re-embed carries them over, or a late older upsert of a
+        deleted product would bring it back in the new namespace."""
+
     # The active-namespace pointer (`m5core.stores.active_pointer`): a re-embed fills a new namespace and
     # then moves the pointer; readers follow it. Pointers live outside any namespace.
     @abstractmethod

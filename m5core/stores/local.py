@@ -165,6 +165,18 @@ class LocalStore(EmbeddingStore):
                     yield asin, bytes(doc)
             last = rows[-1][0]
 
+    def iter_tombstones(self, batch: int = 1000) -> Iterator[tuple[str, int]]:
+        last = ""
+        while True:
+            with self._lock:
+                rows = self.db.execute(
+                    "SELECT asin, pv FROM vectors WHERE ns=? AND asin>? AND del=1 ORDER BY asin LIMIT ?", (self.namespace, last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            yield from ((asin, int(pv)) for asin, pv in rows)
+            last = rows[-1][0]
+
     def get_pointer(self, name: str) -> str | None:
         with self._lock:
             row = self.db.execute("SELECT value FROM pointers WHERE name=?", (name,)).fetchone()

@@ -181,6 +181,16 @@ class RedisStore(EmbeddingStore):
                 if doc and deleted != b"1":
                     yield k.decode()[len(prefix) :], doc
 
+    def iter_tombstones(self, batch: int = 1000) -> Iterator[tuple[str, int]]:
+        prefix = f"{self.namespace}:v:"
+        for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
+            pipe = self.client.pipeline(transaction=False)
+            for k in keys:
+                pipe.hmget(k, ("pv", "del"))
+            for k, (pv, deleted) in zip(keys, pipe.execute()):
+                if deleted == b"1" and pv is not None:
+                    yield k.decode()[len(prefix) :], int(pv)
+
     def get_pointer(self, name: str) -> str | None:
         v = self.client.get(name)
         return None if v is None else v.decode()

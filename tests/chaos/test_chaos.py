@@ -5,7 +5,9 @@ group and one `m5 serve` replica, while a change stream flows: upserts, patches,
 and out-of-order deliveries, and bad events of every kind. A seeded schedule of faults hits them meanwhile:
 kill -9 of an indexer (and its restart), a third indexer joining and leaving (a rebalance mid-batch), Redis
 kill -9 and restart, Redis restarted from an older copy of its AOF (a host crash: acknowledged writes gone), and
-a service kill -9 and restart, and a broker restart. When the stream has drained, an oracle computed from the events checks every
+a service kill -9 and restart, a broker restart, and a re-embed with a switch to a second bundle and a rollback
+(the indexers restarted on the active namespace's bundle, as an operator would; the service follows the pointer
+by itself). When the stream has drained, an oracle computed from the events checks every
 ASIN in the store, in the compacted feed read back from its topic, and in the service replica (HTTP); the DLQ
 must hold every bad event with its reason and no good event.
 
@@ -34,11 +36,14 @@ import redis
 
 from catalog.events import bad_events, iter_change_events
 from catalog.io import load_catalog
+from indexer.reembed import namespace_for
+from m5core.bundle import load_manifest
 from m5core.events.kafka import KafkaAssignedSource, KafkaSink
 from m5core.feed import FeedFollower
 from m5core.index import AnnIndex
 from m5core.settings import kafka_client_options
 from m5core.stores.redis import RedisStore
+from tests.fixtures.bundle import rebadged
 from tests.fixtures.services import free_port, wait_http_ok
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,6 +200,10 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
     changes, feed, dlq = unique_name("changes"), unique_name("emb"), unique_name("dlq")
     kafka.topics((changes, 3, False), (feed, 3, True), (dlq, 1, False))
     namespace, port = unique_name("ns"), free_port()
+    # Two bundles side by side in one bundles dir (the service finds a namespace's bundle there by its version).
+    old_bundle = Path(shutil.copytree(trained_bundle, tmp_path / "bundles" / trained_bundle.name))
+    new_bundle = rebadged(old_bundle, tmp_path / "bundles")
+    bundle_of = {namespace: old_bundle, namespace_for(namespace, load_manifest(new_bundle).version): new_bundle}
     env = {
         **os.environ,
         "M5_STORE": "redis",
@@ -206,7 +215,7 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
         "M5_EMBEDDINGS_TOPIC": feed,
         "M5_DLQ_TOPIC": dlq,
         "M5_GROUP_ID": unique_name("g"),
-        "M5_BUNDLE": str(trained_bundle),
+        "M5_BUNDLE": str(old_bundle),
         "M5_MAX_BATCH": "64",
         "M5_METRICS_PORT": "0",
         "M5_ENCODE_THREADS": "1",
@@ -217,7 +226,8 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
     }
     logs = tmp_path / "logs"
     logs.mkdir()
-    indexers = [Proc(f"indexer-{i}", [sys.executable, "-m", "indexer", "run"], env, logs) for i in range(3)]
+    ienv = dict(env)  # the indexers' bundle follows the active namespace; the service keeps its first one and follows the pointer
+    indexers = [Proc(f"indexer-{i}", [sys.executable, "-m", "indexer", "run"], ienv, logs) for i in range(3)]
     service = Proc("service", [sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env, logs)
     url = f"http://127.0.0.1:{port}"
     for p in indexers[:2]:
@@ -253,7 +263,8 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
 
     def chaos() -> None:
         older: Path | None = None
-        kinds = ["kill_indexer", "join_leave", "redis_kill", "redis_older_aof", "service_kill", "aof_copy", "broker_restart"]
+        # model_switch twice: a re-embed and switch, then a rollback, in every round
+        kinds = ["kill_indexer", "join_leave", "redis_kill", "redis_older_aof", "service_kill", "aof_copy", "broker_restart", *["model_switch"] * 2]
         schedule: list[str] = []
         while not stop.wait(rng.uniform(1.5, 3.5)):
             if not schedule:  # every kind once per round, in a seeded order
@@ -295,10 +306,33 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
                 service.kill()
                 service.start()
                 faults[fault] += 1
+            elif fault == "model_switch":
+                switch_model()
             for p in indexers[:2]:  # an indexer that gave up on a long outage is restarted, as an orchestrator would
                 if not p.alive():
                     p.start()
                     faults["indexer_restarted_after_exit"] += 1
+
+    def switch_model() -> None:
+        """Re-embed into the second bundle and switch, or roll back; then the indexers on the active namespace's bundle."""
+        switched = ienv["M5_BUNDLE"] == str(new_bundle)
+        cmd = ["rollback"] if switched else ["reembed", "--bundle", str(new_bundle)]
+        with (logs / "model_switch.log").open("ab") as out:
+            code = subprocess.run([sys.executable, "-m", "indexer", *cmd], env=ienv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        bundle = bundle_of[active_ns()]  # a step that failed midway (Redis was down) may have moved the pointer or not
+        faults[("rollback" if switched else "reembed_switch") if code == 0 else "model_switch_failed"] += 1
+        if str(bundle) != ienv["M5_BUNDLE"]:
+            ienv["M5_BUNDLE"] = str(bundle)
+            for p in indexers[:2]:
+                p.stop()
+                p.start()
+
+    def active_ns() -> str:
+        while True:
+            try:
+                return RedisStore(rds.url, namespace).get_pointer(f"{namespace}:active") or namespace
+            except redis.RedisError:
+                time.sleep(0.5)
 
     producer, chaos_thread = threading.Thread(target=produce), threading.Thread(target=chaos)
     producer.start()
@@ -311,7 +345,10 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
         for p in [*indexers[:2], service]:
             if not p.alive():
                 p.start()
-        store = RedisStore(rds.url, namespace)
+        while ienv["M5_BUNDLE"] != str(new_bundle):  # end on the second bundle: its feed must hold every product, changed or not
+            switch_model()
+        active = active_ns()
+        store = RedisStore(rds.url, active)
         asins = sorted(final)
         deadline, converged = time.monotonic() + 240, False
         while time.monotonic() < deadline and not converged:
@@ -324,7 +361,8 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
             except redis.RedisError:
                 pass
             time.sleep(1.0)
-        report = {"seed": SEED, "seconds": SECONDS, "events": len(stream), "asins": len(asins), "faults": dict(faults)}
+        report = {"seed": SEED, "seconds": SECONDS, "events": len(stream), "asins": len(asins), "faults": dict(faults), "active": active}
+        assert active != namespace, "the run ends on the second bundle"
         print("chaos: " + json.dumps(report))
         wrong = [(a, final[a], store.versions_of([a])[0]) for a in asins if store.versions_of([a])[0][0] != final[a][1]]
         assert converged, f"store did not converge in 240 s: {len(wrong)} wrong, e.g. {wrong[:5]}; faults {dict(faults)}"
@@ -335,17 +373,22 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
         index = AnnIndex(store.get(next(iter(live))).vector.shape[0], "flat")
         feed_log: dict[str, list] = {}
         replay = KafkaAssignedSource(kafka_bootstrap, [feed])
-        follower = FeedFollower(replay, index)
+        active_version = load_manifest(bundle_of[active]).version
+        follower = FeedFollower(replay, index, bundle_version=active_version)  # a partner of the active bundle
         while batch := replay.poll(5000, 1.0):
             for m in batch:
-                pv = orjson.loads(m.value)["pv"] if m.value is not None else dict(m.headers).get("pv")
-                feed_log.setdefault(m.key.decode(), []).append((m.partition, m.offset, "up" if m.value else "del", pv))
+                pv, bv = (orjson.loads(m.value)["pv"], orjson.loads(m.value)["bv"]) if m.value is not None else (dict(m.headers).get("pv"), None)
+                feed_log.setdefault(m.key.decode(), []).append((m.partition, m.offset, "up" if m.value else "del", pv, bv))
             follower._apply(batch)
+        # A partner that keeps each key's last record (compaction's view) holds every live product in the active bundle,
+        # those no change touched since the switch included (the re-embed publishes its namespace).
+        other = {a: feed_log[a][-1] for a in live if feed_log[a][-1][2:] != ("up", feed_log[a][-1][3], active_version)}
+        assert not other, f"feed: last record not an upsert of {active_version}: {list(other.items())[:5]}"
         odd = {a for a in asins if index.contains(a)} ^ live
         history = {a: [(json.loads(p)["op"], json.loads(p)["version"]) for k, p, good in stream if good and k == a.encode()] for a in odd}
         assert not odd, f"feed: lost or resurrected {sorted(odd)}; feed {[feed_log.get(a) for a in odd]}; events {history}"
-        # The same version can be encoded twice (a write the store lost is replayed; a member the group moved on
-        # from still flushes what it had encoded), each time in another batch, and int8 dynamic quantisation scales
+        # The same version can be encoded twice (a write the store lost is replayed), each time in another batch,
+        # and int8 dynamic quantisation scales
         # each batch on its own: the vectors agree to a cosine of ~0.9999, not bit for bit, and the store and the
         # feed may each keep either. Versions must agree exactly.
         cosines = []

@@ -113,12 +113,38 @@ def test_reembed_switches_the_active_namespace_and_rollback_returns(local):
     assert rec.bundle_version == "new-v2"
     assert rec.vector.shape == (48,)
     assert new.get(docs[0]["asin"]) is None
+    assert new.versions_of([docs[0]["asin"]]) == [(5, None, True)]  # the tombstone came along: a late v1-4 upsert stays out
     assert orjson.loads(new.get_doc(docs[1]["asin"]))["title"] == docs[1]["title"]
     # the same bundle again is refused: it is the active namespace already
     with pytest.raises(ReembedRefused):
         reembed(s, new_enc)
     assert rollback(s) == (out["to"], "m5")
     assert active_namespace(s) == "m5"
+
+
+def _feed_latest(s) -> dict[str, dict | None]:
+    """What a partner keeps from the feed: the last record of each key (compaction's view)."""
+    src = LocalSource(s.local_events_dir, [s.embeddings_topic], "partner")
+    latest = {}
+    while batch := src.poll(1000, 0.05):
+        latest.update({m.key.decode(): orjson.loads(m.value) if m.value is not None else None for m in batch})
+    return latest
+
+
+def test_a_switch_and_a_rollback_publish_the_namespace_to_the_feed(local):
+    """A partner following the feed gets every product in the new bundle at a switch, not only those changed since,
+    and every product back in the old one at a rollback."""
+    s, path, docs = local
+    sink = LocalSink(s.local_events_dir)
+    backfill(path, open_store(s), sink, HashEncoder(32, "old-v1"), s, batch=32)
+    open_store(s).delete(docs[0]["asin"], 5)
+    out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(min_coverage=1.0, sample=20, k=5), sink=sink, topic=s.embeddings_topic)
+    assert out["published"] == 59
+    latest = _feed_latest(s)
+    assert {a for a, v in latest.items() if v is not None and v["bv"] == "new-v2"} == {d["asin"] for d in docs[1:]}
+    assert rollback(s, sink, s.embeddings_topic) == (out["to"], "m5")
+    latest = _feed_latest(s)
+    assert {latest[d["asin"]]["bv"] for d in docs[1:]} == {"old-v1"}
 
 
 def test_reembed_refuses_to_switch_when_a_gate_fails(local):

@@ -124,6 +124,13 @@ def test_iter_docs_yields_live_product_documents(store):
     assert sorted(store.iter_docs(batch=1)) == [("B000000001", b'{"i":1}'), ("B000000003", b'{"i":3}')]
 
 
+def test_iter_tombstones_yields_each_deleted_version(store):
+    store.put([rec(f"B00000000{i}", pv=1, seed=i) for i in range(1, 4)])
+    store.delete("B000000002", 2)
+    store.delete("B000000009", 7)  # never held: the tombstone still guards against a late older upsert
+    assert sorted(store.iter_tombstones(batch=1)) == [("B000000002", 2), ("B000000009", 7)]
+
+
 def test_active_pointer_swaps_atomically_and_keeps_the_previous(store, unique_name):
     name = unique_name("ptr")
     assert store.get_pointer(name) is None

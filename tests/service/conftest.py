@@ -26,6 +26,22 @@ def seed_records(store, encoder=ENC, pv=1):
     return recs
 
 
+def listing(asin: str, title: str, locale: str = "en_US", **over) -> dict:
+    """A product document in the catalog schema (for POST /duplicates with documents)."""
+    return {
+        "asin": asin,
+        "marketplace": "US",
+        "locale": locale,
+        "product_line": "softlines",
+        "product_type": "shoes",
+        "brand": "Acme",
+        "title": title,
+        "version": 1,
+        "updated_at": 0,
+        **over,
+    }
+
+
 class Harness:
     def __init__(self, app, client, store, sink, settings):
         self.app, self.client, self.store, self.sink, self.settings = app, client, store, sink, settings

@@ -20,7 +20,7 @@ from m5core.events.local import LocalSource
 from m5core.stores.local import LocalStore
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.service.conftest import ENC, TEXTS, seed_records
+from tests.service.conftest import ENC, TEXTS, listing, seed_records
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "k3y-for-the-client-tests"
@@ -87,6 +87,12 @@ def test_the_sync_client_searches_embeds_and_names_errors(server):
         with pytest.raises(M5Error) as e:
             m5.duplicates("B000000001")  # the test encoder carries no calibrated threshold
         assert e.value.status == 409
+        new = listing("B0000000NW", "red running shoes size 42")
+        (of_new,) = m5.duplicates_of([new], threshold=0.2)
+        assert of_new[0].asin == "B000000001"
+        with pytest.raises(M5Error) as e:
+            m5.duplicates_of([{**new, "title": ""}], threshold=0.2)
+        assert e.value.status == 422 and "products.0.title" in e.value.detail
     with M5Client(url, api_key="wrong") as m5, pytest.raises(M5Error) as e:
         m5.search("shoes")
     assert e.value.status == 401
@@ -121,6 +127,8 @@ async def test_the_async_client_in_process(api):
         with pytest.raises(TypeError, match="filter"):
             await m5.search("x", filter={"locale": "en_US"})  # a typo is an error, not a search without the filter
         assert [d.asin for d in await m5.duplicates("B000000001", threshold=-1, scope="all")] != []
+        (of_new,) = await m5.duplicates_of([listing("B0000000NW", "rote Laufschuhe Größe 42", "de_DE")], threshold=-1)
+        assert {d.asin for d in of_new} == {"B000000003", "B000000005"}  # the German marketplace's products
 
 
 def test_the_readme_example_runs(server):

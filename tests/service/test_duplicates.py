@@ -6,7 +6,7 @@ from m5core.encoder import OnnxEncoder
 from m5core.stores.redis import RedisStore
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.service.conftest import ENC, TEXTS
+from tests.service.conftest import ENC, TEXTS, listing
 from tests.service.test_backends import _run
 
 
@@ -70,6 +70,26 @@ async def test_a_batch_answers_each_asin_as_the_get_does_and_an_unknown_one_fail
     assert r.status_code == 409  # no threshold anywhere: the whole batch
 
 
+async def test_product_documents_not_in_the_catalog_get_their_duplicates(api):
+    h = await api(max_duplicate_documents=2)
+    new = listing("B0000000NW", "red running shoes size 42")
+    r = await h.client.post("/duplicates", json={"products": [new], "threshold": 0.2, "fields": ["title"]})
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["results"]
+    assert item["asin"] == "B0000000NW" and item["error"] is None
+    dups = item["result"]["duplicates"]
+    assert dups[0]["asin"] == "B000000001" and set(dups[0]["product"]) == {"title"}  # the same listing, best first
+    assert {d["asin"] for d in dups} <= {"B000000001", "B000000002"}  # the marketplace's own products only
+    r = await h.client.post("/duplicates", json={"products": [{**new, "title": ""}], "threshold": 0.2})
+    assert r.status_code == 422 and "products.0.title" in r.json()["detail"]
+    r = await h.client.post("/duplicates", json={"products": [new] * 3, "threshold": 0.2})
+    assert r.status_code == 422 and "products: at most 2" in r.json()["detail"]
+    r = await h.client.post("/duplicates", json={"products": [new], "asins": ["B000000001"], "threshold": 0.2})
+    assert r.status_code == 422 and "exactly one of asins" in r.json()["detail"]
+    r = await h.client.post("/duplicates", json={"threshold": 0.2})
+    assert r.status_code == 422 and "exactly one of asins" in r.json()["detail"]
+
+
 async def test_the_trained_bundle_serves_its_calibrated_threshold(trained_bundle, test_catalog, redis_url, unique_name):
     """Over real Redis with the trained bundle: no threshold in the request means the manifest's, calibrated at export
     to its target precision on the validation pairs; the answer is every same-locale neighbour at or above it."""
@@ -100,5 +120,18 @@ async def test_the_trained_bundle_serves_its_calibrated_threshold(trained_bundle
             scores = vecs @ vecs[i]
             want = {r.asin for j, r in enumerate(recs) if j != i and r.locale == rec.locale and scores[j] >= cal.threshold}
             assert {d["asin"] for d in doc["duplicates"]} == want, rec.asin
+        # The same documents under new ASINs, not in the catalog: the service's product tower embeds them as the
+        # indexer did, so each finds its original and the original's duplicates (int8 scales each batch on its own:
+        # a neighbour within 0.01 of the threshold may fall either side).
+        news = [{**d, "asin": f"B0NEW{i:05d}"} for i, d in enumerate(docs[:8])]
+        r = await c.post("/duplicates", json={"products": news, "k": len(recs)})
+        assert r.status_code == 200, r.text
+        row = {r.asin: j for j, r in enumerate(recs)}
+        for i, item in enumerate(r.json()["results"]):
+            got = {d["asin"] for d in item["result"]["duplicates"]}
+            scores = vecs @ vecs[i]
+            want = {r.asin for j, r in enumerate(recs) if r.locale == recs[i].locale and scores[j] >= cal.threshold}
+            assert recs[i].asin in got, item
+            assert all(abs(scores[row[a]] - cal.threshold) < 0.01 for a in got ^ want), (got ^ want, item)
 
     await _run(create_app(s, follow_feed=False), check)
