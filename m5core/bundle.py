@@ -43,6 +43,17 @@ class TowerSpec(BaseModel):
     distilled_from: str | None = None
 
 
+class FinetuneRef(BaseModel):
+    """The served product tower's weights, for partners who fine-tune from the bundle (`m5 partner finetune`): a
+    safetensors state dict and the JSON that rebuilds the model around it (never a pickle: loading runs no code)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = "finetune.safetensors"
+    config: str = "finetune.json"
+    tower: Literal["product"] = "product"
+
+
 class LexicalRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +105,8 @@ class Manifest(BaseModel):
     lexical: LexicalRef | None = None
     duplicates: DuplicateThreshold | None = None
     """Served duplicate detection's threshold (`GET /asin/{asin}/duplicates`); None: not calibrated (no labelled pairs)."""
+    finetune: FinetuneRef | None = None
+    """Fine-tunable weights carried by the bundle (`export.finetunable`); None: a serving-only bundle."""
     metrics: dict[str, Any] = Field(default_factory=dict)
     training_config: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
@@ -116,7 +129,7 @@ PINNED = re.compile(r"-([0-9a-f]{16})$")
 stored vector, the namespace it lives in) pins the bundle's content, and a bundle that does not hash to it is refused."""
 
 
-LATER_FIELDS = ("duplicates",)
+LATER_FIELDS = ("duplicates", "finetune")
 """Manifest fields added after versions were pinned: left out of the digest while unset, so a bundle published
 before a field existed keeps the version it was published under."""
 

@@ -81,11 +81,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     pp = tsub.add_parser(
         "partner",
-        help="fine-tune a run's model on partner pairs (JSONL) and publish a bundle",
+        help="fine-tune a bundle's (or a run's) model on partner pairs (JSONL) and publish a bundle",
         description="Pairs format: docs/trainer.md#partner-toolkit ({text_a,text_b,label} or {query, product_asin|product_text, label}).",
     )
     pp.add_argument("pairs", type=Path, help="JSONL of labelled pairs")
-    pp.add_argument("--run-dir", type=Path, required=True, help="trainer run directory holding finetuned.pt")
+    _partner_arguments(pp)
+
+    # The same command where a partner team looks for it: `m5 partner finetune --bundle B --pairs F --out O`.
+    partner = sub.add_parser("partner", help="partner toolkit: fine-tune a published bundle on your own labelled pairs")
+    psub = partner.add_subparsers(dest="partner_command", metavar="SUBCOMMAND", required=True)
+    pf = psub.add_parser(
+        "finetune",
+        help="fine-tune a bundle exported with export.finetunable on labelled pairs; publish a partner bundle",
+        description="Pairs format: docs/trainer.md#partner-toolkit. A fifth of the anchors is held out and scored before and after.",
+    )
+    pf.add_argument("--pairs", type=Path, required=True, help="JSONL of labelled pairs")
+    _partner_arguments(pf)
+
+
+def _partner_arguments(pp: argparse.ArgumentParser) -> None:
+    start = pp.add_mutually_exclusive_group(required=True)
+    start.add_argument("--bundle", type=Path, help="bundle exported with `--set export.finetunable=true` (carries its weights)")
+    start.add_argument("--run-dir", type=Path, help="trainer run directory holding finetuned.pt")
     pp.add_argument("--out", type=Path, required=True, help="bundles directory for the partner bundle")
     pp.add_argument("--strategy", choices=("infonce", "bce", "triplet"), default="infonce", help="loss")
     pp.add_argument("--steps", type=int, default=100, help="optimizer steps")
@@ -154,12 +171,17 @@ def _report(args) -> int:
 def _partner(args) -> int:
     import sys
 
+    from m5core.bundle import BundleError, load_manifest
     from trainer.partner import PairsError, finetune_on_pairs
 
     try:
-        bundle = finetune_on_pairs(args.run_dir, args.pairs, args.out, args.strategy, args.steps, args.name, args.catalog)
-    except (PairsError, FileNotFoundError) as exc:
-        print(f"m5 train partner: error: {exc}", file=sys.stderr)
+        bundle = finetune_on_pairs(args.bundle or args.run_dir, args.pairs, args.out, args.strategy, args.steps, args.name, args.catalog)
+    except (PairsError, BundleError) as exc:
+        print(f"m5 partner finetune: error: {exc}", file=sys.stderr)
         return 2
+    report = load_manifest(bundle).metrics.get("partner", {})
+    print(
+        f"held-out pairs: {report.get('held_out_rows')}, AUC before {report.get('held_out_auc_before')} -> after {report.get('held_out_auc_after')}"
+    )
     print(f"bundle: {bundle}")
     return 0

@@ -161,6 +161,8 @@ class ExportConfig(_Strict):
         description="quantisation keeps feed-forward outputs fp32, first "
         "layer first, until int8's mean cosine to fp32 reaches this (the gate's min_cosine is the floor)",
     )
+    finetunable: bool = Field(False, description="the bundle carries its product tower's weights, for `m5 partner finetune --bundle`")
+    """Off for serving-only bundles: the weights are fp32 (the default tower: ~80 MB more), and only partners need them."""
     dense_dims: int = Field(0, ge=0, description="project both towers' vectors onto their top N principal directions at export (0: keep the width)")
     """Shorter vectors for a deployment that must pay less per search. Traded for lexical buckets at 640 dims (256 + 384
     instead of 384 + 256) it won on the development set and lost on the synthetic test split, so no preset uses it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -12,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from m5core.bundle import DuplicateThreshold, LexicalRef, Manifest, TowerSpec, pinned_version, write_manifest
+from m5core.bundle import DuplicateThreshold, FinetuneRef, LexicalRef, Manifest, TowerSpec, pinned_version, write_manifest
 from m5core.encoder import OnnxEncoder, embed_in_batches
 from m5core.lexical import FILE as LEXICAL_FILE
 from m5core.lexical import LexicalBlock
 from m5core.metrics import threshold_at_precision
-from trainer.model import EmbeddingModel
+from trainer.model import EmbeddingModel, encoder_from_state
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,8 @@ def publish_bundle(
             manifest.lexical = LexicalRef(file=LEXICAL_FILE, dims=lexical.dims)
             manifest.dim = pc.dim + lexical.dims
         manifest.duplicates = calibrate_duplicates(staging, manifest, duplicate_pairs or [], export_cfg.get("duplicate_precision", 0.9))
+        if export_cfg.get("finetunable", False):
+            manifest.finetune = save_finetunable(product, staging)
         if not export_cfg.get("keep_fp32", True):
             for f in staging.glob("*.fp32.onnx"):
                 f.unlink()
@@ -280,6 +283,33 @@ def publish_bundle(
     link_current(out_dir, final)
     log.info("published bundle %s (%s)", version, parity)
     return final
+
+
+def save_finetunable(product: EmbeddingModel, bundle_dir: Path) -> FinetuneRef:
+    """The served product tower's weights into the bundle, for `m5 partner finetune --bundle` (safetensors: loading a
+    bundle someone handed you runs no code, as a pickle would)."""
+    from safetensors.torch import save_file
+
+    ref = FinetuneRef()
+    save_file({k: v.detach().contiguous().clone() for k, v in product.state_dict().items()}, str(bundle_dir / ref.weights))
+    meta = {"config": product.config.model_dump(mode="json"), "bert_config": product.encoder.config.to_dict()}
+    (bundle_dir / ref.config).write_text(json.dumps(meta, default=str, indent=1))
+    return ref
+
+
+def load_finetunable(bundle_dir: Path, manifest: Manifest) -> EmbeddingModel:
+    """The tower `save_finetunable` stored; the bundle's files were checked against its manifest by load_manifest."""
+    from safetensors.torch import load_file
+
+    from trainer.config import ModelConfig
+
+    ref = manifest.finetune
+    meta = json.loads((bundle_dir / ref.config).read_text())
+    model = EmbeddingModel(
+        ModelConfig.model_validate(meta["config"]), encoder_from_state({"bert_config": meta["bert_config"], "state": {}}, load=False)
+    )
+    model.load_state_dict(load_file(str(bundle_dir / ref.weights)))
+    return model.eval()
 
 
 def calibrate_duplicates(bundle_dir: Path, manifest: Manifest, pairs: list[tuple[str, str, int]], precision: float) -> DuplicateThreshold | None:

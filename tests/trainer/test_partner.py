@@ -90,3 +90,36 @@ def test_finetune_on_partner_pairs_publishes_a_loadable_bundle(tmp_path, trained
     assert (tmp_path / "partner" / "current").resolve() == bundle
     v = PartnerBundle(bundle).embed_texts([rows[0]["text_a"]])
     assert v.shape == (1, m.dim)
+
+
+def test_partner_finetune_from_a_bundle_that_carries_its_weights(tmp_path, trained_bundle, test_catalog, capsys):
+    """`m5 partner finetune --bundle`: a partner needs the bundle we vend, not our run directory; a serving-only
+    bundle is refused with how to export one; the held-out fifth is scored before and after."""
+    import shutil
+
+    from catalog.io import load_catalog
+    from m5cli.main import main
+    from m5core.schema import render_product
+
+    run = shutil.copytree(trained_bundle.parent / "run", tmp_path / "run")
+    cat = load_catalog(test_catalog)
+    text = {p["asin"]: render_product(p, "fields") for p in cat.products()}
+    rows = [{"text_a": text[d["asin_a"]], "text_b": text[d["asin_b"]], "label": d["label"]} for d in cat.duplicate_pairs("train")[:200]]
+    pairs = _write(tmp_path / "pairs.jsonl", rows)
+
+    assert main(["partner", "finetune", "--bundle", str(trained_bundle), "--pairs", str(pairs), "--out", str(tmp_path / "p0")]) == 2
+    err = capsys.readouterr().err
+    assert "carries no fine-tunable weights" in err and "--set export.finetunable=true" in err
+
+    export = ["train", "export", "--preset", "test", "--catalog", str(test_catalog), "--run-dir", str(run), "--out", str(tmp_path / "b")]
+    assert main([*export, "--set", "export.finetunable=true"]) == 0
+    source = (tmp_path / "b" / "current").resolve()
+    assert load_manifest(source).finetune is not None and (source / "finetune.safetensors").is_file()
+
+    assert main(["partner", "finetune", "--bundle", str(source), "--pairs", str(pairs), "--out", str(tmp_path / "p"), "--steps", "5"]) == 0
+    assert "AUC before" in capsys.readouterr().out
+    m = load_manifest((tmp_path / "p" / "current").resolve())
+    report = m.metrics["partner"]
+    assert report["held_out_rows"] > 0 and 0 <= report["held_out_auc_before"] <= 1 and 0 <= report["held_out_auc_after"] <= 1
+    assert m.metrics["base"] == str(source)
+    assert PartnerBundle(tmp_path / "p" / "current").embed_texts([rows[0]["text_a"]]).shape == (1, m.dim)
