@@ -47,12 +47,14 @@ def hit_docs(g: Serving, hits: list[tuple[str, float]], fields: list[str] | None
     return out
 
 
-def rescored(g: Serving, hits: list[tuple[str, float]], q: np.ndarray, text: str, depth: int) -> list[tuple[str, float]]:
+def rescored(
+    g: Serving, hits: list[tuple[str, float]], q: np.ndarray, text: str, depth: int, terms: dict[str, bytes | None] | None = None
+) -> list[tuple[str, float]]:
     """The first `depth` hits re-ordered by `LexicalBlock.rescore` (exact lexical cosine in place of the hashed one),
-    their terms read from the store in one round trip; the rest follow as the index ranked them. A candidate the
-    store no longer holds, or holds without terms, keeps the index's score."""
+    their terms read from the store in one round trip (or taken from `terms`, a batch's one read); the rest follow as
+    the index ranked them. A candidate the store no longer holds, or holds without terms, keeps the index's score."""
     head = hits[:depth]
-    blobs = from_store(g.store.get_terms, [a for a, _ in head])
+    blobs = [terms.get(a) for a, _ in head] if terms is not None else from_store(g.store.get_terms, [a for a, _ in head])
     if not any(blobs):
         return hits
     scores = g.encoder.lexical.rescore(q, text, np.array([sc for _, sc in head], np.float32), blobs)
@@ -60,56 +62,71 @@ def rescored(g: Serving, hits: list[tuple[str, float]], q: np.ndarray, text: str
     return [(head[i][0], float(scores[i])) for i in order] + hits[depth:]
 
 
-def search(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.ndarray | None = None) -> dict:
-    """The response document (the caller reads `state.serving` once: a model switch cannot split a request).
-    text_vector: the (1, dim) embedding of `body.query` when the caller embedded it already (a batch)."""
-    index = g.index
-    t0 = time.perf_counter()
+def query_of(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
+    """One search's (1, dim) query vector and the ASIN to leave out of its hits; 404 / 409 / 422 as /search answers.
+    text_vector: the embedding of `body.query` when the caller embedded it already (a batch)."""
     if body.k > s.max_k:
         raise ApiError(422, f"k: at most {s.max_k}")
     exclude = None
     if body.query is not None:
         q = text_vector if text_vector is not None else query_vectors(g, [body.query], s)
     elif body.vector is not None:
-        if len(body.vector) != index.dim:
-            raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {index.dim}")
+        if len(body.vector) != g.index.dim:
+            raise ApiError(422, f"vector: has {len(body.vector)} dimensions, the index has {g.index.dim}")
         q = unit_vector(body.vector)
     else:
         rec = from_store(g.store.get, body.asin)
         if rec is None:
             raise ApiError(404, f"asin {body.asin} is not in the catalog")
-        if rec.vector.shape[0] != index.dim:
-            raise ApiError(409, f"asin {body.asin} has a {rec.vector.shape[0]}-d vector, the index is {index.dim}-d (bundle mismatch)")
+        if rec.vector.shape[0] != g.index.dim:
+            raise ApiError(409, f"asin {body.asin} has a {rec.vector.shape[0]}-d vector, the index is {g.index.dim}-d (bundle mismatch)")
         q, exclude = rec.vector[None], body.asin
-    if q.shape[1] != index.dim:
-        raise ApiError(409, f"the query tower gives {q.shape[1]}-d vectors, the index is {index.dim}-d (bundle mismatch)")
-    f = body.filters
+    if q.shape[1] != g.index.dim:
+        raise ApiError(409, f"the query tower gives {q.shape[1]}-d vectors, the index is {g.index.dim}-d (bundle mismatch)")
+    return q, exclude
+
+
+def rerank_depth(g: Serving, body: SearchRequest, s: ServiceSettings) -> int:
     block = getattr(g.encoder, "lexical", None)
-    depth = s.rerank_depth if body.query is not None and block is not None and block.exact else 0
+    return s.rerank_depth if body.query is not None and block is not None and block.exact else 0
+
+
+def index_key(body: SearchRequest, s: ServiceSettings, exclude: str | None, depth: int) -> tuple:
+    """What one index call must share: searches with equal keys are answered by one call with all their rows."""
+    f = body.filters
+    return (f.locale if f else None, f.product_line if f else None, exclude, body.effort or s.effort, max(body.k, depth))
+
+
+def index_search(g: Serving, q: np.ndarray, key: tuple) -> list[list[tuple[str, float]]]:
+    locale, product_line, exclude, effort, k = key
     t1 = time.perf_counter()
-    hits = index.search(
-        q,
-        max(body.k, depth),
-        locale=f.locale if f else None,
-        product_line=f.product_line if f else None,
-        exclude=exclude,
-        effort=body.effort or s.effort,
-    )[0]
+    hits = g.index.search(q, k, locale=locale, product_line=product_line, exclude=exclude, effort=effort)
     M.STAGE.labels("search").observe(time.perf_counter() - t1)
+    return hits
+
+
+def answer(g: Serving, body: SearchRequest, hits: list, q: np.ndarray, depth: int, t0: float, terms: dict[str, bytes | None] | None = None) -> dict:
+    """Index hits -> the response document: the exact re-score of a text search's head, the cut to k, the fields."""
     if depth and hits:
         t2 = time.perf_counter()
-        hits = rescored(g, hits, q[0], body.query, depth)
+        hits = rescored(g, hits, q[0], body.query, depth, terms)
         M.STAGE.labels("rescore").observe(time.perf_counter() - t2)
-    hits = hits[: body.k]
-    out = hit_docs(g, hits, body.fields)
     return {
-        "hits": out,
+        "hits": hit_docs(g, hits[: body.k], body.fields),
         "k": body.k,
-        "index_size": len(index),
-        "index_kind": index.kind,
+        "index_size": len(g.index),
+        "index_kind": g.index.kind,
         "bundle_version": g.encoder.version,
         "took_ms": round((time.perf_counter() - t0) * 1000, 3),
     }
+
+
+def search(g: Serving, body: SearchRequest, s: ServiceSettings) -> dict:
+    """The response document (the caller reads `state.serving` once: a model switch cannot split a request)."""
+    t0 = time.perf_counter()
+    q, exclude = query_of(g, body, s)
+    depth = rerank_depth(g, body, s)
+    return answer(g, body, index_search(g, q, index_key(body, s, exclude, depth))[0], q, depth, t0)
 
 
 ITEM_ERRORS = (404,)
@@ -132,18 +149,38 @@ def check_batch(searches: list[SearchRequest], s: ServiceSettings, dim: int) -> 
 
 
 def search_batch(g: Serving, searches: list[SearchRequest], s: ServiceSettings) -> dict:
-    """POST /search/batch: every search as /search would run it, their texts embedded in one call to the query tower."""
+    """POST /search/batch: every search as /search would answer it, at a fraction of the cost: the texts embedded in one
+    call to the query tower, one index call for each group of searches with the same filters, effort and k (FAISS
+    scans the lists once for all their rows), and one store read for the terms every text search re-scores."""
     t0 = time.perf_counter()
     check_batch(searches, s, g.index.dim)
     texts = [b.query for b in searches if b.query is not None]
     vectors = iter(query_vectors(g, texts, s, field="searches[].query")) if texts else iter(())
-    results = []
+    prepared: list[tuple[np.ndarray, int, tuple] | ApiError] = []
     for body in searches:
         vec = next(vectors)[None] if body.query is not None else None
         try:
-            results.append({"result": search(g, body, s, text_vector=vec), "error": None})
+            q, exclude = query_of(g, body, s, vec)
         except ApiError as exc:
             if exc.status not in ITEM_ERRORS:
                 raise
-            results.append({"result": None, "error": {"status": exc.status, "detail": exc.detail}})
+            prepared.append(exc)
+            continue
+        depth = rerank_depth(g, body, s)
+        prepared.append((q, depth, index_key(body, s, exclude, depth)))
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(prepared):
+        if not isinstance(p, ApiError):
+            groups.setdefault(p[2], []).append(i)
+    hits: dict[int, list] = {}
+    for key, rows in groups.items():
+        hits.update(zip(rows, index_search(g, np.vstack([prepared[i][0] for i in rows]), key)))
+    heads = sorted({a for i, h in hits.items() for a, _ in h[: prepared[i][1]]})
+    terms = dict(zip(heads, from_store(g.store.get_terms, heads))) if heads else {}
+    results = []
+    for body, p, i in zip(searches, prepared, range(len(searches))):
+        if isinstance(p, ApiError):
+            results.append({"result": None, "error": {"status": p.status, "detail": p.detail}})
+        else:
+            results.append({"result": answer(g, body, hits[i], p[0], p[1], t0, terms), "error": None})
     return {"results": results, "bundle_version": g.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}

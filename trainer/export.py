@@ -292,6 +292,7 @@ def save_finetunable(product: EmbeddingModel, bundle_dir: Path) -> FinetuneRef:
 
     ref = FinetuneRef()
     save_file({k: v.detach().contiguous().clone() for k, v in product.state_dict().items()}, str(bundle_dir / ref.weights))
+    os.chmod(bundle_dir / ref.weights, 0o644)  # safetensors writes 0600; a bundle is read by other users (the service's)
     meta = {"config": product.config.model_dump(mode="json"), "bert_config": product.encoder.config.to_dict()}
     (bundle_dir / ref.config).write_text(json.dumps(meta, default=str, indent=1))
     return ref

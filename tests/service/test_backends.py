@@ -101,6 +101,12 @@ async def test_text_search_rescores_its_candidates_with_the_stored_exact_terms(t
             order = np.argsort(-expected, kind="stable")
             assert [h["asin"] for h in hits] == [list(TEXTS)[i] for i in order]
             np.testing.assert_allclose([h["score"] for h in hits], expected[order], atol=1e-4)
+            # A batch re-scores the same way, its terms read once for every text search in it.
+            searches = [{"query": text, "k": 5}, {"query": "steel bottle", "k": 3}, {"query": text, "k": 2, "filters": {"locale": "en_US"}}]
+            batch = (await c.post("/search/batch", json={"searches": searches})).json()["results"]
+            for body, item in zip(searches, batch):
+                alone = (await c.post("/search", json=body)).json()["hits"]
+                assert [(h["asin"], round(h["score"], 4)) for h in item["result"]["hits"]] == [(h["asin"], round(h["score"], 4)) for h in alone]
 
         await _run(app, check)
     assert not np.allclose(want[:4], (vecs @ q)[:4], atol=1e-3)  # the exact idf is not the buckets' idf
