@@ -57,6 +57,9 @@ class Indexer:
         saved = self.store.load_offsets(self.s.group_id)
         mine = {tp: saved.get(tp, 0) for tp in partitions}
         self._to_compare.update(mine)  # with the group's commit after poll() returns: no broker call inside its callback
+        # What it starts from counts as saved: a store that goes back before this member's first batch (a host crash
+        # right after a restart) is then found by `_store_went_back` like one that goes back between two batches.
+        self._saved.update({tp: off for tp, off in mine.items() if tp in saved})
         return mine
 
     def _store_went_back(self, msgs: list[Message]) -> bool:

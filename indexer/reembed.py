@@ -186,15 +186,21 @@ def reembed(
     try:
         # Where the event indexer stood before the copy: the new namespace starts there, so the indexer restarted
         # on it (`Indexer.start_offsets`) replays every change since, including those it wrote to the old namespace
-        # after the catch-up below; versions make the overlap a no-op.
+        # after the catch-up below; versions make the overlap a no-op. The old store's offsets are read again after
+        # each pass: a store that lost acknowledged writes meanwhile (a host crash) is behind, and what it lost was not
+        # copied, so the replay starts at the earliest of them.
         group = getattr(settings, "group_id", None)
-        start = old.load_offsets(group) if group else {}
+        seen = [old.load_offsets(group)] if group else []
         written = copy_namespace(old, new, encoder, scheme, batch)
-        caught = catch_up(old, new, encoder, scheme, batch)
-        for _ in range(CATCH_UP_PASSES - 1):  # under a busy stream a pass leaves a few changes; the gate counts after the last
-            if not any(caught.values()):
+        caught = {"embedded": 0, "deleted": 0}
+        for _ in range(CATCH_UP_PASSES):  # under a busy stream a pass leaves a few changes; the gate counts after the last
+            more = catch_up(old, new, encoder, scheme, batch)
+            caught = {k: caught[k] + more[k] for k in caught}
+            if group:
+                seen.append(old.load_offsets(group))
+            if not any(more.values()):
                 break
-            caught = {k: v + more for (k, v), more in zip(caught.items(), catch_up(old, new, encoder, scheme, batch).values())}
+        start = earliest(seen)
         report: dict = {"from": old_ns, "to": new_ns, "written": written, "catch_up": caught, "old_count": old.count(), "new_count": new.count()}
         report["coverage"] = report["new_count"] / max(report["old_count"], 1)
         report["overlap_at_k"] = neighbour_overlap(old, new, gates.sample, gates.k)
@@ -224,6 +230,13 @@ def reembed(
     finally:
         old.close()
         new.close()
+
+
+def earliest(reads: list[dict]) -> dict:
+    """Offsets per partition, the lowest of several reads; a read without a partition (a store that lost all of it)
+    makes it 0: replay the partition from its start."""
+    parts = {tp for r in reads for tp in r}
+    return {tp: min(r.get(tp, 0) for r in reads) for tp in parts}
 
 
 def publish_namespace(store: EmbeddingStore, sink: EventSink, topic: str, batch: int = 1000) -> int:

@@ -53,7 +53,8 @@ def pipeline(real_servers, kafka_bootstrap, redis_url, unique_name):
 
     def make(encoder=None):
         src = KafkaSource(kafka_bootstrap, [s.changes_topic], s.group_id)
-        idx = Indexer(s, src, KafkaSink(kafka_bootstrap), RedisStore(redis_url, s.namespace), encoder or HashEncoder(32))
+        feed = KafkaSink(kafka_bootstrap, transactional_id=unique_name("tx"))  # as `m5 index run` publishes
+        idx = Indexer(s, src, feed, RedisStore(redis_url, s.namespace), encoder or HashEncoder(32))
         made.append(idx)
         return idx
 

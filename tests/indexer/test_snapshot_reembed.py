@@ -210,3 +210,26 @@ def test_changes_after_the_reembed_copy_reach_the_new_namespace(local):
     assert new.count() == 14
     assert all(new.get(d["asin"]).bundle_version == "new-v2" for d in docs[1:15])
     assert new.get(docs[0]["asin"]) is None
+
+
+def test_the_new_namespace_replays_from_the_earliest_offsets_the_old_store_showed(local, monkeypatch):
+    """A store that came back with less than it acknowledged during the copy (a host crash) did not hand the copy what
+    it lost: the indexer restarted on the new namespace must replay from the offsets the store fell back to."""
+    import indexer.reembed as reembed_module
+
+    s, path, docs = local
+    store = open_store(s)
+    backfill(path, store, LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    tp = ("catalog.changes", 0)
+    store.save_offsets(s.group_id, {tp: 100})
+    copy = reembed_module.copy_namespace
+
+    def copy_then_lose(old, new, *args, **kw):
+        n = copy(old, new, *args, **kw)
+        old.save_offsets(s.group_id, {tp: 40})  # what a restart from an older AOF leaves
+        return n
+
+    monkeypatch.setattr(reembed_module, "copy_namespace", copy_then_lose)
+    out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(min_coverage=1.0, sample=20, k=5))
+    assert open_store(s, out["to"]).load_offsets(s.group_id) == {tp: 40}
+    assert reembed_module.earliest([{tp: 100, ("t", 1): 5}, {tp: 40}]) == {tp: 40, ("t", 1): 0}
