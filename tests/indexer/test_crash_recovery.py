@@ -47,6 +47,9 @@ def test_kill_9_and_restart_converges(membership, kafka_bootstrap, kafka_topics,
         "M5_MAX_BATCH": "16",
         "M5_METRICS_PORT": "0",
         "M5_ENCODE_THREADS": "1",
+        # One stable transactional id per replica, as docs/indexer.md asks: the restarted process aborts at once what
+        # the killed one left open (a random id leaves the feed's readers waiting for the broker's 30 s timeout).
+        "M5_TRANSACTIONAL_ID": "indexer-0",
     }
     if membership == "static":
         env |= {"M5_GROUP_INSTANCE_ID": "indexer-0", "M5_SESSION_TIMEOUT_MS": "60000"}
