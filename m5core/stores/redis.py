@@ -157,39 +157,33 @@ class RedisStore(EmbeddingStore):
             out.append((None if pv is None else int(pv), None if h is None else h.decode(), d == b"1"))
         return out
 
-    def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
+    def _scan_fields(self, fields: Sequence[str], batch: int) -> Iterator[tuple[str, list]]:
+        """(asin, values of `fields`) of every record of the namespace: SCAN, then one pipelined HMGET per page."""
         prefix = f"{self.namespace}:v:"
         for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
             pipe = self.client.pipeline(transaction=False)
             for k in keys:
-                pipe.hmget(k, _FIELDS)
+                pipe.hmget(k, fields)
             for k, vals in zip(keys, pipe.execute()):
-                rec = self._decode(k.decode()[len(prefix) :], vals)
-                if rec is not None:
-                    yield rec
+                yield k.decode()[len(prefix) :], vals
+
+    def scan(self, batch: int = 1000) -> Iterator[VectorRecord]:
+        for asin, vals in self._scan_fields(_FIELDS, batch):
+            if (rec := self._decode(asin, vals)) is not None:
+                yield rec
 
     def count(self) -> int:
         return int(self.client.get(self._live) or 0)
 
     def iter_docs(self, batch: int = 1000) -> Iterator[tuple[str, bytes]]:
-        prefix = f"{self.namespace}:v:"
-        for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
-            pipe = self.client.pipeline(transaction=False)
-            for k in keys:
-                pipe.hmget(k, ("doc", "del"))
-            for k, (doc, deleted) in zip(keys, pipe.execute()):
-                if doc and deleted != b"1":
-                    yield k.decode()[len(prefix) :], doc
+        for asin, (doc, deleted) in self._scan_fields(("doc", "del"), batch):
+            if doc and deleted != b"1":
+                yield asin, doc
 
     def iter_tombstones(self, batch: int = 1000) -> Iterator[tuple[str, int]]:
-        prefix = f"{self.namespace}:v:"
-        for keys in batched(self.client.scan_iter(match=prefix + "*", count=batch), batch):
-            pipe = self.client.pipeline(transaction=False)
-            for k in keys:
-                pipe.hmget(k, ("pv", "del"))
-            for k, (pv, deleted) in zip(keys, pipe.execute()):
-                if deleted == b"1" and pv is not None:
-                    yield k.decode()[len(prefix) :], int(pv)
+        for asin, (pv, deleted) in self._scan_fields(("pv", "del"), batch):
+            if deleted == b"1" and pv is not None:
+                yield asin, int(pv)
 
     def get_pointer(self, name: str) -> str | None:
         v = self.client.get(name)
