@@ -74,7 +74,7 @@ def main() -> None:
             t1 = time.perf_counter()
             hits = index.search(q, args.depth)[0]
             t2 = time.perf_counter()
-            rescored(g, hits, q[0], qtexts[qi], args.depth)[:10]
+            rescored(g, [hits], q, [qtexts[qi]], args.depth)[0][:10]
             t3 = time.perf_counter()
             plain.append(t1 - t0)
             deep.append(t2 - t1)

@@ -10,6 +10,7 @@ import logging
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,6 +26,11 @@ from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.feed import encode_feed_value, tombstone_headers
 from m5core.schema import ChangeEvent, render_product
 from m5core.stores.base import EmbeddingStore
+
+
+class StoreRestarted(RuntimeError):
+    """The store process that answered a batch's first read is not the one that took its seal."""
+
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,7 @@ class Indexer:
         M.BUNDLE_INFO.labels(encoder.version).set(1)
         self._to_compare: dict[tuple[str, int], int] = {}
         self._saved: dict[tuple[str, int], int] = {}  # what this member last recorded in the store, per partition
+        self._member = uuid.uuid4().hex  # names this member's seal in the store
         self._checked_at = time.monotonic()
         source.on_assign(self.start_offsets)
 
@@ -71,17 +78,22 @@ class Indexer:
             return False
         held = self.store.load_offsets(self.s.group_id)
         mine = set(self.source.assignment()) | {(m.topic, m.partition) for m in msgs}  # not a partition moved away
-        back = {tp: held.get(tp, 0) for tp, saved in self._saved.items() if tp in mine and held.get(tp, -1) < saved}
-        if not back:
-            return False
+        back = {tp for tp, saved in self._saved.items() if tp in mine and held.get(tp, -1) < saved}
+        if back:
+            self._replay_from_store(back, held, mine)
+        return bool(back)
+
+    def _replay_from_store(self, partitions: set[tuple[str, int]], held: dict | None = None, mine: set | None = None) -> None:
+        """Seek `partitions` back to the offsets the store holds (their beginning, if it holds none)."""
+        held = self.store.load_offsets(self.s.group_id) if held is None else held
+        mine = set(self.source.assignment()) if mine is None else mine
+        back = {tp: held.get(tp, 0) for tp in partitions if tp in mine}
         for tp, off in back.items():
             M.STORE_REPLAYS.inc()
-            log.warning(
-                "%s:%d: the store holds offsets up to %d, below the %d this member saved: it lost writes; replaying", *tp, off, self._saved[tp]
-            )
-            del self._saved[tp]
-        self.source.seek(back)
-        return True
+            log.warning("%s:%d: the store holds offsets up to %d, below what this member saved: it lost writes; replaying", *tp, off)
+            self._saved.pop(tp, None)
+        if back:
+            self.source.seek(back)
 
     def _report_replays(self) -> None:
         started, self._to_compare = self._to_compare, {}
@@ -160,6 +172,7 @@ class Indexer:
 
     # ------------------------------------------------------------------ one batch
     def process(self, msgs: list[Message]) -> None:
+        instance = self.store.instance()  # before the offsets are compared: a restart after it is found at the seal
         if self._store_went_back(msgs):
             return  # the source now reads from what the store holds: the next polls replay what it lost
         offsets: dict[tuple[str, int], int] = {}
@@ -180,6 +193,11 @@ class Indexer:
                     M.EVENTS.labels(parsed.op).inc()
             if events:
                 self._apply(events, msgs, source)
+            # The client reconnects to a restarted store without a word: the batch's reads and writes count only if
+            # one store process answered them all, from before its offsets were compared to after the seal.
+            token = uuid.uuid4().hex
+            if self.store.seal(self.s.group_id, self._member, token) != instance:
+                raise StoreRestarted("the store restarted during the batch (its reads may miss, or its writes may have lost, acknowledged data)")
             # The feed's records and the offsets in one transaction (Kafka): a member the group has moved on from
             # commits neither, so its late, stale records never reach a reader.
             self.sink.commit_batch(offsets, self.source)
@@ -188,7 +206,12 @@ class Indexer:
             raise
         # After the commit, and after the records on the same connection (see start_offsets): offsets saved before
         # a commit that then failed would let the partition's next owner skip a batch whose feed records were aborted.
-        self.store.save_offsets(self.s.group_id, offsets)
+        if not self.store.save_offsets(self.s.group_id, offsets, sealed=(self._member, token)):
+            # It restarted after the seal and came back without it, so without some of the batch's writes. The
+            # batch's feed records went out and will go again: read the partitions again from what it holds.
+            log.warning("the store lost this batch's seal (restarted from an older AOF?): replaying from its offsets")
+            self._replay_from_store(set(offsets))
+            return
         self._saved.update(offsets)
         M.BATCHES.inc()
 

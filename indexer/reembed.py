@@ -88,8 +88,12 @@ def catch_up(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, bat
     return {"embedded": embedded, "deleted": deleted}
 
 
-def _sample_index(store: EmbeddingStore, asins: list[str]) -> tuple[AnnIndex, np.ndarray]:
+def _sample_index(store: EmbeddingStore, asins: list[str]) -> tuple[AnnIndex | None, dict[str, np.ndarray]]:
+    """-> a flat index of the products of `asins` the store holds, and their vectors (one read: the catalog changes
+    while a re-embed runs, so a product may be gone by a second one)."""
     recs = [r for r in store.get_many(asins) if r is not None]
+    if not recs:
+        return None, {}
     vecs = np.stack([r.vector for r in recs]).astype(np.float32)  # (n, dim)
     idx = AnnIndex.build(
         vecs.shape[1],
@@ -100,7 +104,7 @@ def _sample_index(store: EmbeddingStore, asins: list[str]) -> tuple[AnnIndex, np
         [r.product_version for r in recs],
         kind="flat",
     )
-    return idx, vecs
+    return idx, {r.asin: v for r, v in zip(recs, vecs)}
 
 
 def neighbour_overlap(old: EmbeddingStore, new: EmbeddingStore, sample: int = 200, k: int = 10, pool: int = 20_000, seed: int = 0) -> float:
@@ -112,12 +116,12 @@ def neighbour_overlap(old: EmbeddingStore, new: EmbeddingStore, sample: int = 20
     pool_asins = [asins[i] for i in sorted(rng.choice(len(asins), min(pool, len(asins)), replace=False))]
     old_idx, old_vecs = _sample_index(old, pool_asins)
     new_idx, new_vecs = _sample_index(new, pool_asins)
-    shared = [a for a in pool_asins if old_idx.contains(a) and new_idx.contains(a)][:sample]
+    shared = [a for a in pool_asins if a in old_vecs and a in new_vecs][:sample]
     kk = min(k, len(pool_asins) - 1)
-    if not shared or kk < 1:
+    if not shared or kk < 1 or old_idx is None or new_idx is None:
         return 1.0
-    q_old = np.stack([old.get(a).vector for a in shared])  # (s, dim_old)
-    q_new = np.stack([new.get(a).vector for a in shared])  # (s, dim_new)
+    q_old = np.stack([old_vecs[a] for a in shared])  # (s, dim_old)
+    q_new = np.stack([new_vecs[a] for a in shared])  # (s, dim_new)
     hits_old = old_idx.search(q_old, kk + 1)
     hits_new = new_idx.search(q_new, kk + 1)
     scores = []

@@ -216,27 +216,39 @@ class LexicalBlock:
         terms are all it takes. A candidate without stored terms keeps its score.
 
         query: (dim,) the served vector of `text`; scores: (n,) query . product as the index gave them."""
-        scores = np.asarray(scores, np.float32)
-        idx = [i for i, b in enumerate(blobs) if b]
-        if not idx:
-            return scores
-        norms, terms, owner = unpack_terms([blobs[i] for i in idx])  # type: ignore[misc]
-        ids, sat, n = terms["id"].astype(np.int64), terms["sat"].astype(np.float32), len(idx)
-        lex_q = query[query.shape[0] - self.dims :]
-        bucket = ids % self.dims
-        signed = np.where(ids >> 31 & 1, 1.0, -1.0) * self.idf[bucket] * sat * lex_q[bucket]
-        hashed = np.bincount(owner, weights=signed, minlength=n) / np.maximum(norms[:, 0], 1e-12)  # product . query, lexical part
-        q_ids, q_w = self.query_terms(text)
-        cos = np.zeros(n)
-        if len(q_ids):
-            pos = np.minimum(np.searchsorted(q_ids, ids), len(q_ids) - 1)
-            hit = q_ids[pos] == ids
-            q_weight = self._exact_idf_of(q_ids) * q_w
-            cos = np.bincount(owner[hit], weights=sat[hit] * q_weight[pos[hit]], minlength=n) / np.maximum(norms[:, 1], 1e-12)
-        root_s = np.sqrt(self.share)
-        out = scores.copy()
-        out[idx] = scores[idx] + root_s * (float(np.linalg.norm(lex_q)) * cos - hashed)
-        return out
+        return self.rescore_many(query[None], [text], [scores], [blobs])[0]
+
+    def rescore_many(self, queries: np.ndarray, texts: list[str], scores: list[np.ndarray], blobs: list[list[bytes | None]]) -> list[np.ndarray]:
+        """`rescore` of m searches in one pass of array calls (a batch's cost is then one search's, not m of them).
+
+        queries: (m, dim); texts, scores, blobs: one entry per search."""
+        flat = np.concatenate([np.asarray(sc, np.float32) for sc in scores]) if scores else np.zeros(0, np.float32)
+        lengths = [len(sc) for sc in scores]
+        search_of = np.repeat(np.arange(len(scores)), lengths)  # candidate -> its search
+        every = [b for bs in blobs for b in bs]
+        idx = np.array([i for i, b in enumerate(every) if b], np.int64)
+        out = flat.copy()
+        if len(idx):
+            norms, terms, owner = unpack_terms([every[i] for i in idx])  # type: ignore[misc]
+            ids, sat, n = terms["id"].astype(np.int64), terms["sat"].astype(np.float32), len(idx)
+            lex_q = np.asarray(queries, np.float32)[:, queries.shape[1] - self.dims :]  # (m, dims)
+            search = search_of[idx][owner]  # term -> its search
+            bucket = ids % self.dims
+            signed = np.where(ids >> 31 & 1, 1.0, -1.0) * self.idf[bucket] * sat * lex_q[search, bucket]
+            hashed = np.bincount(owner, weights=signed, minlength=n) / np.maximum(norms[:, 0], 1e-12)  # product . query, lexical part
+            # Each search's distinct query terms under one sorted key (search << 32 | crc32): one lookup for all.
+            q_terms = [self.query_terms(t) for t in texts]
+            q_keys = np.concatenate([(j << 32) | q_ids for j, (q_ids, _) in enumerate(q_terms)])
+            q_weight = np.concatenate([self._exact_idf_of(q_ids) * q_w for q_ids, q_w in q_terms])
+            cos = np.zeros(n)
+            if len(q_keys):
+                keys = (search << 32) | ids
+                pos = np.minimum(np.searchsorted(q_keys, keys), len(q_keys) - 1)
+                hit = q_keys[pos] == keys
+                cos = np.bincount(owner[hit], weights=sat[hit] * q_weight[pos[hit]], minlength=n) / np.maximum(norms[:, 1], 1e-12)
+            lex_norm = np.linalg.norm(lex_q, axis=1)[search_of[idx]]
+            out[idx] = flat[idx] + np.sqrt(self.share) * (lex_norm * cos - hashed)
+        return np.split(out, np.cumsum(lengths)[:-1]) if lengths else []
 
     def products(self, texts: list[str]) -> np.ndarray:
         """(n, dims) BM25 term weights of each product (saturated term frequency x idf, length-normalised)."""

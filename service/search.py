@@ -48,18 +48,27 @@ def hit_docs(g: Serving, hits: list[tuple[str, float]], fields: list[str] | None
 
 
 def rescored(
-    g: Serving, hits: list[tuple[str, float]], q: np.ndarray, text: str, depth: int, terms: dict[str, bytes | None] | None = None
-) -> list[tuple[str, float]]:
-    """The first `depth` hits re-ordered by `LexicalBlock.rescore` (exact lexical cosine in place of the hashed one),
-    their terms read from the store in one round trip (or taken from `terms`, a batch's one read); the rest follow as
-    the index ranked them. A candidate the store no longer holds, or holds without terms, keeps the index's score."""
-    head = hits[:depth]
-    blobs = [terms.get(a) for a, _ in head] if terms is not None else from_store(g.store.get_terms, [a for a, _ in head])
-    if not any(blobs):
+    g: Serving, hits: list[list[tuple[str, float]]], queries: np.ndarray, texts: list[str], depth: int, terms: dict[str, bytes | None] | None = None
+) -> list[list[tuple[str, float]]]:
+    """Each text search's first `depth` hits re-ordered by `LexicalBlock.rescore_many` (exact lexical cosine in place of
+    the hashed one), all searches in one pass, their terms read from the store in one round trip (or taken from
+    `terms`); the rest follow as the index ranked them. A candidate the store no longer holds, or holds without terms,
+    keeps the index's score."""
+    heads = [h[:depth] for h in hits]
+    if terms is None:
+        asins = sorted({a for h in heads for a, _ in h})
+        terms = dict(zip(asins, from_store(g.store.get_terms, asins))) if asins else {}
+    blobs = [[terms.get(a) for a, _ in h] for h in heads]
+    if not any(b for bs in blobs for b in bs):
         return hits
-    scores = g.encoder.lexical.rescore(q, text, np.array([sc for _, sc in head], np.float32), blobs)
-    order = np.argsort(-scores, kind="stable")
-    return [(head[i][0], float(scores[i])) for i in order] + hits[depth:]
+    t0 = time.perf_counter()
+    scores = g.encoder.lexical.rescore_many(queries, texts, [np.array([sc for _, sc in h], np.float32) for h in heads], blobs)
+    out = []
+    for h, head, sc in zip(hits, heads, scores):
+        order = np.argsort(-sc, kind="stable")
+        out.append([(head[i][0], float(sc[i])) for i in order] + h[depth:])
+    M.STAGE.labels("rescore").observe(time.perf_counter() - t0)
+    return out
 
 
 def query_of(g: Serving, body: SearchRequest, s: ServiceSettings, text_vector: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
@@ -105,12 +114,8 @@ def index_search(g: Serving, q: np.ndarray, key: tuple) -> list[list[tuple[str, 
     return hits
 
 
-def answer(g: Serving, body: SearchRequest, hits: list, q: np.ndarray, depth: int, t0: float, terms: dict[str, bytes | None] | None = None) -> dict:
-    """Index hits -> the response document: the exact re-score of a text search's head, the cut to k, the fields."""
-    if depth and hits:
-        t2 = time.perf_counter()
-        hits = rescored(g, hits, q[0], body.query, depth, terms)
-        M.STAGE.labels("rescore").observe(time.perf_counter() - t2)
+def answer(g: Serving, body: SearchRequest, hits: list, t0: float) -> dict:
+    """Ranked hits -> the response document: the cut to k, the fields."""
     return {
         "hits": hit_docs(g, hits[: body.k], body.fields),
         "k": body.k,
@@ -126,7 +131,10 @@ def search(g: Serving, body: SearchRequest, s: ServiceSettings) -> dict:
     t0 = time.perf_counter()
     q, exclude = query_of(g, body, s)
     depth = rerank_depth(g, body, s)
-    return answer(g, body, index_search(g, q, index_key(body, s, exclude, depth))[0], q, depth, t0)
+    hits = index_search(g, q, index_key(body, s, exclude, depth))
+    if depth:
+        hits = rescored(g, hits, q, [body.query], depth)
+    return answer(g, body, hits[0], t0)
 
 
 ITEM_ERRORS = (404,)
@@ -175,12 +183,16 @@ def search_batch(g: Serving, searches: list[SearchRequest], s: ServiceSettings) 
     hits: dict[int, list] = {}
     for key, rows in groups.items():
         hits.update(zip(rows, index_search(g, np.vstack([prepared[i][0] for i in rows]), key)))
-    heads = sorted({a for i, h in hits.items() for a, _ in h[: prepared[i][1]]})
-    terms = dict(zip(heads, from_store(g.store.get_terms, heads))) if heads else {}
+    # Every text search re-scored in one pass (they share the service's one rerank depth).
+    texts_at = [i for i in hits if prepared[i][1]]
+    if texts_at:
+        depth = prepared[texts_at[0]][1]
+        again = rescored(g, [hits[i] for i in texts_at], np.vstack([prepared[i][0] for i in texts_at]), [searches[i].query for i in texts_at], depth)
+        hits.update(zip(texts_at, again))
     results = []
     for body, p, i in zip(searches, prepared, range(len(searches))):
         if isinstance(p, ApiError):
             results.append({"result": None, "error": {"status": p.status, "detail": p.detail}})
         else:
-            results.append({"result": answer(g, body, hits[i], p[0], p[1], t0, terms), "error": None})
+            results.append({"result": answer(g, body, hits[i], t0), "error": None})
     return {"results": results, "bundle_version": g.encoder.version, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}

@@ -115,10 +115,23 @@ class EmbeddingStore(ABC):
         """Set `name` to value and `prev_name` to its old value atomically; -> the old value."""
 
     @abstractmethod
-    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+    def instance(self) -> str:
+        """Who is answering: a store process that restarted (and may have come back from an older AOF) answers
+        with a new id. A client reconnects without a word, so this is how a writer learns that its batch's reads
+        and writes did not all reach one process (`Indexer.process`)."""
+
+    @abstractmethod
+    def seal(self, group: str, member: str, token: str) -> str:
+        """Mark, after a batch's writes, that they are all in; -> `instance()` as seen after the mark."""
+
+    @abstractmethod
+    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int], sealed: tuple[str, str] | None = None) -> bool:
         """Record that everything below `offsets` of the change topic is held here: written after the batch's
         records, so a store that comes back from a crash with less than it acknowledged comes back with
-        older offsets too, and the indexer replays from them (`Indexer.start_offsets`)."""
+        older offsets too, and the indexer replays from them (`Indexer.start_offsets`).
+
+        sealed=(member, token): only if that member's seal still reads token (the seal, and so every write
+        before it, survived any restart since); -> whether the offsets were saved."""
 
     @abstractmethod
     def load_offsets(self, group: str) -> dict[TopicPartition, int]: ...

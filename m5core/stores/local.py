@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +35,8 @@ class LocalStore(EmbeddingStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.namespace = namespace
         self._lock = threading.Lock()
+        self._instance = uuid.uuid4().hex
+        self._seals: dict[tuple[str, str], str] = {}
         self.db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
@@ -196,12 +199,23 @@ class LocalStore(EmbeddingStore):
                 raise
         return None if row is None else row[0]
 
-    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+    def instance(self) -> str:
+        return self._instance  # one process's SQLite file: its commits outlive a process crash (WAL)
+
+    def seal(self, group: str, member: str, token: str) -> str:
         with self._lock:
+            self._seals[(group, member)] = token
+        return self._instance
+
+    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int], sealed: tuple[str, str] | None = None) -> bool:
+        with self._lock:
+            if sealed is not None and self._seals.get((group, sealed[0])) != sealed[1]:
+                return False
             self.db.executemany(
                 "INSERT OR REPLACE INTO offsets (ns, grp, tp, next) VALUES (?, ?, ?, ?)",
                 [(self.namespace, group, tp, off) for tp, off in offsets_to_meta(offsets).items()],
             )
+        return True
 
     def load_offsets(self, group: str) -> dict[TopicPartition, int]:
         with self._lock:

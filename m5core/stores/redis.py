@@ -65,6 +65,14 @@ end
 return out
 """
 
+# KEYS: offsets hash, the member's seal; ARGV: token ('' = unsealed), then field, value pairs.
+_SAVE_OFFSETS = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+SEAL_TTL_S = 3600  # a seal lives from a batch's last write to its offsets' save (milliseconds); the TTL only cleans up
+
 _FIELDS = ("vec", "scale", "pv", "bv", "h", "loc", "pl", "ts", "del")
 
 
@@ -79,6 +87,7 @@ class RedisStore(EmbeddingStore):
         self._delete = self.client.register_script(_DELETE)
         self._touch = self.client.register_script(_TOUCH)
         self._terms = self.client.register_script(_TERMS)
+        self._save_offsets = self.client.register_script(_SAVE_OFFSETS)
         self._live = f"{namespace}:live"
 
     def key(self, asin: str) -> str:
@@ -205,11 +214,25 @@ class RedisStore(EmbeddingStore):
                 except redis.WatchError:
                     continue
 
-    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
-        """One HSET after the batch's writes on the same connection order: an AOF cut by a crash keeps a prefix of
-        the command stream, so it never holds these offsets without the records written before them."""
-        if offsets:
-            self.client.hset(f"{self.namespace}:offsets:{group}", mapping=offsets_to_meta(offsets))
+    def instance(self) -> str:
+        return self.client.info("server")["run_id"]
+
+    def seal(self, group: str, member: str, token: str) -> str:
+        # One round trip, in order: the run id is read after the mark is written.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(f"{self.namespace}:offsets:{group}:seal:{member}", token, ex=SEAL_TTL_S)
+        pipe.info("server")
+        return pipe.execute()[1]["run_id"]
+
+    def save_offsets(self, group: str, offsets: Mapping[TopicPartition, int], sealed: tuple[str, str] | None = None) -> bool:
+        """One script after the batch's writes: an AOF cut by a crash keeps a prefix of the command stream, so it
+        never holds these offsets without the records (and the seal) written before them."""
+        if not offsets:
+            return True
+        member, token = sealed or ("", "")
+        fields = [x for kv in offsets_to_meta(offsets).items() for x in kv]
+        keys = [f"{self.namespace}:offsets:{group}", f"{self.namespace}:offsets:{group}:seal:{member}"]
+        return bool(self._save_offsets(keys=keys, args=[token, *fields]))
 
     def load_offsets(self, group: str) -> dict[TopicPartition, int]:
         raw = self.client.hgetall(f"{self.namespace}:offsets:{group}")

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 
+import orjson
 import pytest
 import redis
 
@@ -17,7 +18,7 @@ from m5core.encoder import HashEncoder
 from m5core.events.kafka import KafkaSink, KafkaSource
 from m5core.stores.redis import RedisStore
 from tests.fixtures.services import free_port
-from tests.indexer.conftest import delete, upsert
+from tests.indexer.conftest import delete, patch, upsert
 
 PASSWORD = "private-redis-password"
 
@@ -138,5 +139,85 @@ def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_to
         t.join(timeout=10)
         idx.source.close()
         idx.sink.close()
+        server.kill()
+        server.wait()
+
+
+class _RestartsBeforeReads(RedisStore):
+    """Fault injection on the real server, not a stand-in: `fault` runs once, just before a batch reads the store."""
+
+    fault = None
+
+    def versions_of(self, asins):
+        if self.fault is not None:
+            fault, self.fault = self.fault, None
+            fault()
+        return super().versions_of(asins)
+
+
+def test_redis_back_from_an_older_aof_between_a_batchs_check_and_its_reads(kafka_bootstrap, kafka_topics, unique_name, tmp_path):
+    """A Redis host crash after a batch compared the store's offsets with its own, before it read the store: the client
+    reconnects without a word to a Redis that came back without the product the batch patches. Before, the patch was
+    dead-lettered `unknown_asin` and the batch's offsets were saved over the gap (the chaos test's seed 3); now the seal
+    shows another Redis process answered, the batch is retried, finds the store behind and replays what it lost."""
+    port, data = free_port(), tmp_path / "redis"
+    data.mkdir()
+    server = _start(port, data)
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    s = IndexerSettings(
+        store="redis",
+        events="kafka",
+        redis_url=url,
+        kafka_bootstrap=kafka_bootstrap,
+        namespace="ns",
+        changes_topic=kafka_topics("changes"),
+        embeddings_topic=kafka_topics("emb", compact=True),
+        dlq_topic=kafka_topics("dlq"),
+        group_id=unique_name("g"),
+        max_wait_ms=100,
+        metrics_port=0,
+        store_retries=5,
+    )
+    producer = KafkaSink(kafka_bootstrap)
+    store = _RestartsBeforeReads(url, "ns")
+    idx = Indexer(
+        s,
+        KafkaSource(kafka_bootstrap, [s.changes_topic], s.group_id),
+        KafkaSink(kafka_bootstrap, transactional_id=unique_name("tx")),
+        store,
+        HashEncoder(32),
+    )
+
+    def batch(asin: str, value: bytes) -> None:
+        producer.send(s.changes_topic, asin.encode(), value)
+        producer.flush()
+        idx.run(max_idle_s=1.5)
+
+    def host_crash():
+        nonlocal server
+        server.kill()
+        server.wait()
+        shutil.rmtree(data / "appendonlydir")
+        shutil.copytree(older, data / "appendonlydir")
+        server = _start(port, data)
+
+    try:
+        batch("B000000001", upsert("B000000001", 1))
+        older = shutil.copytree(data / "appendonlydir", tmp_path / "older")  # appendfsync always: exactly batch 1
+        batch("B000000002", upsert("B000000002", 1))
+        store.fault = host_crash
+        batch("B000000002", patch("B000000002", 2, price=9.99))
+        assert store.fault is None, "the fault never fired"
+        assert store.version_of("B000000001") == 1
+        assert store.version_of("B000000002") == 2, "the product patched across the crash is lost"
+        assert orjson.loads(store.get_doc("B000000002"))["price"] == 9.99
+        dlq = KafkaSource(kafka_bootstrap, [s.dlq_topic], unique_name("reader"))
+        dead = [m for _ in range(5) for m in dlq.poll(100, 0.3)]
+        dlq.close()
+        assert dead == [], [orjson.loads(m.value) for m in dead]
+    finally:
+        idx.source.close()
+        idx.sink.close()
+        producer.close()
         server.kill()
         server.wait()

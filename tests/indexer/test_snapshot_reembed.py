@@ -233,3 +233,26 @@ def test_the_new_namespace_replays_from_the_earliest_offsets_the_old_store_showe
     out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(min_coverage=1.0, sample=20, k=5))
     assert open_store(s, out["to"]).load_offsets(s.group_id) == {tp: 40}
     assert reembed_module.earliest([{tp: 100, ("t", 1): 5}, {tp: 40}]) == {tp: 40, ("t", 1): 0}
+
+
+def test_the_overlap_gate_survives_a_product_deleted_while_it_measures(local):
+    """Events keep flowing during a re-embed: a product in the gate's sample can be deleted between its reads. The
+    chaos test's re-embed died on it (`old.get(a)` was None) and left the switch undone."""
+    from indexer.reembed import neighbour_overlap
+
+    s, path, docs = local
+    old = open_store(s)
+    backfill(path, old, LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    new = open_store(s, "other")
+    backfill(path, new, LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    victim = docs[0]["asin"]
+    read = old.get_many
+
+    def read_then_delete(asins):
+        out = read(asins)
+        old.delete(victim, 2)  # the stream deletes it right after the gate read the pool
+        return out
+
+    old.get_many = read_then_delete
+    assert neighbour_overlap(old, new, sample=20, k=5) == 1.0  # same encoder both sides: the same neighbours
+    assert old.get(victim) is None

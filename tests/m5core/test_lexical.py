@@ -229,3 +229,22 @@ def test_trained_bundle_serves_dense_plus_lexical(trained_bundle, tmp_path):
     (copy / "lexical.json").write_text("{}")
     with pytest.raises(BundleError, match="lexical.json"):
         OnnxEncoder(copy, "product")
+
+
+def test_a_batch_of_rescores_is_each_search_rescored_alone():
+    """`/search/batch` re-scores all its searches in one pass: no search may see another's query terms or vector."""
+    rng = np.random.default_rng(1)
+    block = LexicalBlock.fit(CORPUS, dims=8, share=0.4)
+    dense_p = rng.standard_normal((len(CORPUS), 6)).astype(np.float32)
+    products = block.append(dense_p / np.linalg.norm(dense_p, axis=1, keepdims=True), block.products(CORPUS))
+    blobs = block.product_terms(CORPUS)
+    queries = block.append(products[: len(QUERIES), :6], block.queries(QUERIES), np.full(len(QUERIES), 0.7))
+    picks = [rng.permutation(len(CORPUS))[: 2 + i % 3] for i in range(len(QUERIES))]  # each search its own candidates
+    cand_blobs = [[blobs[j] if j % 4 else None for j in pick] for pick in picks]  # some without stored terms
+    scores = [products[pick] @ q for pick, q in zip(picks, queries)]
+    many = block.rescore_many(queries, QUERIES, scores, cand_blobs)
+    alone = [block.rescore(q, t, sc, bl) for q, t, sc, bl in zip(queries, QUERIES, scores, cand_blobs)]
+    assert len(many) == len(QUERIES)
+    for got, want in zip(many, alone):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(got, sc) for got, sc in zip(many, scores))  # it did re-score

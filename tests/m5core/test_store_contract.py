@@ -147,3 +147,16 @@ def test_change_topic_offsets_are_kept_per_group_and_namespace(store):
     store.save_offsets("g2", {("catalog.changes", 1): 3})
     assert store.load_offsets("g1") == {("catalog.changes", 0): 25, ("catalog.changes", 2): 7}
     assert store.load_offsets("g2") == {("catalog.changes", 1): 3}
+
+
+def test_offsets_sealed_by_a_member_are_saved_only_while_its_seal_holds(store):
+    """The indexer saves a batch's offsets only if the seal it wrote after the batch's writes is still there: a store
+    that restarted from an older AOF since lost the seal, and the batch is replayed instead of skipped."""
+    tp = ("catalog.changes", 0)
+    here = store.instance()
+    assert store.seal("g1", "member-a", "t1") == here == store.instance()  # one process answers: the same id
+    store.seal("g1", "member-b", "t9")  # another member's seal is its own
+    assert store.save_offsets("g1", {tp: 5}, sealed=("member-a", "t1")) is True
+    assert store.save_offsets("g1", {tp: 9}, sealed=("member-a", "t0")) is False  # not the token it wrote
+    assert store.save_offsets("g1", {tp: 9}, sealed=("member-c", "t9")) is False  # never sealed
+    assert store.load_offsets("g1") == {tp: 5}
