@@ -13,6 +13,7 @@ the index and a selective filter cannot silently return fewer results than exist
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from pathlib import Path
@@ -22,14 +23,23 @@ import numpy as np
 
 from m5core.settings import IndexKind
 
+log = logging.getLogger(__name__)
+
 IVF_THRESHOLD = 50_000
 IVF_MIN_TRAIN = 1_000
 DEFAULT_EFFORT = {"ivf_sq8": 32, "hnsw": 128, "flat": 0}  # ivf 32: recall@10 0.966 on 1M real vectors (16: 0.938)
 _REBUILD_DELETED_SHARE = 0.3
+GROW_FACTOR = 4.0  # IVF lists are retrained once the catalog is this many times what they were trained on
+_READ_CHUNK = 1024  # vectors read out of the serving index per hold of its lock during a rebuild
 # faiss 1.15 scores up to 128,000 queries a call one by one before it calls BLAS: a batch of 32 against 5k x 640
 # flat took 12 ms on one thread, 3.4 ms through BLAS; a single query stays on the one-by-one path (0.2-0.4 ms).
 # It also decides how IVF's coarse quantiser assigns a batch of queries to lists.
 faiss.cvar.distance_compute_blas_threshold = 20
+
+
+def ivf_lists(n: int) -> int:
+    """~4 sqrt(n) lists at scale, but at least ~64 vectors a list on small catalogs."""
+    return int(max(16, min(4096, 4 * np.sqrt(max(n, 1)), n / 64)))
 
 
 class AnnIndex:
@@ -49,9 +59,15 @@ class AnnIndex:
         self._masks: dict[tuple[str, str], np.ndarray] = {}
         self._sel_cache: dict[tuple, tuple[faiss.IDSelectorBitmap, np.ndarray]] = {}
         self._index = self._new_index(self.kind)
+        self.trained_on = 0  # live vectors when the IVF lists were trained (0: not IVF)
+        # While a background rebuild runs: the dense ids changed since it started, replayed into it before the swap.
+        self._dirty: set[int] | None = None
+        self._rebuilder: threading.Thread | None = None
+        self.rebuilds = 0  # finished background rebuilds (flat -> IVF, IVF retrained)
 
     # ------------------------------------------------------------------ construction
-    def _new_index(self, kind: str, train: np.ndarray | None = None) -> faiss.Index:
+    def _new_index(self, kind: str, train: np.ndarray | None = None, n_total: int | None = None) -> faiss.Index:
+        """n_total: the vectors the lists are for, when `train` is a sample of them."""
         if kind == "flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         if kind == "hnsw":
@@ -60,8 +76,7 @@ class AnnIndex:
             return faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
         if kind == "ivf_sq8":
             n = 0 if train is None else len(train)
-            # ~4 sqrt(n) lists at scale, but at least ~64 vectors a list on small catalogs.
-            nlist = int(max(16, min(4096, 4 * np.sqrt(max(n, 1)), n / 64)))
+            nlist = ivf_lists(n_total or n)
             quantizer = faiss.IndexFlatIP(self.dim)
             idx = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
             if train is None or n < nlist:
@@ -80,6 +95,7 @@ class AnnIndex:
         if target == "ivf_sq8" and n >= IVF_MIN_TRAIN:
             idx.kind = "ivf_sq8"
             idx._index = idx._new_index("ivf_sq8", np.asarray(vectors, dtype=np.float32))
+            idx.trained_on = n
         idx.upsert(asins, vectors, locales, product_lines, versions)
         return idx
 
@@ -137,6 +153,8 @@ class AnnIndex:
                 ids.append(i)
             self._grow(len(self._asins))
             ids_arr = np.asarray(ids, dtype=np.int64)
+            if self._dirty is not None:
+                self._dirty.update(ids)
             if self.kind == "hnsw":
                 self._hnsw_add(vectors, ids_arr)
             else:
@@ -169,6 +187,8 @@ class AnnIndex:
             ids = [self._ids[a] for a in asins if a in self._ids and self._live[self._ids[a]]]
             if not ids:
                 return 0
+            if self._dirty is not None:
+                self._dirty.update(ids)
             if self.kind != "hnsw":
                 self._index.remove_ids(np.asarray(ids, dtype=np.int64))
             else:
@@ -181,34 +201,98 @@ class AnnIndex:
             return len(ids)
 
     def _maybe_migrate(self) -> None:
-        """auto: flat -> ivf_sq8 past the threshold; hnsw: rebuild when too many masked nodes."""
+        """auto: flat -> ivf_sq8 past the threshold, and IVF lists retrained as the catalog grows, both in the
+        background; hnsw: rebuilt in place when too many nodes are masked (its dense ids change)."""
         n_live = len(self)
         grow = self.kind == "flat" and (
             (self.requested_kind == "auto" and n_live >= 2 * IVF_THRESHOLD) or (self.requested_kind == "ivf_sq8" and n_live >= IVF_MIN_TRAIN)
         )
+        retrain = self.kind == "ivf_sq8" and n_live >= GROW_FACTOR * max(self.trained_on, IVF_MIN_TRAIN)
         stale = self.kind == "hnsw" and self._index.ntotal > 1000 and (self._index.ntotal - n_live) > _REBUILD_DELETED_SHARE * self._index.ntotal
-        if grow or stale:
-            self._rebuild("ivf_sq8" if grow else self.kind)
+        if (grow or retrain) and self._rebuilder is None:
+            self._dirty = set()
+            self._rebuilder = threading.Thread(target=self._rebuild_ivf, name="m5-index-rebuild", daemon=True)
+            self._rebuilder.start()
+        elif stale:
+            self._compact_hnsw()
 
-    def _rebuild(self, kind: str) -> None:
-        live_ids = np.flatnonzero(self._live[: len(self._asins)])
-        vecs = np.vstack([self._index.reconstruct(int(i)) for i in live_ids]) if len(live_ids) else np.zeros((0, self.dim), np.float32)
-        self.kind = kind
-        self._index = self._new_index(kind, vecs if kind == "ivf_sq8" else None)
-        if kind == "hnsw":
-            # Compact: live nodes get new dense ids 0..n-1.
-            asins = [self._asins[i] for i in live_ids]
-            vers, masks = self._versions[live_ids], {k: m[live_ids] for k, m in self._masks.items()}
-            self._asins, self._ids = asins, {a: i for i, a in enumerate(asins)}
-            n = len(asins)
-            self._live = np.ones(n, dtype=bool)
-            self._n_live = None
-            self._versions = vers.copy()
-            self._masks = {k: m.copy() for k, m in masks.items()}
-            if n:
-                self._index.add(vecs)
-        elif len(live_ids):
-            self._index.add_with_ids(vecs, live_ids.astype(np.int64))
+    def wait_rebuilt(self, timeout: float | None = None) -> bool:
+        """Block until a background rebuild in progress has swapped in; -> False on timeout."""
+        t = self._rebuilder
+        if t is not None:
+            t.join(timeout)
+            return not t.is_alive()
+        return True
+
+    def _read(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids still live, their vectors) out of the serving index, the lock held for one chunk at a time: the
+        writers and searches wait for one chunk's copy, not the whole read. An id changed meanwhile is in `_dirty`."""
+        got_ids, got = [], []
+        for at in range(0, len(ids), _READ_CHUNK):
+            with self._lock:
+                part = ids[at : at + _READ_CHUNK]
+                part = part[self._live[part]]
+                if len(part):
+                    got.append(self._index.reconstruct_batch(part.astype(np.int64)))
+                    got_ids.append(part)
+        if not got:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate(got_ids).astype(np.int64), np.vstack(got)
+
+    def _rebuild_ivf(self) -> None:
+        """Train IVF lists on the live vectors and fill a new index beside the serving one, then replay what changed
+        meanwhile and swap it in under the lock: searches and updates never wait for the training or the fill."""
+        try:
+            with self._lock:
+                ids = np.flatnonzero(self._live[: len(self._asins)]).astype(np.int64)
+            rng = np.random.default_rng(len(ids))
+            sample = np.sort(rng.choice(ids, min(len(ids), 100 * ivf_lists(len(ids))), replace=False))
+            _, train = self._read(sample)
+            new = self._new_index("ivf_sq8", train, n_total=len(ids))  # the k-means: seconds, outside the lock
+            for at in range(0, len(ids), 8 * _READ_CHUNK):
+                part_ids, vecs = self._read(ids[at : at + 8 * _READ_CHUNK])
+                if len(part_ids):
+                    new.add_with_ids(vecs, part_ids)
+            for _ in range(3):  # catch up outside the lock while much changed; the last few under it
+                with self._lock:
+                    if len(self._dirty) <= _READ_CHUNK:
+                        break
+                    dirty, self._dirty = np.fromiter(self._dirty, np.int64), set()
+                new.remove_ids(dirty)
+                part_ids, vecs = self._read(dirty)
+                if len(part_ids):
+                    new.add_with_ids(vecs, part_ids)
+            with self._lock:
+                dirty = np.fromiter(self._dirty, np.int64)
+                if len(dirty):
+                    new.remove_ids(dirty)
+                    live = dirty[self._live[dirty]]
+                    if len(live):
+                        new.add_with_ids(self._index.reconstruct_batch(live), live)
+                self._index, self.kind, self.trained_on = new, "ivf_sq8", len(ids)
+                self._sel_cache.clear()
+                self.rebuilds += 1
+        except Exception:  # noqa: BLE001 - the serving index stays as it was; the next update tries again
+            log.exception("index rebuild failed; serving the current index")
+        finally:
+            with self._lock:
+                self._dirty, self._rebuilder = None, None
+
+    def _compact_hnsw(self) -> None:
+        """A new graph of the live nodes, which get new dense ids 0..n-1 (FAISS's HNSW cannot remove a node)."""
+        live_ids = np.flatnonzero(self._live[: len(self._asins)]).astype(np.int64)
+        vecs = self._index.reconstruct_batch(live_ids) if len(live_ids) else np.zeros((0, self.dim), np.float32)
+        self._index = self._new_index("hnsw")
+        asins = [self._asins[i] for i in live_ids]
+        vers, masks = self._versions[live_ids], {k: m[live_ids] for k, m in self._masks.items()}
+        self._asins, self._ids = asins, {a: i for i, a in enumerate(asins)}
+        self._live = np.ones(len(asins), dtype=bool)
+        self._n_live = None
+        self._versions = vers.copy()
+        self._masks = {k: m.copy() for k, m in masks.items()}
+        self._sel_cache.clear()
+        if len(asins):
+            self._index.add(vecs)
 
     # ------------------------------------------------------------------ search
     def _selector(self, locale: str | None, product_line: str | None):
@@ -298,6 +382,7 @@ class AnnIndex:
                 "requested_kind": self.requested_kind,
                 "version": self.version,
                 "mask_keys": [list(k) for k in self._masks],  # in JSON: the arrays file holds plain arrays only
+                "trained_on": self.trained_on,
                 "meta": meta or {},
             }
         (tmp / "index.json").write_text(json.dumps(info))
@@ -320,4 +405,5 @@ class AnnIndex:
         idx._n_live = None
         idx._versions = z["versions"].copy()
         idx._masks = {tuple(k): m.copy() for k, m in zip(info["mask_keys"], z["masks"])}
+        idx.trained_on = info.get("trained_on", len(idx) if idx.kind == "ivf_sq8" else 0)  # older snapshots: as if trained now
         return idx, info["meta"]

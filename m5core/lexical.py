@@ -226,26 +226,38 @@ class LexicalBlock:
         lengths = [len(sc) for sc in scores]
         search_of = np.repeat(np.arange(len(scores)), lengths)  # candidate -> its search
         every = [b for bs in blobs for b in bs]
-        idx = np.array([i for i, b in enumerate(every) if b], np.int64)
+        idx = np.flatnonzero(np.fromiter(map(bool, every), bool, len(every)))
         out = flat.copy()
         if len(idx):
             norms, terms, owner = unpack_terms([every[i] for i in idx])  # type: ignore[misc]
-            ids, sat, n = terms["id"].astype(np.int64), terms["sat"].astype(np.float32), len(idx)
-            lex_q = np.asarray(queries, np.float32)[:, queries.shape[1] - self.dims :]  # (m, dims)
+            raw, sat, n = terms["id"], terms["sat"].astype(np.float32), len(idx)  # raw: uint32 crc32
             search = search_of[idx][owner]  # term -> its search
-            bucket = ids % self.dims
-            signed = np.where(ids >> 31 & 1, 1.0, -1.0) * self.idf[bucket] * sat * lex_q[search, bucket]
-            hashed = np.bincount(owner, weights=signed, minlength=n) / np.maximum(norms[:, 0], 1e-12)  # product . query, lexical part
-            # Each search's distinct query terms under one sorted key (search << 32 | crc32): one lookup for all.
-            q_terms = [self.query_terms(t) for t in texts]
-            q_keys = np.concatenate([(j << 32) | q_ids for j, (q_ids, _) in enumerate(q_terms)])
-            q_weight = np.concatenate([self._exact_idf_of(q_ids) * q_w for q_ids, q_w in q_terms])
+            bucket = (raw % self.dims).astype(np.intp)
+            # One gather each: the signed idf (sign from the crc's top bit, as the served vector hashes it) and the
+            # query's weight of the bucket in the term's own search.
+            signed_idf = np.concatenate([-self.idf, self.idf]).astype(np.float32)[bucket + self.dims * (raw >> 31)]
+            lex_q = np.ascontiguousarray(np.asarray(queries, np.float32)[:, queries.shape[1] - self.dims :])  # (m, dims)
+            hashed_w = signed_idf * sat * lex_q.ravel()[search * self.dims + bucket]
+            hashed = np.bincount(owner, weights=hashed_w, minlength=n) / np.maximum(norms[:, 0], 1e-12)  # product . query, lexical part
             cos = np.zeros(n)
-            if len(q_keys):
-                keys = (search << 32) | ids
+            q_terms = [self.query_terms(t)[0] for t in texts]
+            q_ids = np.concatenate(q_terms)
+            if len(q_ids):
+                # Each search's distinct query terms under one sorted key (search << 32 | crc32). A 64k-slot table
+                # of their hashes passes on the few product terms that can match, so only those are looked up.
+                q_keys = np.concatenate([(j << 32) | ids for j, ids in enumerate(q_terms)])
+                q_weight = self._exact_idf_of(q_ids) * np.concatenate(
+                    [np.full(len(ids), 1 / np.sqrt(max(1, len(ids))), np.float32) for ids in q_terms]
+                )
+                slot = lambda srch, ids: (srch.astype(np.uint32) * np.uint32(40503) ^ ids.astype(np.uint32)) & np.uint32(0xFFFF)  # noqa: E731
+                table = np.zeros(1 << 16, bool)
+                table[slot(q_keys >> 32, q_keys & 0xFFFFFFFF)] = True
+                maybe = np.flatnonzero(table[slot(search, raw)])
+                keys = (search[maybe].astype(np.int64) << 32) | raw[maybe].astype(np.int64)
                 pos = np.minimum(np.searchsorted(q_keys, keys), len(q_keys) - 1)
                 hit = q_keys[pos] == keys
-                cos = np.bincount(owner[hit], weights=sat[hit] * q_weight[pos[hit]], minlength=n) / np.maximum(norms[:, 1], 1e-12)
+                at, pos = maybe[hit], pos[hit]
+                cos = np.bincount(owner[at], weights=sat[at] * q_weight[pos], minlength=n) / np.maximum(norms[:, 1], 1e-12)
             lex_norm = np.linalg.norm(lex_q, axis=1)[search_of[idx]]
             out[idx] = flat[idx] + np.sqrt(self.share) * (lex_norm * cos - hashed)
         return np.split(out, np.cumsum(lengths)[:-1]) if lengths else []

@@ -111,7 +111,11 @@ class PrivateKafka:
             os.symlink(shared_libs, root / "kafka" / "libs")  # no second Maven resolve
         port = free_port()
         self.env = {**os.environ, "M5_CACHE_DIR": str(root), "M5_KAFKA_PORT": str(port), "M5_KAFKA_CONTROLLER_PORT": str(free_port())}
-        self.run("start")
+        try:
+            self.run("start")
+        except BaseException:
+            subprocess.run([str(self.SCRIPT), "stop", "kafka"], env=self.env, capture_output=True, timeout=120)  # no broker left behind
+            raise
         url = subprocess.run([str(self.SCRIPT), "url", "kafka"], env=self.env, capture_output=True, text=True, check=True, timeout=60)
         self.bootstrap = url.stdout.strip()  # kafka://m5:PASSWORD@127.0.0.1:PORT, its own broker's credentials
 

@@ -146,3 +146,71 @@ def test_snapshots_hold_plain_arrays_and_a_pickled_one_is_refused(tmp_path):
     (tmp_path / "snap" / "index.json").write_text(_json.dumps(info))
     with pytest.raises(ValueError, match="rebuilt from the store"):
         AnnIndex.load(tmp_path / "snap")
+
+
+def _live_set(idx, x, asins, removed):
+    """Every live product finds itself first; a removed one is found by nothing."""
+    for i in range(0, len(asins), 97):
+        top = idx.search(x[i : i + 1], 3, effort=idx._index.nlist if idx.kind == "ivf_sq8" else None)[0]
+        if asins[i] in removed:
+            assert asins[i] not in {a for a, _ in top}
+        else:
+            assert top[0][0] == asins[i], (i, top)
+
+
+def test_flat_becomes_ivf_in_the_background_and_keeps_every_change_made_meanwhile():
+    import threading
+
+    n, dim = 3000, 32
+    x = clustered(n, dim)
+    asins = [id_to_asin(5000 + i) for i in range(n)]
+    release = threading.Event()
+
+    class Slow(AnnIndex):
+        def _new_index(self, kind, train=None, n_total=None):
+            if kind == "ivf_sq8":
+                assert release.wait(30)  # the lists "train" until the test has searched and written meanwhile
+            return super()._new_index(kind, train, n_total)
+
+    idx = Slow(dim, "ivf_sq8")
+    idx.upsert(asins[:1500], x[:1500], ["en_US"] * 1500, ["media"] * 1500, [1] * 1500)  # past IVF_MIN_TRAIN: rebuild starts
+    assert idx.kind == "flat" and idx._rebuilder is not None
+    # While it trains, searches and updates go on against the flat index (they would deadlock under a held lock).
+    done = threading.Event()
+
+    def meanwhile():
+        assert idx.search(x[:1], 1)[0][0][0] == asins[0]
+        idx.upsert(asins[1500:], x[1500:], ["de_DE"] * 1500, ["media"] * 1500, [1] * 1500)
+        x[7] = x[8]  # product 7 re-listed with another vector
+        idx.upsert([asins[7]], x[7:8], ["en_US"], ["media"], [2])
+        idx.remove([asins[11], asins[2000]])
+        done.set()
+
+    t = threading.Thread(target=meanwhile)
+    t.start()
+    assert done.wait(30), "searches or updates waited for the rebuild"
+    t.join()
+    release.set()
+    assert idx.wait_rebuilt(60)
+    assert idx.kind == "ivf_sq8" and idx.rebuilds == 1 and len(idx) == n - 2
+    assert idx.version_of(asins[7]) == 2 and not idx.contains(asins[11])
+    assert idx._index.ntotal == n - 2
+    _live_set(idx, x, asins, {asins[11], asins[2000]})
+    assert {a for a, _ in idx.search(x[7:8], 2, effort=idx._index.nlist)[0]} == {asins[7], asins[8]}
+    assert idx.search(x[2500:2501], 5, locale="de_DE", effort=idx._index.nlist)[0][0][0] == asins[2500]
+
+
+def test_ivf_lists_are_retrained_when_the_catalog_has_grown():
+    from m5core.index import GROW_FACTOR, ivf_lists
+
+    dim = 32
+    x = clustered(9000, dim, seed=3)
+    asins = [id_to_asin(20000 + i) for i in range(9000)]
+    idx = AnnIndex.build(dim, asins[:2000], x[:2000], ["en_US"] * 2000, ["media"] * 2000, [1] * 2000, kind="ivf_sq8")
+    assert idx.trained_on == 2000 and idx._index.nlist == ivf_lists(2000)
+    grown = int(GROW_FACTOR * 2000)
+    for at in range(2000, grown + 1, 1000):  # the catalog grows past 4x what the lists were trained on
+        idx.upsert(asins[at : at + 1000], x[at : at + 1000], ["en_US"] * 1000, ["media"] * 1000, [1] * 1000)
+    assert idx.wait_rebuilt(60) and idx.rebuilds == 1
+    assert idx.trained_on >= grown and idx._index.nlist == ivf_lists(idx.trained_on) > ivf_lists(2000)
+    _live_set(idx, x[: len(idx)], asins[: len(idx)], set())
