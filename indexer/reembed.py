@@ -88,6 +88,17 @@ def catch_up(old: EmbeddingStore, new: EmbeddingStore, encoder, scheme: str, bat
     return {"embedded": embedded, "deleted": deleted}
 
 
+def deletes_ahead(old: EmbeddingStore, new: EmbeddingStore, batch: int = 1000) -> int:
+    """Products `new` holds a newer tombstone of than `old`'s live record. A namespace switched back to after a
+    rollback replays what the other one saw while it was active: until then such a product is covered, not missing."""
+    ahead, tombs = 0, list(new.iter_tombstones(batch))
+    for at in range(0, len(tombs), batch):
+        chunk = tombs[at : at + batch]
+        held = old.versions_of([a for a, _ in chunk])
+        ahead += sum(1 for (_, deleted), (pv, _, tomb) in zip(chunk, held) if pv is not None and not tomb and deleted > pv)
+    return ahead
+
+
 def _sample_index(store: EmbeddingStore, asins: list[str]) -> tuple[AnnIndex | None, dict[str, np.ndarray]]:
     """-> a flat index of the products of `asins` the store holds, and their vectors (one read: the catalog changes
     while a re-embed runs, so a product may be gone by a second one)."""
@@ -206,7 +217,8 @@ def reembed(
                 break
         start = earliest(seen)
         report: dict = {"from": old_ns, "to": new_ns, "written": written, "catch_up": caught, "old_count": old.count(), "new_count": new.count()}
-        report["coverage"] = report["new_count"] / max(report["old_count"], 1)
+        report["deleted_ahead"] = deletes_ahead(old, new)
+        report["coverage"] = (report["new_count"] + report["deleted_ahead"]) / max(report["old_count"], 1)
         report["overlap_at_k"] = neighbour_overlap(old, new, gates.sample, gates.k)
         if golden is not None and query_encoder is not None:
             queries, relevant = load_golden(golden, limit=gates.sample)

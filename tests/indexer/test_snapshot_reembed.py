@@ -256,3 +256,18 @@ def test_the_overlap_gate_survives_a_product_deleted_while_it_measures(local):
     old.get_many = read_then_delete
     assert neighbour_overlap(old, new, sample=20, k=5) == 1.0  # same encoder both sides: the same neighbours
     assert old.get(victim) is None
+
+
+def test_a_switch_back_counts_deletes_the_target_namespace_already_has(local):
+    """Right after a rollback the old namespace may still be catching up: the re-embed namespace, active until then,
+    already holds the newer tombstone of a product the old one still holds live. That product is covered; the chaos
+    test's re-embed was refused there (coverage 260 / 265)."""
+    s, path, docs = local
+    store = open_store(s)
+    backfill(path, store, LocalSink(s.local_events_dir), HashEncoder(32, "old-v1"), s, batch=32)
+    out = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(sample=20, k=5))
+    rollback(s)
+    open_store(s, out["to"]).delete(docs[3]["asin"], 2)  # written while it was active; the old one replays it later
+    again = reembed(s, HashEncoder(48, "new-v2"), gates=Gates(sample=20, k=5))
+    assert again["switched"] and again["coverage"] == 1.0
+    assert open_store(s, out["to"]).get(docs[3]["asin"]) is None  # the newer delete stands
