@@ -20,6 +20,7 @@ from pathlib import Path
 
 from locust import FastHttpUser, between, events, task
 
+from loadtests import gate
 from loadtests import routes as R
 from loadtests.settings import WorkloadSettings
 from loadtests.stream import index_stream
@@ -60,6 +61,7 @@ class Workload:
 
 
 WORKLOAD: Workload | None = None
+LATENCIES: dict[str, list[float]] = {}  # route -> every request's latency (ms, float): locust's own percentiles are whole ms
 _stop = threading.Event()
 INDEXING = threading.Event()  # set while the background change stream (with deletes) runs
 
@@ -93,9 +95,17 @@ def _on_start(environment, **_):
         threading.Thread(target=index_stream, args=(rate, Path(catalog), seed, _stop), name="index-stream", daemon=True).start()
 
 
+@events.request.add_listener
+def _record(request_type, name, response_time, **_):
+    LATENCIES.setdefault(f"{request_type} {name}", []).append(response_time)
+
+
 @events.test_stop.add_listener
 def _on_stop(environment, **_):
     _stop.set()
+    out = WorkloadSettings().precise_out
+    if out is not None:
+        Path(out).write_text(json.dumps({route: gate.percentiles_ms(xs) for route, xs in LATENCIES.items()}))
 
 
 class ServiceUser(FastHttpUser):
@@ -139,6 +149,10 @@ class ServiceUser(FastHttpUser):
         if self.rng.random() < 0.3:
             body["filters"] = {"locale": self.rng.choice(WORKLOAD.locales)}
         self.client.post("/search", json=body, name=R.locust_name(R.SEARCH_VECTOR))
+
+    @task(3)
+    def floor(self):
+        self.client.get("/healthz", name=R.locust_name(R.FLOOR))
 
     @task(3)
     def search_asin(self):

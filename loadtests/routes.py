@@ -9,8 +9,9 @@ EMBED_TAIL = "POST /query/embed [tail]"
 SEARCH_QUERY = "POST /search [query]"
 SEARCH_VECTOR = "POST /search [vector]"
 SEARCH_ASIN = "POST /search [asin]"
+FLOOR = "GET /healthz [floor]"  # a bare endpoint: what any request costs on this machine in this run
 
-ROUTES = (EMBEDDING, BATCH, EMBED_HEAD, EMBED_TAIL, SEARCH_QUERY, SEARCH_VECTOR, SEARCH_ASIN, "Aggregated")
+ROUTES = (EMBEDDING, BATCH, EMBED_HEAD, EMBED_TAIL, SEARCH_QUERY, SEARCH_VECTOR, SEARCH_ASIN, FLOOR, "Aggregated")
 
 
 def locust_name(route: str) -> str:

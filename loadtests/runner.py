@@ -6,9 +6,11 @@ Exit codes: 0 every budget met, 1 some route broke its budget, 2 bad input (SLA 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,21 +88,38 @@ def validate(cfg: LoadTestConfig) -> dict[str, gate.Budget]:
 
 def run(cfg: LoadTestConfig) -> LoadTestResult:
     budgets = validate(cfg)
+    server_budgets = gate.load_server_sla(cfg.sla)
     cfg.out.mkdir(parents=True, exist_ok=True)
     workload = WorkloadSettings(catalog=cfg.catalog.resolve(), index_rate=cfg.index_rate, seed=cfg.seed)
+    prefix = cfg.out / "loadtest"
+    precise = Path(f"{prefix}_precise.json")
+    workload = workload.model_copy(update={"precise_out": precise.resolve()})
     env = {**os.environ, **cfg.extra_env, **workload.to_env(), "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     print(f"locust: {cfg.users} users against {cfg.host} for {cfg.run_time} (index stream {cfg.index_rate:g} events/s)", flush=True)
+    before = scrape(cfg.host)
     proc = subprocess.run(locust_command(cfg), env=env)
-    prefix = cfg.out / "loadtest"
+    after = scrape(cfg.host)
     stats_csv = Path(f"{prefix}_stats.csv")
     if proc.returncode != 0 or not stats_csv.is_file():
         raise RuntimeError(f"locust exited with {proc.returncode} and wrote no usable {stats_csv}")
-    stats = gate.read_stats(stats_csv)
-    violations = gate.check(stats, budgets)
-    files = {"stats": stats_csv, "history": Path(f"{prefix}_stats_history.csv"), "html": Path(f"{prefix}.html")}
+    stats = gate.with_precise(gate.read_stats(stats_csv), precise)
+    server = gate.server_stats(before, after) if before and after else {}
+    violations = gate.check(stats, budgets) + gate.check_server(server, server_budgets)
+    files = {"stats": stats_csv, "precise": precise, "history": Path(f"{prefix}_stats_history.csv"), "html": Path(f"{prefix}.html")}
+    files["server"] = cfg.out / "loadtest_server.json"
+    files["server"].write_text(json.dumps(server, indent=1))
     files.update(plot_history(files["history"], cfg.out))
-    report = gate.table(stats, budgets, violations)
+    report = gate.table(stats, budgets, violations) + "\n\n" + gate.server_table(server, server_budgets, violations)
     return LoadTestResult(1 if violations else 0, violations, report, files)
+
+
+def scrape(host: str) -> str:
+    """The service's /metrics (its histograms count every request, whatever worker served it); "" when it has none."""
+    try:
+        with urllib.request.urlopen(f"{host.rstrip('/')}/metrics", timeout=10) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
 
 
 def _read_history(path: Path) -> dict[str, dict[str, list[float]]]:

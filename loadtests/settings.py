@@ -19,6 +19,8 @@ class WorkloadSettings(M5Settings):
     """Seed of the ASIN popularity order and the change stream."""
     index_rate: float = Field(0.0, ge=0)
     """Catalog change events per second published while the load runs (0: none)."""
+    precise_out: Path | None = None
+    """Where the locustfile writes each route's percentiles to the microsecond (`gate.with_precise`)."""
 
     def to_env(self) -> dict[str, str]:
         return {f"M5_LOADTEST_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from loadtests import gate
-from loadtests.routes import EMBEDDING, ROUTES, SEARCH_QUERY
+from loadtests.routes import EMBEDDING, FLOOR, ROUTES, SEARCH_QUERY
 from loadtests.runner import plot_history
 
 HEADER = (
@@ -139,3 +139,72 @@ def test_index_stream_sends_change_events_at_the_rate(tmp_path, monkeypatch, tes
     assert {e.op for e in events} <= {"upsert", "patch", "delete"}
     with pytest.raises(ValueError, match="index rate"):
         index_stream(0, test_catalog, 0, stop)
+
+
+def test_microsecond_percentiles_replace_locusts_whole_milliseconds(tmp_path):
+    csv = stats_csv(tmp_path, [("GET", "/asin/{asin}/embedding", 1000, 0, 1, 1, 2), ("GET", "/healthz [floor]", 100, 0, 1, 1, 1)])
+    lat = [0.2 + i / 1000 for i in range(1000)]  # 0.200 .. 1.199 ms
+    assert gate.percentiles_ms(lat) == {"n": 1000, "p50_ms": 0.699, "p95_ms": 1.149, "p99_ms": 1.189}
+    (tmp_path / "p.json").write_text(__import__("json").dumps({EMBEDDING: gate.percentiles_ms(lat)}))
+    stats = gate.with_precise(gate.read_stats(csv), tmp_path / "p.json")
+    assert (stats[EMBEDDING].p50_ms, stats[EMBEDDING].p99_ms) == (0.699, 1.189)
+    assert stats[FLOOR].p99_ms == 1  # not recorded precisely: locust's figure stays
+    assert gate.with_precise(gate.read_stats(csv), tmp_path / "none.json")[EMBEDDING].p99_ms == 2
+
+
+def test_a_route_is_gated_on_its_ratio_to_the_floor_measured_in_the_same_run(tmp_path):
+    sla = gate.parse_sla({"routes": {EMBEDDING: {"p99_floor_ratio": 3}, SEARCH_QUERY: {"p99_floor_ratio": 3}}}, ROUTES)
+    csv = stats_csv(
+        tmp_path,
+        [
+            ("GET", "/asin/{asin}/embedding", 500, 0, 1, 2, 2),
+            ("POST", "/search [query]", 500, 0, 4, 8, 10),
+            ("GET", "/healthz [floor]", 50, 0, 1, 1, 1),
+        ],
+    )
+    got = {(v.route, v.metric): v.actual for v in gate.check(gate.read_stats(csv), sla)}
+    assert got == {(SEARCH_QUERY, "p99_floor_ratio"): 10.0}  # 10 ms against a 1 ms floor; 2 ms is within 3x
+    no_floor = stats_csv(tmp_path, [("GET", "/asin/{asin}/embedding", 500, 0, 1, 2, 2), ("POST", "/search [query]", 500, 0, 4, 8, 4)])
+    assert {v.metric for v in gate.check(gate.read_stats(no_floor), sla)} == {"p99_floor_ratio"}  # no floor: cannot pass
+
+
+def _exposition(counts: dict[float, int], route: str = "/search", method: str = "POST") -> str:
+    """The service's request histogram as Prometheus text, cumulative counts per upper bound (seconds)."""
+    lines = ["# HELP m5_http_request_duration_seconds x", "# TYPE m5_http_request_duration_seconds histogram"]
+    total = 0
+    for le in sorted(counts):
+        total = counts[le]
+        le_s = "+Inf" if le == float("inf") else repr(le)
+        lines.append(f'm5_http_request_duration_seconds_bucket{{le="{le_s}",method="{method}",route="{route}"}} {total}')
+    lines.append(f'm5_http_request_duration_seconds_count{{method="{method}",route="{route}"}} {total}')
+    lines.append(f'm5_http_request_duration_seconds_sum{{method="{method}",route="{route}"}} 0.1')
+    return "\n".join(lines) + "\n"
+
+
+def test_server_percentiles_come_from_the_histograms_between_two_scrapes():
+    inf = float("inf")
+    before = _exposition({0.0005: 100, 0.001: 100, 0.002: 100, inf: 100})  # 100 requests before the run: not counted
+    after = _exposition({0.0005: 600, 0.001: 1050, 0.002: 1100, inf: 1100})  # the run: 500 <= 0.5 ms, 450 <= 1 ms, 50 <= 2 ms
+    stats = gate.server_stats(before, after)
+    s = stats["POST /search"]
+    assert s["n"] == 1000
+    assert s["p50_ms"] == 0.5  # rank 500 ends the first bucket
+    assert s["p99_ms"] == pytest.approx(1.0 + 1.0 * (990 - 950) / 50)  # interpolated inside (1, 2] ms
+    budgets = gate.parse_server({"server": {"POST /search": {"p99_ms": 1.5}, "GET /asin/{asin}/embedding": {"p99_ms": 1, "min_requests": 10}}})
+    got = {(v.route, v.metric): v.actual for v in gate.check_server(stats, budgets)}
+    assert got == {("server POST /search", "server_p99_ms"): s["p99_ms"], ("server GET /asin/{asin}/embedding", "min_requests"): 0}
+    assert "POST /search" in gate.server_table(stats, budgets, [])
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"server": {"/search": {"p99_ms": 1}}}, 'expected "<METHOD> /path"'),
+        ({"server": {"POST /search": {"p99": 1}}}, "server.POST /search.p99: unknown budget"),
+        ({"server": {"POST /search": {"p99_ms": "fast"}}}, "server.POST /search.p99_ms must be a non-negative number"),
+        ({"server": ["POST /search"]}, "server: expected a mapping"),
+    ],
+)
+def test_bad_server_budgets_name_the_field(doc, message):
+    with pytest.raises(gate.SlaError, match=message.replace("[", r"\[").replace("{", r"\{").replace("}", r"\}")):
+        gate.parse_server(doc)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.routes import BATCH, EMBED_HEAD, EMBEDDING, SEARCH_QUERY, SEARCH_VECTOR
+from loadtests.routes import BATCH, EMBED_HEAD, EMBEDDING, FLOOR, SEARCH_QUERY, SEARCH_VECTOR
 from m5core.bundle import load_manifest
 from m5core.encoder import OnnxEncoder
 from m5core.jsonl import read_jsonl, write_jsonl
@@ -98,10 +98,11 @@ def _loadtest(url: str, catalog: Path, sla: Path, out: Path, run_time: str) -> s
 
 def _sla(path: Path, p99_ms: float, min_requests: int) -> Path:
     routes = {
-        r: {"p99_ms": p99_ms, "max_error_rate": 0.01, "min_requests": min_requests}
+        r: {"p99_ms": p99_ms, "max_error_rate": 0.01, "min_requests": min_requests, "p99_floor_ratio": p99_ms}
         for r in (EMBEDDING, BATCH, EMBED_HEAD, SEARCH_QUERY, SEARCH_VECTOR)
     }
-    path.write_text(json.dumps({"routes": routes}))  # JSON is YAML
+    server = {"GET /asin/{asin}/embedding": {"p99_ms": p99_ms, "min_requests": min_requests}, "POST /search": {"p99_ms": p99_ms}}
+    path.write_text(json.dumps({"routes": routes, "server": server}))  # JSON is YAML
     return path
 
 
@@ -117,6 +118,16 @@ def test_lenient_sla_passes_and_writes_outputs(served, tmp_path):
     rows = (out / "loadtest_stats.csv").read_text()
     assert "/asin/{asin}/embedding" in rows
     assert "/search [vector]" in rows
+    # End to end to the microsecond (locust's CSV has whole milliseconds), the floor beside the routes, and the
+    # service's own histograms between the two scrapes.
+    precise = json.loads((out / "loadtest_precise.json").read_text())
+    assert precise[EMBEDDING]["n"] > 10 and precise[FLOOR]["n"] > 0
+    assert 0 < precise[FLOOR]["p50_ms"] <= precise[FLOOR]["p99_ms"]
+    assert any(round(p[k], 3) != round(p[k]) for p in precise.values() for k in ("p50_ms", "p99_ms"))  # not whole ms
+    server = json.loads((out / "loadtest_server.json").read_text())
+    assert server["GET /asin/{asin}/embedding"]["n"] >= precise[EMBEDDING]["n"]  # the embedding fetches before the run too
+    assert 0 < server["POST /search"]["p50_ms"] <= server["POST /search"]["p99_ms"] < 5000
+    assert "server route" in r.stdout
 
 
 def test_impossible_sla_fails_with_exit_1(served, tmp_path):
@@ -124,6 +135,7 @@ def test_impossible_sla_fails_with_exit_1(served, tmp_path):
     r = _loadtest(url, catalog, _sla(tmp_path / "sla.yaml", 0, 10**9), tmp_path / "out", "4s")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "SLA VIOLATION" in r.stdout
+    assert "server_p99_ms" in r.stdout
     assert "SLA: FAIL" in r.stdout
 
 
