@@ -40,6 +40,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, help="PNG of search latency over time")
     args = ap.parse_args()
 
+    import faiss
+
     from m5core.index import GROW_FACTOR, IVF_THRESHOLD, AnnIndex
     from m5core.schema import id_to_asin
 
@@ -67,6 +69,7 @@ def main() -> int:
     stop = threading.Event()
 
     def searcher() -> None:
+        faiss.omp_set_num_threads(1)  # per thread in OpenMP: as the service's event-loop thread searches
         i = 0
         while not stop.is_set():
             t0 = time.perf_counter()

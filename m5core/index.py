@@ -243,6 +243,7 @@ class AnnIndex:
         """Train IVF lists on the live vectors and fill a new index beside the serving one, then replay what changed
         meanwhile and swap it in under the lock: searches and updates never wait for the training or the fill."""
         try:
+            faiss.omp_set_num_threads(1)  # this thread's own OpenMP setting: the training leaves the other cores to searches
             with self._lock:
                 ids = np.flatnonzero(self._live[: len(self._asins)]).astype(np.int64)
             rng = np.random.default_rng(len(ids))
