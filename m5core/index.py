@@ -37,6 +37,23 @@ _READ_CHUNK = 1024  # vectors read out of the serving index per hold of its lock
 faiss.cvar.distance_compute_blas_threshold = 20
 
 
+_THREADS: int | None = None  # OpenMP threads of every index call, whatever thread makes it (`set_threads`)
+
+
+def set_threads(n: int) -> None:
+    """OpenMP threads for FAISS in every thread that searches or updates an index. OpenMP keeps the setting per
+    thread: set once at start-up it reached the event loop but not the thread pool that runs batch searches nor the
+    feed follower, whose idle OpenMP threads then spun against the workers on a 2-core box."""
+    global _THREADS
+    _THREADS = n
+    faiss.omp_set_num_threads(n)
+
+
+def _omp() -> None:
+    if _THREADS is not None:
+        faiss.omp_set_num_threads(_THREADS)
+
+
 def ivf_lists(n: int) -> int:
     """~4 sqrt(n) lists at scale, but at least ~64 vectors a list on small catalogs."""
     return int(max(16, min(4096, 4 * np.sqrt(max(n, 1)), n / 64)))
@@ -136,6 +153,7 @@ class AnnIndex:
         if not len(asins):
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(asins), self.dim)
+        _omp()
         with self._lock:
             replace = [self._ids[a] for a in asins if a in self._ids and self._live[self._ids[a]]]
             if replace and self.kind == "hnsw":
@@ -183,6 +201,7 @@ class AnnIndex:
         self._index.add(vectors)
 
     def remove(self, asins: list[str]) -> int:
+        _omp()
         with self._lock:
             ids = [self._ids[a] for a in asins if a in self._ids and self._live[self._ids[a]]]
             if not ids:
@@ -338,6 +357,7 @@ class AnnIndex:
     ) -> list[list[tuple[str, float]]]:
         """Top-k by cosine. (n, dim) float32 -> per query [(asin, score)], best first."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        _omp()
         with self._lock:
             n_live = len(self)
             if n_live == 0:

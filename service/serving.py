@@ -22,7 +22,7 @@ from m5core.bundle import check_version
 from m5core.encoder import Encoder
 from m5core.events import EmptySource, EventSource, open_source
 from m5core.feed import FeedFollower
-from m5core.index import AnnIndex
+from m5core.index import AnnIndex, set_threads
 from m5core.stores import active_pointer, open_store
 from m5core.stores.base import EmbeddingStore
 from service import metrics as M
@@ -241,13 +241,11 @@ def start_state(
 ) -> State:
     """The service's startup: query tower, serving set, feed follower and (unless a store is injected without
     `load_tower`, as tests do) the watcher that follows the active-namespace pointer."""
-    import faiss
-
     from m5core.bundle import load_manifest
     from m5core.encoder import OnnxEncoder
     from m5core.stores import active_namespace
 
-    faiss.omp_set_num_threads(s.search_threads)
+    set_threads(s.search_threads)
     enc = encoder or OnnxEncoder(s.bundle, "query", threads=1, manifest=load_manifest(s.bundle))
     namespace = active_namespace(s) if store is None else s.namespace  # follows a re-embed's namespace switch
     serving = build_serving(s, namespace, enc, store=store, index=index, feed_source=feed_source, follow_feed=follow_feed)

@@ -214,3 +214,31 @@ def test_ivf_lists_are_retrained_when_the_catalog_has_grown():
     assert idx.wait_rebuilt(60) and idx.rebuilds == 1
     assert idx.trained_on >= grown and idx._index.nlist == ivf_lists(idx.trained_on) > ivf_lists(2000)
     _live_set(idx, x[: len(idx)], asins[: len(idx)], set())
+
+
+def test_the_openmp_setting_reaches_every_thread_that_searches():
+    """OpenMP keeps its thread count per thread: the service sets it once, and the thread pool that runs batch searches
+    and the feed follower's thread must search with it too (idle OpenMP threads spin against the workers)."""
+    import threading
+
+    import faiss
+
+    import m5core.index as index_module
+    from m5core.index import set_threads
+
+    idx, x, *_ = make("flat", n=200)
+    seen, before = [], faiss.omp_get_max_threads()
+
+    def worker():
+        idx.search(x[:2], 3)
+        seen.append(faiss.omp_get_max_threads())
+
+    try:
+        set_threads(1)
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert seen == [1]
+    finally:
+        index_module._THREADS = None  # other tests keep OpenMP's default
+        faiss.omp_set_num_threads(before)
