@@ -87,6 +87,16 @@ def _number(value, where: str, *, integer: bool = False) -> float:
     return int(value) if integer else float(value)
 
 
+def _budget_values(spec, where: str, allowed: set[str]) -> dict[str, float]:
+    """One route's budgets, each checked and named `where.key` in the error."""
+    if not isinstance(spec, Mapping):
+        raise SlaError(f"{where}: expected a mapping of budgets")
+    extra = set(spec) - allowed
+    if extra:
+        raise SlaError(f"{where}.{sorted(extra)[0]}: unknown budget (allowed: {', '.join(sorted(allowed))})")
+    return {k: _number(v, f"{where}.{k}", integer=k == "min_requests") for k, v in spec.items() if v is not None}
+
+
 def parse_sla(doc, known_routes: Iterable[str] | None = None) -> dict[str, Budget]:
     """Validate a parsed sla.yaml: {"routes": {route: {p50_ms, p95_ms, p99_ms, max_error_rate, min_requests}}}."""
     if not isinstance(doc, Mapping) or not isinstance(doc.get("routes"), Mapping) or not doc["routes"]:
@@ -96,12 +106,7 @@ def parse_sla(doc, known_routes: Iterable[str] | None = None) -> dict[str, Budge
     for route, spec in doc["routes"].items():
         if known is not None and route not in known:
             raise SlaError(f"routes.{route}: unknown route (known: {', '.join(sorted(known))})")
-        if not isinstance(spec, Mapping):
-            raise SlaError(f"routes.{route}: expected a mapping of budgets")
-        extra = set(spec) - BUDGET_KEYS
-        if extra:
-            raise SlaError(f"routes.{route}.{sorted(extra)[0]}: unknown budget (allowed: {', '.join(sorted(BUDGET_KEYS))})")
-        values = {k: _number(v, f"routes.{route}.{k}", integer=k == "min_requests") for k, v in spec.items() if v is not None}
+        values = _budget_values(spec, f"routes.{route}", BUDGET_KEYS)
         if values.get("max_error_rate", 0.0) > 1:
             raise SlaError(f"routes.{route}.max_error_rate must be a fraction in [0, 1]")
         budgets[route] = Budget(route=route, **values)
@@ -120,13 +125,7 @@ def parse_server(doc) -> dict[str, ServerBudget]:
     for route, spec in spec_all.items():
         if not isinstance(route, str) or len(route.split(" ", 1)) != 2 or not route.split(" ", 1)[1].startswith("/"):
             raise SlaError(f'server.{route}: expected "<METHOD> /path", e.g. "POST /search"')
-        if not isinstance(spec, Mapping):
-            raise SlaError(f"server.{route}: expected a mapping of budgets")
-        extra = set(spec) - SERVER_KEYS
-        if extra:
-            raise SlaError(f"server.{route}.{sorted(extra)[0]}: unknown budget (allowed: {', '.join(sorted(SERVER_KEYS))})")
-        values = {k: _number(v, f"server.{route}.{k}", integer=k == "min_requests") for k, v in spec.items() if v is not None}
-        out[route] = ServerBudget(route=route, **values)
+        out[route] = ServerBudget(route=route, **_budget_values(spec, f"server.{route}", SERVER_KEYS))
     return out
 
 

@@ -56,26 +56,30 @@ def _start(port: int, data_dir) -> subprocess.Popen:
     pytest.fail(f"private redis-server on :{port} did not start")
 
 
-def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_topics, unique_name, tmp_path):
-    assert shutil.which("redis-server"), "redis-server is needed (deploy/local/services.sh installs it)"
-    port = free_port()
-    server = _start(port, tmp_path)
-    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
-    s = IndexerSettings(
+def _settings(url, kafka_bootstrap, kafka_topics, unique_name, partitions: int, **kw) -> IndexerSettings:
+    """An indexer on the private Redis and fresh topics of the shared broker (100 ms polls: see docs/indexer.md)."""
+    return IndexerSettings(
         store="redis",
         events="kafka",
         redis_url=url,
         kafka_bootstrap=kafka_bootstrap,
         namespace="ns",
-        changes_topic=kafka_topics("changes", partitions=2),
+        changes_topic=kafka_topics("changes", partitions=partitions),
         embeddings_topic=kafka_topics("emb", compact=True),
         dlq_topic=kafka_topics("dlq"),
         group_id=unique_name("g"),
-        max_batch=8,
         max_wait_ms=100,
         metrics_port=0,
-        store_retries=10,
+        **kw,
     )
+
+
+def test_redis_kill_9_and_restart_mid_stream_converges(kafka_bootstrap, kafka_topics, unique_name, tmp_path):
+    assert shutil.which("redis-server"), "redis-server is needed (deploy/local/services.sh installs it)"
+    port = free_port()
+    server = _start(port, tmp_path)
+    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    s = _settings(url, kafka_bootstrap, kafka_topics, unique_name, partitions=2, max_batch=8, store_retries=10)
     final: dict[str, int] = {}
     deleted: set[str] = set()
     producer = KafkaSink(kafka_bootstrap)
@@ -164,20 +168,7 @@ def test_redis_back_from_an_older_aof_between_a_batchs_check_and_its_reads(kafka
     data.mkdir()
     server = _start(port, data)
     url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
-    s = IndexerSettings(
-        store="redis",
-        events="kafka",
-        redis_url=url,
-        kafka_bootstrap=kafka_bootstrap,
-        namespace="ns",
-        changes_topic=kafka_topics("changes"),
-        embeddings_topic=kafka_topics("emb", compact=True),
-        dlq_topic=kafka_topics("dlq"),
-        group_id=unique_name("g"),
-        max_wait_ms=100,
-        metrics_port=0,
-        store_retries=5,
-    )
+    s = _settings(url, kafka_bootstrap, kafka_topics, unique_name, partitions=1, store_retries=5)
     producer = KafkaSink(kafka_bootstrap)
     store = _RestartsBeforeReads(url, "ns")
     idx = Indexer(
