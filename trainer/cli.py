@@ -138,7 +138,9 @@ def _run(args) -> int:
         if args.train_command == "all":
             from trainer.pipeline import train_all
 
-            print(f"bundle: {train_all(cfg, resume=not args.no_resume)}")
+            bundle = train_all(cfg, resume=not args.no_resume)
+            if bundle is not None:  # rank 0 publishes; the other ranks of a `deepspeed` launch only pre-train
+                print(f"bundle: {bundle}")
             return 0
         from trainer.pipeline import StageError, run_stage
 

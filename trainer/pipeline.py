@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from trainer.distill import distill, distill_products, query_like_texts
 from trainer.export import project_towers, publish_bundle
 from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
 from trainer.model import EmbeddingModel, encoder_from_state, encoder_state
-from trainer.pretrain import pretrain
+from trainer.pretrain import init_distributed, pretrain, rank_and_world
 from trainer.tokenizer import tokenizer_from_checkpoint, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ class Run:
         self._load_tok()
         rows = json.loads(_need(self.rows_path, "tokenizer").read_text())
         mlm, m = pretrain(self.cfg, list(self.products.values()), self.tok, resume=resume, new_rows={int(k): v for k, v in rows.items()})
+        if rank_and_world()[0] != 0:
+            return mlm.encoder
         torch.save(encoder_state(mlm.encoder), self.dir / "pretrained.pt")
         plot_losses(self.dir / "metrics.jsonl", self.dir / "loss.png", "MLM pre-training")
         self._save_metrics("pretrain", m)
@@ -286,8 +289,8 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = True):
     return getattr(run, stage)()
 
 
-def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
-    """Run the whole pipeline and publish a bundle; returns its directory."""
+def train_all(cfg: TrainConfig, resume: bool = True) -> Path | None:
+    """Run the whole pipeline and publish a bundle; returns its directory (None on a rank other than 0)."""
     if cfg.finetune.towers != "two_tower":  # fail before hours of pre-training, not at export
         raise ConfigError(
             "finetune.towers: cross_encoder scores pairs and has no embedding to export; use `m5 train finetune` for it, two_tower for a bundle"
@@ -296,8 +299,16 @@ def train_all(cfg: TrainConfig, resume: bool = True) -> Path:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     run = Run(cfg)
-    run.tokenizer()
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # the `deepspeed` launcher's ranks
+    if world > 1:
+        init_distributed()
+    if rank_and_world()[0] == 0:
+        run.tokenizer()  # rank 0 writes it; the others read it after the barrier
+    if world > 1:
+        torch.distributed.barrier()
     encoder = run.pretrain(resume=resume)
+    if rank_and_world()[0] != 0:
+        return None  # the stages after pre-training run on rank 0 alone, and it alone publishes
     model = run.finetune(encoder)
     bundle = run.export(run.distill(model), t0=t0)
     log.info("bundle %s in %.0f s", bundle, time.perf_counter() - t0)

@@ -43,6 +43,18 @@ def init_distributed() -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, ranks in all); (0, 1) outside a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def shard_index(batch: int, rank: int, world: int) -> int:
+    """The corpus batch a rank trains on as its `batch`-th: ranks interleave, so none shares one."""
+    return batch * world + rank
+
+
 def build_mlm(cfg: TrainConfig, new_rows: dict[int, list[int]] | None = None) -> MLMModel:
     """A fresh BERT (init none) or the starting checkpoint, cut to cfg.model.layers, vocabulary grown to the tokenizer's."""
     from transformers import BertForMaskedLM
@@ -84,13 +96,16 @@ def pretrain(
     corpus = PretrainCorpus(products, p.scheme, p.alpha)
     specials, pad, mask_id = special_ids(tok), tok.token_to_id("[PAD]"), tok.token_to_id("[MASK]")
     device = engine.device
-    metrics_f = open(run / "metrics.jsonl", "a")
-    bar = tqdm(range(start, p.steps), desc="pretrain", unit="step", initial=start, total=p.steps, mininterval=2.0)
+    # Under the `deepspeed` launcher each rank trains on batches of its own (`shard_index`: one rank reads exactly the
+    # batches it always did) and DeepSpeed averages the gradients; rank 0 alone writes the metrics.
+    rank, world = rank_and_world()
+    metrics_f = open(run / "metrics.jsonl", "a") if rank == 0 else None
+    bar = tqdm(range(start, p.steps), desc="pretrain", unit="step", initial=start, total=p.steps, mininterval=2.0, disable=rank != 0)
     t0, seen, losses = time.perf_counter(), 0, []
     for step in bar:
         seq = seq_len_for_step(step, p.steps, p.seq_schedule)
         for micro in range(p.grad_accum):
-            texts, _ = corpus.batch(p.seed, step * p.grad_accum + micro, p.micro_batch)
+            texts, _ = corpus.batch(p.seed, shard_index(step * p.grad_accum + micro, rank, world), p.micro_batch)
             enc = encode_batch(tok, texts, seq, specials, pad)
             rng = np.random.default_rng([p.seed, step, micro, 7])
             inputs, labels = mask_tokens(
@@ -99,20 +114,23 @@ def pretrain(
             loss, _ = engine(torch.from_numpy(inputs).to(device), torch.from_numpy(enc.attn).to(device), torch.from_numpy(labels).to(device))
             engine.backward(loss)
             engine.step()
-            seen += len(texts)
+            seen += len(texts) * world  # every rank trains on as many
         losses.append(float(loss))
         rate = seen / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", seq=seq, samples_s=f"{rate:.0f}")
-        metrics_f.write(json.dumps({"step": step + 1, "loss": losses[-1], "seq": seq, "samples_per_s": rate}) + "\n")
+        if metrics_f is not None:
+            metrics_f.write(json.dumps({"step": step + 1, "loss": losses[-1], "seq": seq, "samples_per_s": rate}) + "\n")
         if (step + 1) % p.save_every == 0 or step + 1 == p.steps:
-            save_checkpoint(engine, ckpt_dir, cfg, step + 1)
-    metrics_f.close()
+            save_checkpoint(engine, ckpt_dir, cfg, step + 1)  # every rank: DeepSpeed saves its own shard
+    if metrics_f is not None:
+        metrics_f.close()
     model = engine.module
-    acc = mlm_accuracy(model, corpus, tok, cfg, device)
+    acc = mlm_accuracy(model, corpus, tok, cfg, device) if rank == 0 else {}
     return model, {
         "mlm_accuracy": acc,
         "pretrain_samples_per_s": seen / max(1e-9, time.perf_counter() - t0),
         "final_loss": losses[-1] if losses else None,
+        "world_size": world,
     }
 
 
