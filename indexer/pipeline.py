@@ -25,7 +25,12 @@ from m5core.encoder import SUB_BATCH, Encoder, embed_in_batches
 from m5core.events.base import CommitRejected, EventSink, EventSource, Message
 from m5core.feed import encode_feed_value, tombstone_headers
 from m5core.schema import ChangeEvent, render_product
+from m5core.stores import active_pointer
 from m5core.stores.base import EmbeddingStore
+
+
+class NamespaceSwitched(RuntimeError):
+    """The active-namespace pointer moved away from this indexer's namespace (a re-embed's switch or a rollback)."""
 
 
 class StoreRestarted(RuntimeError):
@@ -141,6 +146,8 @@ class Indexer:
             try:
                 self.process(msgs)
                 return
+            except NamespaceSwitched:
+                raise  # not a fault to retry: this process has nothing more to write
             except CommitRejected as exc:
                 # Rebalanced mid-batch: our writes are durable and idempotent; the partitions' new owner
                 # replays from the last commit. Retrying the commit here could only fail again.
@@ -198,6 +205,14 @@ class Indexer:
             token = uuid.uuid4().hex
             if self.store.seal(self.s.group_id, self._member, token) != instance:
                 raise StoreRestarted("the store restarted during the batch (its reads may miss, or its writes may have lost, acknowledged data)")
+            # After a switch the feed belongs to the namespace switched to, which has published itself: a record of
+            # this one committed after that (a replayed delete, an old-bundle vector) would be the key's last, wrongly.
+            active = self.store.get_pointer(active_pointer(self.s)[0]) or self.s.namespace
+            if active != self.store.namespace:
+                raise NamespaceSwitched(
+                    f"namespace {self.store.namespace} is no longer active ({active} is): this batch is aborted; "
+                    "restart the indexer with the bundle of the active namespace"
+                )
             # The feed's records and the offsets in one transaction (Kafka): a member the group has moved on from
             # commits neither, so its late, stale records never reach a reader.
             self.sink.commit_batch(offsets, self.source)

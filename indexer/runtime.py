@@ -6,7 +6,7 @@ import itertools
 import logging
 import uuid
 
-from indexer.pipeline import Indexer
+from indexer.pipeline import Indexer, NamespaceSwitched
 from indexer.settings import IndexerSettings
 from m5core.bundle import load_manifest
 from m5core.encoder import OnnxEncoder
@@ -60,6 +60,9 @@ def run(s: IndexerSettings) -> int:
     log.info("indexer up: %s -> %s store (%s), bundle %s", s.changes_topic, s.store, s.namespace, idx.encoder.version)
     try:
         idx.run()
+    except NamespaceSwitched as exc:  # a re-embed switched (or a rollback): this process's bundle no longer serves
+        log.error("%s", exc)
+        return 3
     finally:
         idx.sink.flush()
         idx.source.close()

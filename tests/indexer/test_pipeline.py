@@ -4,6 +4,7 @@ import threading
 import time
 
 import orjson
+import pytest
 from prometheus_client import REGISTRY
 
 from catalog.events import bad_events
@@ -298,3 +299,25 @@ def test_a_store_that_goes_back_before_a_members_first_batch_is_refilled(pipelin
     producer.flush()
     restarted.run(max_idle_s=1.5)
     assert all(store.get(a) for a in later + first + ["B000000900"])
+
+
+def test_an_indexer_switched_away_from_publishes_nothing_more(pipeline):
+    """After a re-embed's switch the new namespace publishes itself to the feed; an indexer still on the old namespace
+    then replayed a delete and its tombstone became the key's last record over the product's newer upsert (chaos seed
+    6). The batch is aborted (transactional: no reader sees it) and the indexer stops with the reason."""
+    from indexer.pipeline import NamespaceSwitched
+    from m5core.stores import switch_namespace
+
+    s, make, produce, producer, store, read = pipeline
+    asin = "B000000950"
+    idx = make()
+    produce(asin, upsert(asin, 1))
+    producer.flush()
+    idx.run(max_idle_s=1.5)
+    switch_namespace(s, f"{s.namespace}.next")  # what `m5 index reembed` does once its gates pass
+    produce(asin, delete(asin, 2))
+    producer.flush()
+    with pytest.raises(NamespaceSwitched, match="no longer active"):
+        idx.run(max_idle_s=3)
+    feed = [m for m in read(s.embeddings_topic, 1) if m.key == asin.encode()]
+    assert [m.value is None for m in feed] == [False]  # the upsert only: the tombstone's transaction was aborted
