@@ -270,25 +270,15 @@ class AnnIndex:
             _, train = self._read(sample)
             new = self._new_index("ivf_sq8", train, n_total=len(ids))  # the k-means: seconds, outside the lock
             for at in range(0, len(ids), 8 * _READ_CHUNK):
-                part_ids, vecs = self._read(ids[at : at + 8 * _READ_CHUNK])
-                if len(part_ids):
-                    new.add_with_ids(vecs, part_ids)
+                self._copy_into(new, ids[at : at + 8 * _READ_CHUNK])
             for _ in range(3):  # catch up outside the lock while much changed; the last few under it
                 with self._lock:
                     if len(self._dirty) <= _READ_CHUNK:
                         break
                     dirty, self._dirty = np.fromiter(self._dirty, np.int64), set()
-                new.remove_ids(dirty)
-                part_ids, vecs = self._read(dirty)
-                if len(part_ids):
-                    new.add_with_ids(vecs, part_ids)
-            with self._lock:
-                dirty = np.fromiter(self._dirty, np.int64)
-                if len(dirty):
-                    new.remove_ids(dirty)
-                    live = dirty[self._live[dirty]]
-                    if len(live):
-                        new.add_with_ids(self._index.reconstruct_batch(live), live)
+                self._copy_into(new, dirty, replace=True)
+            with self._lock:  # reentrant: `_read` inside takes it again
+                self._copy_into(new, np.fromiter(self._dirty, np.int64), replace=True)
                 self._index, self.kind, self.trained_on = new, "ivf_sq8", len(ids)
                 self._sel_cache.clear()
                 self.rebuilds += 1
@@ -297,6 +287,15 @@ class AnnIndex:
         finally:
             with self._lock:
                 self._dirty, self._rebuilder = None, None
+
+    def _copy_into(self, new: faiss.Index, ids: np.ndarray, replace: bool = False) -> None:
+        """The serving index's current vectors of `ids` into `new` (replace: drop what `new` held of them first; an id
+        no longer live is then simply gone)."""
+        if replace and len(ids):
+            new.remove_ids(ids)
+        got_ids, vecs = self._read(ids)
+        if len(got_ids):
+            new.add_with_ids(vecs, got_ids)
 
     def _compact_hnsw(self) -> None:
         """A new graph of the live nodes, which get new dense ids 0..n-1 (FAISS's HNSW cannot remove a node)."""
