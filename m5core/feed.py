@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,10 +109,13 @@ class FeedFollower:
         snapshot_dir: Path | str | None = None,
         bundle_version: str | None = None,
         max_snapshot_age_s: float | None = None,
+        keep: Callable[[str], bool] | None = None,
     ):
         """`bundle_version`: apply only that bundle's feed records and snapshots. During a model switch the
         feed carries two bundles' vectors; each index keeps to its own, so neither becomes a mix.
-        `max_snapshot_age_s`: an older snapshot is passed over (`IndexConfig.max_snapshot_age_s` says why)."""
+        `max_snapshot_age_s`: an older snapshot is passed over (`IndexConfig.max_snapshot_age_s` says why).
+        `keep`: a shard's test of an ASIN (its feed partition is the shard's): the store scan loads only those, and
+        snapshots, which hold every partition, are passed over; the source reads only the shard's partitions."""
         import logging
 
         self.source, self.index, self.store = source, index, store
@@ -128,6 +132,7 @@ class FeedFollower:
         self.max_snapshot_age_s = max_snapshot_age_s
         self.deleted: dict[str, tuple[int, float]] = {}  # asin -> (deleted version, when), oldest first
         self.other_bundle = 0  # feed records of another bundle, skipped
+        self.keep = keep
 
     def bootstrap(self, batch: int = 2000) -> int:
         """-> vectors loaded. May replace `self.index` with the snapshot's index (read it back after)."""
@@ -139,6 +144,8 @@ class FeedFollower:
         n = 0
         buf: list[VectorRecord] = []
         for rec in self.store.scan(batch):
+            if self.keep is not None and not self.keep(rec.asin):
+                continue
             buf.append(rec)
             if len(buf) >= batch:
                 n += self._upsert(buf)
@@ -152,6 +159,9 @@ class FeedFollower:
     def _bootstrap_from_snapshot(self) -> bool:
         snap = latest_snapshot(self.snapshot_dir)
         if snap is None:
+            return False
+        if self.keep is not None:
+            self.log.info("snapshot %s holds every feed partition; a shard bootstraps its own from the store", snap.name)
             return False
         from m5core.index import AnnIndex
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from m5core.settings import add_settings_arguments, settings_from_args
 from service.arrival import StampedHttpToolsProtocol
 from service.auth import SCOPES, KeysFileError, digest, new_key, parse_keys, read_keys_file, write_keys_file
+from service.router import RouterSettings
 from service.settings import LOOPBACK, ServiceSettings, exposure_error
 
 
@@ -20,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve embeddings, query embeddings and kNN search over HTTP")
     add_settings_arguments(p, ServiceSettings)
     p.set_defaults(func=_serve, parser=p)
+    r = sub.add_parser("router", help="one address in front of service shards: fans searches out, merges, routes GETs by partition")
+    add_settings_arguments(r, RouterSettings)
+    r.set_defaults(func=_router, parser=r)
     k = sub.add_parser("keys", help="issue, list and revoke the service's API keys (a keys file of hashes)")
     ksub = k.add_subparsers(dest="keys_command", metavar="SUBCOMMAND", required=True)
     add = ksub.add_parser("add", help="make a key, print it once, store its hash")
@@ -113,4 +117,27 @@ def _serve(args) -> int:
     finally:
         if mp_dir:
             shutil.rmtree(mp_dir, ignore_errors=True)
+    return 0
+
+
+def _router(args) -> int:
+    """The shards check the callers' keys (the router passes credentials through and holds none)."""
+    import uvicorn
+
+    s = settings_from_args(RouterSettings, args, args.parser)
+    if not s.shards:
+        args.parser.exit(2, "m5 router: error: --shards is required (PARTITIONS=URL[,URL...], space-separated)\n")
+    export_env(s)
+    uvicorn.run(
+        "service.router:app_factory",
+        factory=True,
+        host=s.host,
+        port=s.port,
+        workers=s.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
     return 0

@@ -23,6 +23,7 @@ from m5core.encoder import Encoder
 from m5core.events import EmptySource, EventSource, open_source
 from m5core.feed import FeedFollower
 from m5core.index import AnnIndex, set_threads
+from m5core.shards import partition_of
 from m5core.stores import active_pointer, open_store
 from m5core.stores.base import EmbeddingStore
 from service import metrics as M
@@ -101,7 +102,8 @@ def build_serving(
     and then follows the feed (records of other bundles on the feed are skipped). An injected index is used as is."""
     st = store or open_store(s, namespace)
     idx = index if index is not None else AnnIndex(encoder.dim, s.index_kind, encoder.version)
-    source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None) if follow_feed else None)
+    shard = s.shard()
+    source = feed_source if feed_source is not None else (open_source(s, [s.embeddings_topic], None, shard) if follow_feed else None)
     follower = FeedFollower(
         source if source is not None else EmptySource(),
         idx,
@@ -110,11 +112,22 @@ def build_serving(
         snapshot_dir=s.snapshot_dir,
         bundle_version=encoder.version,
         max_snapshot_age_s=s.max_snapshot_age_s,
+        keep=None if shard is None else shard_filter(shard, source, s.embeddings_topic),
     )
     if index is None:
         follower.bootstrap()
         idx = follower.index  # the snapshot's index when one was loaded
     return Serving(namespace, encoder, st, idx, follower, source, owns_store=store is None, cache=QueryCache(s.query_cache_size))
+
+
+def shard_filter(shard: frozenset[int], source: EventSource | None, topic: str) -> Callable[[str], bool]:
+    """A shard's test of an ASIN: its feed partition is one of the shard's (the feed's partition count from the
+    consumer, which checked that the shard's partitions exist)."""
+    counts = getattr(source, "partition_counts", None)
+    if not counts or topic not in counts:
+        raise ValueError("shard_partitions: a shard must follow the Kafka feed (--events kafka) to know its partitions")
+    n = counts[topic]
+    return lambda asin: partition_of(asin, n) in shard
 
 
 def bundle_dir_for(bundles_dir: Path, version: str) -> Path:
@@ -203,6 +216,7 @@ class State:
             "feed_lag_age_s": None if g.follower.lag_at is None else round(time.monotonic() - g.follower.lag_at, 1),
             "bundle_version": g.encoder.version,
             "namespace": g.namespace,
+            "shard_partitions": s.shard_partitions or None,
         }
 
     def watch(self) -> None:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from m5core.lexical import RERANK_DEPTH
 from m5core.settings import BundleConfig, FeedConfig, IndexConfig, StoreConfig
+from m5core.shards import parse_partitions
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -78,3 +79,18 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     the service loads that namespace's bundle and index beside the old ones and swaps without a restart (0: off)."""
     bundles_dir: Path | None = None
     """Where to find the bundle of a newly active namespace (`<bundles_dir>/<version>/`); default: the parent of `bundle`."""
+    shard_partitions: str = ""
+    """Serve as a shard: index only the products of these `catalog.embeddings` partitions (`0-3,6`; the feed is keyed
+    by ASIN, so its partitions split the catalog) and follow only them; `m5 router` fans searches out to the shards
+    (docs/service.md, "Shards"). Empty: the whole catalog."""
+
+    @field_validator("shard_partitions")
+    @classmethod
+    def _partitions_shape(cls, v: str) -> str:
+        if v.strip():
+            parse_partitions(v, "shard_partitions")
+        return v.strip()
+
+    def shard(self) -> frozenset[int] | None:
+        """The partitions this shard follows; None: not a shard."""
+        return parse_partitions(self.shard_partitions) if self.shard_partitions else None

@@ -130,6 +130,13 @@ class DistillConfig(_Strict):
     )
     batch: int = Field(128, ge=2)
     lr: float = Field(1e-3, gt=0)
+    word_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the query student's generated texts that are words drawn from the tokenizer's vocabulary "
+        "rather than spans of catalog titles: the student then copies the teacher beyond the catalog's words",
+    )
     rank_weight: float = Field(1.0, ge=0, description="weight of the ranking (KL over a product bank) term; 0: cosine only")
     rank_bank: int = Field(2048, ge=0, description="products the teacher embeds for the ranking term")
     rank_temperature: float = Field(0.05, gt=0)

@@ -26,16 +26,27 @@ from trainer.model import EmbeddingModel
 from trainer.tokenizer import special_ids
 
 
-def query_like_texts(queries: list[str], titles: list[str], n: int, seed: int) -> list[str]:
-    """Training texts for the student: real queries plus short spans of titles (query-shaped)."""
+def query_like_texts(queries: list[str], titles: list[str], n: int, seed: int, words: list[str] | None = None, word_share: float = 0.0) -> list[str]:
+    """Training texts for the student: real queries, short spans of titles (query-shaped) and, for `word_share` of
+    the rest, a few words drawn from the tokenizer's vocabulary: a catalog shows the student only its own words, and
+    a shallow student copies the teacher on words it never saw worse than on ones it did (hand-written English lost
+    most, docs/benchmarks.md)."""
     rng = random.Random(seed)
     out = list(queries)
+    n_words = int(max(0, n - len(out)) * word_share) if words else 0
+    out += [" ".join(rng.choices(words, k=rng.randint(1, 5))) for _ in range(n_words)]
     while len(out) < n and titles:
-        words = rng.choice(titles).split()
-        k = rng.randint(1, min(5, len(words)))
-        i = rng.randint(0, len(words) - k)
-        out.append(" ".join(words[i : i + k]))
+        title = rng.choice(titles).split()
+        k = rng.randint(1, min(5, len(title)))
+        i = rng.randint(0, len(title) - k)
+        out.append(" ".join(title[i : i + k]))
     return out
+
+
+def vocabulary_words(tok: Tokenizer) -> list[str]:
+    """The tokenizer's whole words (no continuation pieces, specials or single characters), in id order."""
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    return [w for w, _ in vocab if len(w) > 1 and not w.startswith("##") and not w.startswith("[") and not w.isdigit()]
 
 
 def warm_start(student: EmbeddingModel, teacher: EmbeddingModel) -> str:

@@ -17,7 +17,7 @@ from m5core.lexical import LexicalBlock
 from m5core.schema import render_product
 from trainer import checkpoint
 from trainer.config import ConfigError, ModelConfig, TrainConfig
-from trainer.distill import distill, distill_products, query_like_texts
+from trainer.distill import distill, distill_products, query_like_texts, vocabulary_words
 from trainer.export import project_towers, publish_bundle
 from trainer.finetune import embed_texts, finetune, finetune_cross_encoder
 from trainer.model import EmbeddingModel, encoder_from_state, encoder_state
@@ -189,7 +189,8 @@ class Run:
         product_texts = [render_product(p, self.scheme) for p in self.products.values()]
         query = product = teacher
         if d.enabled:
-            q_texts = query_like_texts(queries, [p["title"] for p in self.products.values()], 20_000, self.cfg.pretrain.seed)
+            titles, words = [p["title"] for p in self.products.values()], vocabulary_words(self.tok)
+            q_texts = query_like_texts(queries, titles, 20_000, self.cfg.pretrain.seed, words, d.word_share)
             query, m = distill(self.cfg, teacher, self.tok, q_texts, torch.device("cpu"), product_texts=product_texts)
             save_tower(query, self.dir / "student.pt")
         if d.product_layers:

@@ -126,9 +126,10 @@ class KafkaSource(EventSource):
 
 
 class KafkaAssignedSource(KafkaSource):
-    """Reads every partition of the topics without a group (the service's index follower)."""
+    """Reads every partition of the topics without a group (the service's index follower), or only `partitions`
+    of each (a service shard: `m5core.shards`)."""
 
-    def __init__(self, bootstrap: str, topics: list[str], **opts):
+    def __init__(self, bootstrap: str, topics: list[str], partitions: frozenset[int] | None = None, **opts):
         self.consumer = KafkaConsumer(
             **kafka_client_options(bootstrap),
             enable_auto_commit=False,
@@ -137,9 +138,14 @@ class KafkaAssignedSource(KafkaSource):
             **{**_CONSUMER_DEFAULTS, **opts},
         )
         parts = []
+        self.partition_counts: dict[str, int] = {}
         for t in topics:
             ids = self.consumer.partitions_for_topic(t) or {0}
-            parts += [TopicPartition(t, p) for p in sorted(ids)]
+            self.partition_counts[t] = len(ids)
+            if partitions is not None and (missing := partitions - ids):
+                self.consumer.close()
+                raise ValueError(f"shard_partitions: topic {t} has partitions 0-{len(ids) - 1}, not {sorted(missing)}")
+            parts += [TopicPartition(t, p) for p in sorted(ids) if partitions is None or p in partitions]
         self.consumer.assign(parts)
         self.consumer.seek_to_beginning(*parts)
 
