@@ -207,6 +207,9 @@ class Indexer:
                 raise StoreRestarted("the store restarted during the batch (its reads may miss, or its writes may have lost, acknowledged data)")
             # After a switch the feed belongs to the namespace switched to, which has published itself: a record of
             # this one committed after that (a replayed delete, an old-bundle vector) would be the key's last, wrongly.
+            # The records go to the log first (the commit would flush them later, after a publish that started in
+            # between): a check that passes then means they precede anything published after the switch.
+            self.sink.flush()
             active = self.store.get_pointer(active_pointer(self.s)[0]) or self.s.namespace
             if active != self.store.namespace:
                 raise NamespaceSwitched(

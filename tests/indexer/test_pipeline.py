@@ -321,3 +321,40 @@ def test_an_indexer_switched_away_from_publishes_nothing_more(pipeline):
         idx.run(max_idle_s=3)
     feed = [m for m in read(s.embeddings_topic, 1) if m.key == asin.encode()]
     assert [m.value is None for m in feed] == [False]  # the upsert only: the tombstone's transaction was aborted
+
+
+def test_a_batchs_feed_records_are_in_the_log_before_the_pointer_check(pipeline):
+    """Chaos (CI, seed 1, a busy box): a re-embed switched the pointer and published its namespace between an old
+    indexer's pointer check and its commit. The producer had not sent the batch's records yet (the commit flushes
+    them), so they landed after the publish and five live products' last feed record was an old-bundle vector. The
+    records are flushed before the check: a check that passes means they precede anything published after a switch.
+    The sink here holds every record until a flush, as a slow link to the broker does."""
+    from m5core.stores import switch_namespace
+
+    s, make, produce, producer, store, read = pipeline
+    asin = "B000000951"
+    idx = make()
+    held, send, flush = [], idx.sink.send, idx.sink.flush
+
+    def flush_held(*a, **kw):
+        while held:
+            send(*held.pop(0))
+        return flush(*a, **kw)
+
+    idx.sink.send = lambda *a: held.append(a)
+    idx.sink.flush = flush_held
+    read_pointer = idx.store.get_pointer
+
+    def switch_right_after_the_check(name):
+        active = read_pointer(name)
+        switch_namespace(s, f"{s.namespace}.next")  # what `m5 index reembed` does once its gates pass, then it publishes
+        producer.send(s.embeddings_topic, asin.encode(), b"published by the re-embed")
+        producer.flush()
+        return active
+
+    idx.store.get_pointer = switch_right_after_the_check
+    produce(asin, upsert(asin, 1))
+    producer.flush()
+    idx.run(max_idle_s=1.5)
+    feed = [m.value for m in read(s.embeddings_topic, 2) if m.key == asin.encode()]
+    assert len(feed) == 2 and feed[-1] == b"published by the re-embed", feed
