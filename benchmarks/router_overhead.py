@@ -4,8 +4,9 @@ through the router to two shards that split the feed's partitions (docs/benchmar
     M5_REDIS_URL=$(deploy/local/services.sh url redis) M5_KAFKA_BOOTSTRAP=$(deploy/local/services.sh url kafka) \\
       .venv/bin/python benchmarks/router_overhead.py --bundle B --catalog DIR --n 5000 --requests 3000
 
-The client is a separate process with one keep-alive connection timing each request with a nanosecond clock (the
-same client for every target, so differences are the server side's). "hop" = router over the whole service minus
+The client is a separate process with one keep-alive connection per target, timing each request with a nanosecond
+clock; the targets take turns in rounds of 100 requests (the same client and moment for every target, so
+differences are the servers'). "hop" = router over the whole service minus
 the whole service: the router's own cost. Writes JSON and a PNG of the latency distributions. Everything it makes
 (namespace, topics) is deleted at the end.
 """
@@ -31,28 +32,45 @@ M5 = [sys.executable, "-m", "m5cli"]
 PARTITIONS = 4
 
 
-def client_main(port: int, bodies_file: str, requests: int, out: str) -> None:
-    """The load generator (its own process): POST /search with each body in turn, one connection, closed loop."""
+def client_main(ports: list[int], bodies_file: str, rounds: int, per_round: int, out: str) -> None:
+    """The load generator (its own process): POST /search with each body in turn, one keep-alive connection per
+    target, closed loop. The targets take turns in short rounds, so a drift in the machine's speed (this VM's moves
+    by tens of percent within minutes) falls on all of them alike."""
+    import asyncio
+
+    import uvloop
+
     bodies = [line.encode() for line in Path(bodies_file).read_text().splitlines()]
-    conn = http.client.HTTPConnection("127.0.0.1", port)
-    headers = {"Content-Type": "application/json"}
-    times = np.empty(requests, np.int64)
-    for i in range(requests + 200):
-        t0 = time.perf_counter_ns()
-        conn.request("POST", "/search", bodies[i % len(bodies)], headers)
-        r = conn.getresponse()
-        r.read()
-        if r.status != 200:
-            raise SystemExit(f"status {r.status}")
-        if i >= 200:  # the first 200 warm the connection and the caches
-            times[i - 200] = time.perf_counter_ns() - t0
-    np.save(out, times)
+    reqs = [b"POST /search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(b), b) for b in bodies]
+
+    async def main() -> dict[int, list[int]]:
+        conns = {p: await asyncio.open_connection("127.0.0.1", p) for p in ports}
+        times: dict[int, list[int]] = {p: [] for p in ports}
+        for r in range(rounds + 1):
+            for p, (reader, writer) in conns.items():
+                for i in range(per_round):
+                    t0 = time.perf_counter_ns()
+                    writer.write(reqs[(r * per_round + i) % len(reqs)])
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    if not head.startswith(b"HTTP/1.1 200"):
+                        raise SystemExit(f"port {p}: {head[:40]!r}")
+                    n = int(next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")).split(b":")[1])
+                    await reader.readexactly(n)
+                    if r:  # round 0 warms the connections and caches
+                        times[p].append(time.perf_counter_ns() - t0)
+        return times
+
+    times = uvloop.run(main())
+    np.savez(out, **{str(p): np.array(t) for p, t in times.items()})
 
 
-def measure(port: int, bodies: Path, requests: int, tmp: Path) -> np.ndarray:
-    out = tmp / f"t{port}-{uuid.uuid4().hex[:6]}.npy"
-    subprocess.run([sys.executable, __file__, "--client", str(port), str(bodies), str(requests), str(out)], check=True)
-    return np.load(out) / 1e6  # ms
+def measure(ports: list[int], bodies: Path, requests: int, tmp: Path) -> list[np.ndarray]:
+    """Each target's request times (ms), the targets interleaved in rounds of 100."""
+    out = tmp / f"t-{uuid.uuid4().hex[:6]}.npz"
+    rounds = max(1, requests // 100)
+    subprocess.run([sys.executable, __file__, "--client", ",".join(map(str, ports)), str(bodies), str(rounds), "100", str(out)], check=True)
+    z = np.load(out)
+    return [z[str(p)] / 1e6 for p in ports]
 
 
 def start(args: list[str], env: dict, port: int, log: Path) -> subprocess.Popen:
@@ -79,6 +97,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rss_mib(proc: subprocess.Popen) -> float:
+    """Resident memory of a server and its workers."""
+    import psutil
+
+    p = psutil.Process(proc.pid)
+    return round(sum(k.memory_info().rss for k in [p, *p.children(recursive=True)]) / 2**20, 1)
+
+
+def feed_record_bytes(bootstrap: str, topic: str, n: int = 500) -> float:
+    """Mean key + value bytes of the feed's first records (what a product costs the topic before compaction)."""
+    from m5core.events.kafka import KafkaAssignedSource
+
+    src = KafkaAssignedSource(bootstrap, [topic])
+    sizes: list[int] = []
+    for _ in range(20):
+        sizes += [len(m.key or b"") + len(m.value or b"") for m in src.poll(n, 0.5)]
+        if len(sizes) >= n:
+            break
+    src.close()
+    return round(float(np.mean(sizes)), 1) if sizes else 0.0
 
 
 def pct(t: np.ndarray) -> dict:
@@ -117,7 +157,12 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     try:
         print(f"backfill {len(products)} products into {PARTITIONS} partitions ...", flush=True)
+        import redis
+
+        rds = redis.Redis.from_url(redis_url)
+        before = rds.info("memory")["used_memory"]
         subprocess.run([*M5, "index", "backfill", str(tmp / "products.jsonl")], env=env, cwd=REPO, check=True, capture_output=True)
+        redis_bytes = (rds.info("memory")["used_memory"] - before) / len(products)
         ports = {k: free_port() for k in ("whole", "a", "b", "r1", "r2")}
         procs.append(start(["serve"], env, ports["whole"], tmp / "whole.log"))
         procs.append(start(["serve", "--shard-partitions", "0-1"], env, ports["a"], tmp / "a.log"))
@@ -132,18 +177,22 @@ def main() -> int:
             "text (cached)": [{"query": " ".join(p["title"].split()[:4]), "k": 10} for p in picks[:50]],
         }
         results: dict = {"n": len(products), "partitions": PARTITIONS, "requests": args.requests, "targets": {}}
+        results["redis_bytes_per_product"] = round(redis_bytes)
+        results["feed_bytes_per_record"] = feed_record_bytes(bootstrap, topics["M5_EMBEDDINGS_TOPIC"])
         samples: dict = {}
         for kind, bodies in kinds.items():
             path = tmp / f"{kind.split()[0]}.jsonl"
             path.write_text("\n".join(json.dumps(b) for b in bodies))
-            for target, port in (("whole service", ports["whole"]), ("router -> whole", ports["r1"]), ("router -> 2 shards", ports["r2"])):
-                t = measure(port, path, args.requests, tmp)
+            targets = {"whole service": ports["whole"], "router -> whole": ports["r1"], "router -> 2 shards": ports["r2"]}
+            for target, t in zip(targets, measure(list(targets.values()), path, args.requests, tmp)):
                 samples[(kind, target)] = t
                 results["targets"].setdefault(kind, {})[target] = pct(t)
                 print(f"{kind:14s} {target:20s} p50 {np.percentile(t, 50):.3f} ms  p99 {np.percentile(t, 99):.3f} ms", flush=True)
             r = results["targets"][kind]
             r["hop_p50_ms"] = round(r["router -> whole"]["p50_ms"] - r["whole service"]["p50_ms"], 3)
             r["hop_p99_ms"] = round(r["router -> whole"]["p99_ms"] - r["whole service"]["p99_ms"], 3)
+        names = ("whole service", "shard 0-1", "shard 2-3", "router -> whole", "router -> 2 shards")
+        results["rss_mib"] = {name: rss_mib(p) for name, p in zip(names, procs)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{args.out}.json").write_text(json.dumps(results, indent=1))
         plot(samples, Path(f"{args.out}.png"))
@@ -187,6 +236,6 @@ def plot(samples: dict, out: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client_main(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5])
+        client_main([int(p) for p in sys.argv[2].split(",")], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
         sys.exit(0)
     sys.exit(main())

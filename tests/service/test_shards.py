@@ -3,6 +3,7 @@ trained test bundle, every server a process started as a user would (`m5 index b
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from m5core.jsonl import read_jsonl
 from m5core.shards import format_partitions, parse_partitions, partition_of
-from service.router import merge_batch, merge_one, parse_shards
+from service.router import Upstream, merge_batch, merge_one, parse_shards
 from tests.fixtures.services import free_port, wait_http_ok
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +124,22 @@ def test_two_shards_and_the_router_answer_as_one_service(sharded):
     assert r.status_code == 422 and "k" in r.text
     metrics = c.get(urls["router"] + "/metrics").text
     assert 'm5_router_shard_answers_total{outcome="ok",shard="1-2"}' in metrics
+
+
+async def test_the_routers_connections_to_a_replica_are_kept_and_renewed(sharded):
+    """One connection per request in flight, reused (a new connection a request cost the shard ~1 ms a search here),
+    and one the replica closed while idle (uvicorn's keep-alive timeout, 5 s) is replaced without failing a request."""
+    urls, *_ = sharded
+    up = Upstream(urls["a"])
+    body = orjson.dumps({"query": "running shoes", "k": 3})
+    first = [(await up.request("POST", "/search", body, {"content-type": "application/json"}))[0] for _ in range(3)]
+    assert first == [200] * 3 and len(up.idle) == 1
+    kept = up.idle[0]
+    assert (await up.request("GET", "/healthz", b"", {}))[0] == 200 and up.idle == [kept]
+    await asyncio.sleep(5.5)  # the replica closes the idle connection
+    status, _, got = await up.request("POST", "/search", body, {"content-type": "application/json"})
+    assert status == 200 and orjson.loads(got)["hits"] and up.idle and up.idle[0] is not kept
+    up.close()
 
 
 def test_shards_follow_their_partitions_of_the_live_feed(sharded, tmp_path):
