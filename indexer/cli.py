@@ -46,7 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-cluster", type=_positive, default=50, help="largest cluster; links beyond it are counted, not followed")
     c.add_argument("--scope", choices=("marketplace", "all"), default="marketplace", help="marketplace: links within a locale only")
     c.add_argument(
-        "--effort", type=_positive, help="nprobe (IVF) or efSearch (HNSW) of the neighbour search; duplicates sit close, so a low one finds them"
+        "--effort",
+        type=_positive,
+        help="nprobe (IVF) or efSearch (HNSW) of the neighbour search, not widened by the locale filter "
+        "(duplicates sit close); default m5core.index.NEAR_EFFORT",
     )
     add_settings_arguments(c, IndexerSettings)
     c.set_defaults(func=_clusters, parser=c)

@@ -76,7 +76,7 @@ def links(
         for loc, rows in groups.items():
             for lo in range(0, len(rows), batch):
                 part = rows[lo : lo + batch]
-                for i, hits in zip(part, index.search(vectors[part], k + 1, locale=loc, effort=effort)):
+                for i, hits in zip(part, index.search(vectors[part], k + 1, locale=loc, effort=effort, near=True)):
                     for a, score in hits:
                         j = row[a]
                         if j == i or score < threshold:

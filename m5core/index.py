@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 IVF_THRESHOLD = 50_000
 IVF_MIN_TRAIN = 1_000
 DEFAULT_EFFORT = {"ivf_sq8": 32, "hnsw": 128, "flat": 0}  # ivf 32: recall@10 0.966 on 1M real vectors (16: 0.938)
+NEAR_EFFORT = {"ivf_sq8": 16, "hnsw": 128, "flat": 0}
+"""Effort of a `near` search (duplicates): IVF lists probed, never widened by a filter (docs/benchmarks.md, "Duplicates")."""
 _REBUILD_DELETED_SHARE = 0.3
 GROW_FACTOR = 4.0  # IVF lists are retrained once the catalog is this many times what they were trained on
 _READ_CHUNK = 1024  # vectors read out of the serving index per hold of its lock during a rebuild
@@ -335,11 +337,11 @@ class AnnIndex:
         self._sel_cache[key] = (sel, bits, share)  # keep the bitmap alive as long as the selector
         return sel, share
 
-    def _params(self, sel, share: float, effort: int | None):
-        effort = effort or DEFAULT_EFFORT[self.kind]
+    def _params(self, sel, share: float, effort: int | None, near: bool = False):
+        effort = effort or (NEAR_EFFORT if near else DEFAULT_EFFORT)[self.kind]
         if self.kind == "ivf_sq8":
             # Scale the probe by the filter's selectivity so about as many matching vectors are scanned.
-            nprobe = min(self._index.nlist, int(np.ceil(effort / max(share, 1e-6))))
+            nprobe = min(self._index.nlist, int(np.ceil(effort if near else effort / max(share, 1e-6))))
             return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
         if self.kind == "hnsw":
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(effort / max(share, 0.05)))
@@ -353,8 +355,14 @@ class AnnIndex:
         product_line: str | None = None,
         exclude: str | None = None,
         effort: int | None = None,
+        near: bool = False,
     ) -> list[list[tuple[str, float]]]:
-        """Top-k by cosine. (n, dim) float32 -> per query [(asin, score)], best first."""
+        """Top-k by cosine. (n, dim) float32 -> per query [(asin, score)], best first.
+
+        A filtered IVF search probes effort / (the filter's share of the catalog) lists, so that about as many matching
+        vectors are scanned as unfiltered, and all lists when the probed ones hold fewer than k matches. `near`: only
+        neighbours above a high cosine are wanted (duplicates); they sit in the lists nearest the query whatever the
+        filter, so the probe stays at `effort` (default NEAR_EFFORT) and what it found is returned."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         _omp()
         with self._lock:
@@ -367,9 +375,9 @@ class AnnIndex:
             if picked is None:
                 return [[] for _ in range(len(queries))]
             sel, share = picked
-            params = self._params(sel, share, effort)
+            params = self._params(sel, share, effort, near)
             scores, ids = self._index.search(queries, kk, params=params) if params else self._index.search(queries, kk)
-            if self.kind == "ivf_sq8" and filtered and (ids[:, -1] < 0).any():
+            if self.kind == "ivf_sq8" and filtered and not near and (ids[:, -1] < 0).any():
                 # A selective filter can leave the probed lists short: widen the probe rather than return less.
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=self._index.nlist)
                 scores, ids = self._index.search(queries, kk, params=params)

@@ -55,7 +55,8 @@ def duplicates(g: Serving, asin: str, body: DuplicatesRequest, s: ServiceSetting
 
 def _answer(g: Serving, asin: str, vector: np.ndarray, locale: str, body: DuplicatesRequest, s: ServiceSettings, threshold: tuple, t0: float) -> dict:
     threshold, source, precision = threshold
-    hits = g.index.search(vector[None], body.k, locale=locale if body.scope == "marketplace" else None, exclude=asin, effort=s.effort)[0]
+    scope = locale if body.scope == "marketplace" else None
+    hits = g.index.search(vector[None], body.k, locale=scope, exclude=asin, effort=s.duplicate_effort, near=True)[0]
     return {
         "asin": asin,
         "duplicates": hit_docs(g, [(a, sc) for a, sc in hits if sc >= threshold], body.fields),

@@ -71,6 +71,9 @@ class ServiceSettings(StoreConfig, FeedConfig, BundleConfig, IndexConfig):
     stored (one store round trip); 0, or a bundle without exact terms: the index's order as it is."""
     effort: int | None = None
     """Default recall/latency knob: nprobe (IVF) or efSearch (HNSW); None uses the index default."""
+    duplicate_effort: int | None = Field(default=None, ge=1)
+    """Duplicate searches' nprobe (IVF): near-duplicates sit in the lists nearest the product, so it is not widened by
+    the locale filter as a search's is; None: `m5core.index.NEAR_EFFORT` (docs/benchmarks.md, "Duplicates")."""
     search_threads: int = Field(default=1, ge=1, le=256)
     """FAISS (OpenMP) threads per worker. One query does not get faster with more, and idle OpenMP threads
     spinning next to uvicorn workers cost 10x latency on a busy box: keep 1 and scale with workers."""
