@@ -76,7 +76,9 @@ class AnnIndex:
         self._n_live = None
         # ("locale", "de_DE") -> bool by dense id; made when a value is first indexed (values are open)
         self._masks: dict[tuple[str, str], np.ndarray] = {}
-        self._sel_cache: dict[tuple, tuple[faiss.IDSelectorBitmap, np.ndarray]] = {}
+        # (locale, product_line) -> (selector, its bitmap, share of live vectors, count): made on first use, kept in
+        # step with every update (`_refresh_selectors`)
+        self._sel_cache: dict[tuple, tuple[faiss.IDSelectorBitmap, np.ndarray, float, int]] = {}
         self._index = self._new_index(self.kind)
         self.trained_on = 0  # live vectors when the IVF lists were trained (0: not IVF)
         # While a background rebuild runs: the dense ids changed since it started, replayed into it before the swap.
@@ -186,8 +188,8 @@ class AnnIndex:
                     m[i] = False
                 self._mask("locale", loc)[i] = True
                 self._mask("product_line", pl)[i] = True
-            self._sel_cache.clear()
             self._n_live = None
+            self._refresh_selectors(np.asarray(replace + ids, dtype=np.int64))
             self._maybe_migrate()
 
     def _hnsw_add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
@@ -216,8 +218,8 @@ class AnnIndex:
                 for a in asins:
                     self._ids.pop(a, None)  # a re-added product gets a fresh node
             self._live[ids] = False
-            self._sel_cache.clear()
             self._n_live = None
+            self._refresh_selectors(np.asarray(ids, dtype=np.int64))
             self._maybe_migrate()
             return len(ids)
 
@@ -315,6 +317,26 @@ class AnnIndex:
         if len(asins):
             self._index.add(vecs)
 
+    def _refresh_selectors(self, ids: np.ndarray) -> None:
+        """The cached filter bitmaps follow an update in place: rebuilding one costs ~0.5 ms at 1M products, and the
+        feed updates the index many times a second, so clearing them made most filtered searches (every duplicates
+        call) pay it. A bitmap shorter than the new ids (products added since it was made) is dropped instead."""
+        ids = np.unique(ids)
+        for key, (sel, bits, _, count) in list(self._sel_cache.items()):
+            if len(ids) and int(ids.max()) >= sel.n:
+                del self._sel_cache[key]
+                continue
+            want = self._live[ids].copy()
+            for field, value in zip(("locale", "product_line"), key):
+                if value is not None:
+                    want &= self._masks[(field, value)][ids]
+            byte, bit = ids >> 3, np.left_shift(1, ids & 7).astype(np.uint8)
+            had = (bits[byte] & bit) != 0
+            np.bitwise_and.at(bits, byte, ~bit)
+            np.bitwise_or.at(bits, byte[want], bit[want])
+            count += int(want.sum()) - int(had.sum())
+            self._sel_cache[key] = (sel, bits, count / max(1, len(self)), count)
+
     # ------------------------------------------------------------------ search
     def _selector(self, locale: str | None, product_line: str | None):
         """(IDSelectorBitmap, share of live vectors it keeps), cached until the next update; None when
@@ -333,8 +355,9 @@ class AnnIndex:
             mask &= m[:n]
         bits = np.packbits(mask, bitorder="little")
         sel = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
-        share = float(mask.sum()) / max(1, len(self))
-        self._sel_cache[key] = (sel, bits, share)  # keep the bitmap alive as long as the selector
+        count = int(mask.sum())
+        share = count / max(1, len(self))
+        self._sel_cache[key] = (sel, bits, share, count)  # keep the bitmap alive as long as the selector
         return sel, share
 
     def _params(self, sel, share: float, effort: int | None, near: bool = False):
