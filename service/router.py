@@ -341,20 +341,25 @@ class Router:
         return await respond(send, 200, out, extra={"X-M5-Bundle-Version": keep or ""})
 
     async def _readyz(self, send) -> int:
-        """Ready when every shard has a ready replica (each replica's /readyz, within the deadline)."""
+        """Ready when every shard has a ready replica (each replica's /readyz, within the deadline) and the shards follow
+        a feed of as many partitions as `--shards` covers (more would leave products to no shard, and a GET's
+        partition would be computed wrong)."""
 
-        async def ready(url: str) -> bool:
+        async def ready(url: str) -> dict | None:
             wait = max(1.0, self.settings.deadline_ms / 1000)
             try:
-                status, _, _ = await asyncio.wait_for(self.upstreams[url].request("GET", "/readyz", b"", {}), wait)
-                return status == 200
-            except (OSError, TimeoutError):
-                return False
+                status, _, body = await asyncio.wait_for(self.upstreams[url].request("GET", "/readyz", b"", {}), wait)
+                return orjson.loads(body) if status == 200 else None
+            except (OSError, TimeoutError, orjson.JSONDecodeError):
+                return None
 
         urls = [(sh, u) for sh in self.shards for u in sh.replicas]
-        states = await asyncio.gather(*(ready(u) for _, u in urls))
-        shards = {sh.name: [u for (s2, u), ok in zip(urls, states) if s2 is sh and ok] for sh in self.shards}
+        docs = await asyncio.gather(*(ready(u) for _, u in urls))
+        shards = {sh.name: [u for (s2, u), d in zip(urls, docs) if s2 is sh and d is not None] for sh in self.shards}
         reasons = [f"shard {name}: no ready replica" for name, up in shards.items() if not up]
+        feeds = sorted({d["feed_partitions"] for d in docs if d is not None and d.get("feed_partitions")})
+        if feeds and feeds != [self.partitions]:
+            reasons.append(f"the shards follow a feed of {', '.join(map(str, feeds))} partitions; --shards covers {self.partitions}")
         doc = {"ready": not reasons, "reasons": reasons, "shards": shards, "partitions": self.partitions}
         return await respond(send, 200 if not reasons else 503, doc)
 

@@ -217,6 +217,7 @@ class State:
             "bundle_version": g.encoder.version,
             "namespace": g.namespace,
             "shard_partitions": s.shard_partitions or None,
+            "feed_partitions": (getattr(g.source, "partition_counts", None) or {}).get(s.embeddings_topic),
         }
 
     def watch(self) -> None:

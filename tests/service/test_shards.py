@@ -74,6 +74,7 @@ def test_two_shards_and_the_router_answer_as_one_service(sharded):
     a, b = (c.get(urls[s] + "/readyz").json() for s in ("a", "b"))
     whole = c.get(urls["whole"] + "/readyz").json()
     assert a["shard_partitions"] == "0" and b["shard_partitions"] == "1-2" and whole["shard_partitions"] is None
+    assert a["feed_partitions"] == b["feed_partitions"] == whole["feed_partitions"] == 3
     assert a["index_size"] + b["index_size"] == whole["index_size"] == len(products)
     assert 0 < a["index_size"] < whole["index_size"]
 
@@ -225,3 +226,24 @@ def test_a_shard_asking_for_partitions_the_feed_lacks_is_refused(real_servers, k
 
     with pytest.raises(ValueError, match=r"has partitions 0-2, not \[5\]"):
         KafkaAssignedSource(kafka_bootstrap, [real_servers["embeddings_topic"]], frozenset({1, 5}))
+
+
+def test_a_router_that_covers_fewer_partitions_than_the_feed_is_not_ready(sharded, tmp_path):
+    """`--shards 0=A 1=B` over a 3-partition feed would leave partition 2's products to no shard and compute every
+    GET's partition modulo 2: /readyz says so instead of serving."""
+    urls, _, env, _ = sharded
+    port = free_port()
+    proc = _start(["router", "--port", str(port), "--shards", f"0={urls['a']} 1={urls['b']}"], env, tmp_path / "short.log")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert r.status_code == 503
+        assert r.json()["reasons"] == ["the shards follow a feed of 3 partitions; --shards covers 2"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
