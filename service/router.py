@@ -318,7 +318,8 @@ class Router:
             self.metrics.shard.labels(a.shard.name, a.outcome.split(" ")[0]).inc()
         client_error = next((a for a in answers if a.status is not None and 400 <= a.status < 500), None)
         if client_error is not None:  # the request itself is wrong: every shard would say so
-            return await respond(send, client_error.status, client_error.body, client_error.headers.get("Content-Type", "application/json"))
+            ctype = client_error.headers.get("Content-Type", "application/json")
+            return await respond(send, client_error.status, client_error.body, ctype, client_error.headers)  # a 429's Retry-After too
         ok = [a for a in answers if a.status == 200]
         docs = [orjson.loads(a.body) for a in ok]
         # Mid-switch, shards may answer from two bundles whose scores do not compare: merge the larger group.
