@@ -81,7 +81,6 @@ def export_env(s: ServiceSettings) -> None:
 
 
 def _serve(args) -> int:
-    import uvicorn
 
     s = settings_from_args(ServiceSettings, args, args.parser)
     if (why := exposure_error(s)) is not None:
@@ -102,18 +101,8 @@ def _serve(args) -> int:
         mp_dir = tempfile.mkdtemp(prefix="m5-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
     try:
-        uvicorn.run(
-            "service.app:app_factory",
-            factory=True,
-            host=s.host,
-            port=s.port,
-            workers=s.workers,
-            loop="uvloop",
-            http=StampedHttpToolsProtocol,  # httptools, each request stamped on arrival (queue-wait shedding)
-            log_level="info",
-            access_log=False,
-            timeout_graceful_shutdown=10,
-        )
+        # httptools, each request stamped on arrival (queue-wait shedding)
+        _run_uvicorn("service.app:app_factory", s.host, s.port, s.workers, StampedHttpToolsProtocol)
     finally:
         if mp_dir:
             shutil.rmtree(mp_dir, ignore_errors=True)
@@ -122,22 +111,28 @@ def _serve(args) -> int:
 
 def _router(args) -> int:
     """The shards check the callers' keys (the router passes credentials through and holds none)."""
-    import uvicorn
 
     s = settings_from_args(RouterSettings, args, args.parser)
     if not s.shards:
         args.parser.exit(2, "m5 router: error: --shards is required (PARTITIONS=URL[,URL...], space-separated)\n")
     export_env(s)
+    _run_uvicorn("service.router:app_factory", s.host, s.port, s.workers, "httptools")
+    return 0
+
+
+def _run_uvicorn(factory: str, host: str, port: int, workers: int, http) -> None:
+    """uvicorn with uvloop, no access log, 10 s to drain on shutdown; the workers build the app from M5_* (`export_env`)."""
+    import uvicorn
+
     uvicorn.run(
-        "service.router:app_factory",
+        factory,
         factory=True,
-        host=s.host,
-        port=s.port,
-        workers=s.workers,
+        host=host,
+        port=port,
+        workers=workers,
         loop="uvloop",
-        http="httptools",
+        http=http,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    return 0
