@@ -149,6 +149,15 @@ def namespace_bundle(store: EmbeddingStore) -> str | None:
     return next((rec.bundle_version for rec in store.scan(1000)), None)
 
 
+def stored_bundle(s: ServiceSettings, namespace: str) -> str | None:
+    """`namespace_bundle` of `namespace`, over a connection of its own."""
+    probe = open_store(s, namespace)
+    try:
+        return namespace_bundle(probe)
+    finally:
+        probe.close()
+
+
 @dataclass
 class State:
     """The app's state: the current serving set, and the switch to the next one."""
@@ -171,11 +180,7 @@ class State:
         if namespace == self.serving.namespace:
             return False
         s = self.settings
-        probe = open_store(s, namespace)
-        try:
-            version = namespace_bundle(probe)
-        finally:
-            probe.close()
+        version = stored_bundle(s, namespace)
         if version is None:
             log.warning("active namespace %s holds no vectors yet; still serving %s", namespace, self.serving.namespace)
             return False
@@ -261,11 +266,20 @@ def start_state(
     from m5core.stores import active_namespace
 
     set_threads(s.search_threads)
+    bundles_dir = s.bundles_dir or Path(s.bundle).parent
+    load = load_tower or (lambda version: OnnxEncoder(bundle_dir_for(bundles_dir, version), "query", threads=1))
     enc = encoder or OnnxEncoder(s.bundle, "query", threads=1, manifest=load_manifest(s.bundle))
     namespace = active_namespace(s) if store is None else s.namespace  # follows a re-embed's namespace switch
+    if store is None and (held := stored_bundle(s, namespace)) not in (None, enc.version):
+        # The pointer moved on from the configured bundle (a re-embed or a rollback while this process was down): the
+        # query tower must be the one the namespace's vectors came from. The watcher does the same on a later switch.
+        try:
+            enc = load(held)
+            log.warning("namespace %s holds bundle %s, not the configured %s: serving its query tower", namespace, held, s.bundle)
+        except FileNotFoundError as exc:
+            log.error("namespace %s holds bundle %s, whose query tower is not found (%s): not ready until it is", namespace, held, exc)
     serving = build_serving(s, namespace, enc, store=store, index=index, feed_source=feed_source, follow_feed=follow_feed)
-    bundles_dir = s.bundles_dir or Path(s.bundle).parent
-    state = State(s, serving, load_tower or (lambda version: OnnxEncoder(bundle_dir_for(bundles_dir, version), "query", threads=1)))
+    state = State(s, serving, load)
     serving.start()
     if s.model_poll_s > 0 and (store is None or load_tower is not None):
         state.watch()

@@ -135,12 +135,13 @@ class PrivateKafka:
 class Proc:
     """A restartable `python -m ...` process with its own log."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict, logs: Path):
-        self.name, self.cmd, self.env, self.log = name, cmd, env, logs / f"{name}.log"
+    def __init__(self, name: str, cmd: list[str], env: dict, logs: Path, own_env: dict | None = None):
+        """`env` is shared and read at each start (the indexers' bundle follows the pointer); `own_env` is this process's."""
+        self.name, self.cmd, self.env, self.own_env, self.log = name, cmd, env, own_env or {}, logs / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=REPO, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, env={**self.env, **self.own_env}, cwd=REPO, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -231,7 +232,10 @@ def test_chaos_converges_to_the_oracle(unique_name, trained_bundle, test_catalog
     logs = tmp_path / "logs"
     logs.mkdir()
     ienv = dict(env)  # the indexers' bundle follows the active namespace; the service keeps its first one and follows the pointer
-    indexers = [Proc(f"indexer-{i}", [sys.executable, "-m", "indexer", "run"], ienv, logs) for i in range(3)]
+    # One transactional id per replica, stable across its restarts (as an orchestrator's pod name is): a restarted
+    # replica aborts what its killed process left open. With a random one the broker aborts it after 30 s, and until
+    # then read-committed readers of the feed stop at it (a replay at the end would see a cut log).
+    indexers = [Proc(f"indexer-{i}", [sys.executable, "-m", "indexer", "run"], ienv, logs, {"M5_TRANSACTIONAL_ID": f"indexer-{i}"}) for i in range(3)]
     service = Proc("service", [sys.executable, "-m", "m5cli", "serve", "--port", str(port)], env, logs)
     url = f"http://127.0.0.1:{port}"
     for p in indexers[:2]:

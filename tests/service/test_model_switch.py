@@ -86,3 +86,23 @@ async def test_switch_to_an_empty_namespace_keeps_serving(tmp_path):
             assert doc["bundle_version"] == ENC.version
             assert doc["ready"]
     base.close()
+
+
+async def test_a_service_started_after_a_switch_serves_the_active_namespaces_bundle(tmp_path):
+    """Configured with the old bundle (as it was deployed), started after a re-embed moved the pointer: the query tower
+    is the new namespace's, so it is ready, and a text search ranks by the vectors it searches. (Before, it loaded the
+    configured tower beside the new vectors and stayed unready: "bundle mismatch", with nothing to switch to.)"""
+    s = ServiceSettings(store="local", events="local", local_store_path=tmp_path / "s.sqlite", local_events_dir=tmp_path / "ev", model_poll_s=0.05)
+    base, new = open_store(s, "m5"), open_store(s, "m5.hash-v2")
+    seed_records(base)
+    seed_records(new, encoder=NEW)
+    switch_namespace(s, "m5.hash-v2")
+    app = create_app(s, encoder=ENC, feed_source=LocalSource(s.local_events_dir, [s.embeddings_topic], "svc"), load_tower=TOWERS.__getitem__)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            doc = (await client.get("/readyz")).json()
+            assert (doc["namespace"], doc["bundle_version"], doc["ready"]) == ("m5.hash-v2", NEW.version, True), doc
+            hits = (await client.post("/search", json={"query": "red running shoes size 42", "k": 1})).json()
+            assert hits["bundle_version"] == NEW.version and hits["hits"][0]["asin"] == "B000000001"
+    base.close()
+    new.close()
