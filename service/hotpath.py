@@ -1,4 +1,5 @@
-"""`GET /asin/{asin}/embedding` and `POST /search` straight from ASGI, skipping FastAPI's routing.
+"""`GET /asin/{asin}/embedding`, `POST /search` and `GET /asin/{asin}/duplicates` straight from ASGI, skipping
+FastAPI's routing.
 
 They are most of the traffic and their handlers are one store read or one index search: FastAPI's
 per-request routing and dependency solving was the larger part of their cost (docs/benchmarks.md).
@@ -9,14 +10,16 @@ model rejects) goes on to FastAPI, which validates and answers as before; metric
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl
 
 import numpy as np
 import orjson
 
 from m5core.schema import ASIN_PATTERN
 from m5core.stores.base import quantize_int8
+from service.duplicates import duplicates
 from service.errors import JSON, OCTET, ApiError, from_store, json_response, problem
-from service.schemas import SearchRequest
+from service.schemas import DuplicatesRequest, SearchRequest
 from service.search import search
 from service.serving import State
 
@@ -74,6 +77,9 @@ class HotPath:
     search_route = type("Route", (), {"path": "/search"})()
     _PATH = re.compile(r"/asin/(" + ASIN_PATTERN.strip("^$") + r")/embedding")
     _DTYPE = {b"": "float32", b"dtype=float32": "float32", b"dtype=int8": "int8"}
+    duplicates_route = type("Route", (), {"path": "/asin/{asin}/duplicates"})()
+    _DUPLICATES = re.compile(r"/asin/(" + ASIN_PATTERN.strip("^$") + r")/duplicates")
+    _DUPLICATES_PARAMS = frozenset({"k", "threshold", "scope", "fields"})
 
     def __init__(self, app):
         self.app = app
@@ -81,6 +87,14 @@ class HotPath:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/search":
             return await self._search(scope, receive, send)
+        if (dup := self._match_duplicates(scope)) is not None:
+            state, asin, body = dup
+            try:
+                response = json_response(duplicates(state.serving, asin, body, state.settings))
+            except ApiError as exc:
+                response = problem(exc)
+            scope["route"] = self.duplicates_route
+            return await response(scope, receive, send)
         hit = self._match(scope)
         if hit is None:
             return await self.app(scope, receive, send)
@@ -140,3 +154,31 @@ class HotPath:
         m, dtype = self._PATH.fullmatch(scope["path"]), self._DTYPE.get(scope["query_string"])
         state = getattr(scope["app"].state, "m5", None) if m and dtype else None
         return (state, m.group(1), dtype) if state is not None else None
+
+    def _match_duplicates(self, scope) -> tuple[State, str, DuplicatesRequest] | None:
+        """GET /asin/{asin}/duplicates with known parameters that validate; None sends it on to FastAPI (its 422)."""
+        if scope["type"] != "http" or scope["method"] != "GET" or (m := self._DUPLICATES.fullmatch(scope["path"])) is None:
+            return None
+        state = getattr(scope["app"].state, "m5", None)
+        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        if state is None or any(k not in self._DUPLICATES_PARAMS for k, _ in params):
+            return None
+        doc: dict = {"asins": [m.group(1)]}
+        for k, v in params:
+            if k == "fields":
+                doc.setdefault("fields", [])
+                if v not in doc["fields"]:  # `?fields=brand&fields=brand` asks for brand once, as the routed handler does
+                    doc["fields"].append(v)
+            elif k in doc:
+                return None  # a repeated single parameter: FastAPI's reading of it is the reference
+            elif k == "threshold":  # the body's cosine is strict (no strings); a query string has nothing else
+                try:
+                    doc[k] = float(v)
+                except ValueError:
+                    return None
+            else:
+                doc[k] = v
+        try:
+            return state, m.group(1), DuplicatesRequest.model_validate(doc)
+        except ValueError:
+            return None

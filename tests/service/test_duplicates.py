@@ -54,6 +54,50 @@ async def test_bad_duplicate_requests_get_a_clear_error(api):
     assert r.status_code == 422 and "scope" in r.json()["detail"]
 
 
+async def test_the_duplicates_hot_path_answers_like_the_routed_handler(api, monkeypatch):
+    """GET duplicates is served before FastAPI's router when its parameters validate; anything else (here an extra
+    parameter, which FastAPI ignores) reaches the routed handler. Both must answer the same, errors included, under
+    one metrics label."""
+    from service.hotpath import HotPath
+
+    taken = []
+    match = HotPath._match_duplicates
+    monkeypatch.setattr(HotPath, "_match_duplicates", lambda self, scope: taken.append(match(self, scope)) or taken[-1])
+    h = await api(max_k=5)
+    queries = [
+        "threshold=0.2",
+        "threshold=-1&scope=all&k=4",
+        "threshold=0.2&fields=title&fields=brand",
+        "threshold=0.2&fields=brand&fields=brand",
+        "threshold=0.5&k=5",
+        "k=3",  # 409: no calibrated threshold
+        "threshold=0.5&k=50",  # 422 from the handler: k over max_k
+    ]
+    for asin in ("B000000001", "B000000004", "B00000000Z"):
+        for q in queries:
+            taken.clear()
+            hot = await h.client.get(f"/asin/{asin}/duplicates?{q}")
+            assert taken and taken[-1] is not None, q  # the hot path took it
+            routed = await h.client.get(f"/asin/{asin}/duplicates?{q}&via=router")
+            assert taken[-1] is None
+            assert hot.status_code == routed.status_code, (q, hot.text, routed.text)
+            a, b = hot.json(), routed.json()
+            a.pop("took_ms", None), b.pop("took_ms", None)
+            assert a == b, q
+    for q in ("threshold=2", "scope=galaxy", "k=0", "threshold=0.2&k=2&k=3", "fields=colour", "threshold=nan"):
+        taken.clear()
+        r = await h.client.get(f"/asin/B000000001/duplicates?{q}")
+        assert taken == [None], q  # left to FastAPI: its 422 names the parameter
+        assert r.status_code in (200, 422) and (r.status_code == 200) == ("k=2&k=3" in q), (q, r.text)
+    m = (await h.client.get("/metrics")).text
+    n = sum(
+        float(line.split()[-1])
+        for line in m.splitlines()
+        if line.startswith("m5_http_request_duration_seconds_count") and 'route="/asin/{asin}/duplicates"' in line
+    )
+    assert n >= 2 * 3 * len(queries)
+
+
 async def test_a_batch_answers_each_asin_as_the_get_does_and_an_unknown_one_fails_alone(api):
     h = await api(max_batch_asins=3)
     r = await h.client.post("/duplicates", json={"asins": ["B000000001", "B00000000Z", "B000000003"], "threshold": 0.1, "scope": "all"})
