@@ -6,8 +6,9 @@ client process with a nanosecond clock, and server side from the service's own h
       .venv/bin/python benchmarks/endpoint_latency.py --namespace bf13 --embeddings-topic bf13.embeddings \\
         --bundle B --snapshot-dir DIR --catalog /tmp/s13/cat1m --requests 2000
 
-One uvicorn worker, one client, the routes taking turns in rounds of 100 requests (this VM's speed drifts). Writes
-JSON and a PNG of the distributions beside --out.
+One uvicorn worker, one client, the routes taking turns in rounds of 100 requests (this VM's speed drifts); 1,000
+products sampled from --catalog (their stored vectors are the by-vector queries), text queries from its queries.jsonl,
+the query cache off. Writes JSON and a PNG of the distributions beside --out.
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ sys.path.insert(0, str(REPO))
 
 from loadtests.gate import server_stats  # noqa: E402
 
+# Each route gets the i-th sample: (ASIN, its stored vector, a query text). Text searches miss the query cache (the
+# service runs with M5_QUERY_CACHE_SIZE=0): the query tower runs every time.
 ROUTES = {
-    "GET /asin/{asin}/duplicates": lambda a: ("GET", f"/asin/{a}/duplicates", b""),
-    "POST /search (by asin)": lambda a: ("POST", "/search", json.dumps({"asin": a, "k": 10}).encode()),
-    "GET /asin/{asin}/embedding": lambda a: ("GET", f"/asin/{a}/embedding", b""),
+    "GET /asin/{asin}/duplicates": lambda a, v, t: ("GET", f"/asin/{a}/duplicates", b""),
+    "POST /search (by asin)": lambda a, v, t: ("POST", "/search", json.dumps({"asin": a, "k": 10}).encode()),
+    "POST /search (by vector)": lambda a, v, t: ("POST", "/search", json.dumps({"vector": v, "k": 10}).encode()),
+    "POST /search (by text, cache miss)": lambda a, v, t: ("POST", "/search", json.dumps({"query": t, "k": 10}).encode()),
+    "GET /asin/{asin}/embedding": lambda a, v, t: ("GET", f"/asin/{a}/embedding", b""),
 }
 SERVER_ROUTE = {
     "GET /asin/{asin}/duplicates": "GET /asin/{asin}/duplicates",
-    "POST /search (by asin)": "POST /search",
+    "POST /search (by asin)": "POST /search",  # the three searches share one histogram: only their sum is server-side
+    "POST /search (by vector)": "POST /search",
+    "POST /search (by text, cache miss)": "POST /search",
     "GET /asin/{asin}/embedding": "GET /asin/{asin}/embedding",
 }
 
@@ -46,7 +53,7 @@ def client_main(port: int, asins_file: str, rounds: int, out: str) -> None:
 
     import uvloop
 
-    asins = Path(asins_file).read_text().split()
+    samples = json.loads(Path(asins_file).read_text())
 
     async def main() -> dict[str, list[int]]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -54,7 +61,7 @@ def client_main(port: int, asins_file: str, rounds: int, out: str) -> None:
         for r in range(rounds):
             for name, make in ROUTES.items():
                 for i in range(100):
-                    method, path, body = make(asins[(r * 100 + i) % len(asins)])
+                    method, path, body = make(*samples[(r * 100 + i) % len(samples)])
                     head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                     t0 = time.perf_counter_ns()
                     writer.write(head.encode() + body)
@@ -77,6 +84,8 @@ def main() -> int:
     ap.add_argument("--bundle", required=True, type=Path)
     ap.add_argument("--snapshot-dir", type=Path)
     ap.add_argument("--catalog", required=True, type=Path, help="catalog directory whose products.jsonl gives the ASINs asked for")
+    ap.add_argument("--queries", type=Path, help="queries.jsonl of the text searches (default: the catalog's)")
+    ap.add_argument("--effort", type=int, help="the service's search effort (M5_EFFORT; default: the index's)")
     ap.add_argument("--requests", type=int, default=2000, help="timed requests per route")
     ap.add_argument("--port", type=int, default=8131)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "endpoint_latency")
@@ -85,14 +94,21 @@ def main() -> int:
 
     rng = random.Random(0)
     asins = [p["asin"] for _, p in zip(range(200_000), read_jsonl(args.catalog / "products.jsonl"))]
+    texts = [q["text"] for q in read_jsonl(args.queries or args.catalog / "queries.jsonl")]
     tmp = Path(f"/tmp/m5-endpoint-bench-{os.getpid()}")
     tmp.mkdir(exist_ok=True)
-    (tmp / "asins.txt").write_text("\n".join(rng.sample(asins, min(5000, len(asins)))))
     env = {**os.environ, "M5_NAMESPACE": args.namespace, "M5_EMBEDDINGS_TOPIC": args.embeddings_topic, "M5_BUNDLE": str(args.bundle)}
-    env.update({"M5_STORE": "redis", "M5_EVENTS": "kafka", "M5_MODEL_POLL_S": "0"})
+    env.update({"M5_STORE": "redis", "M5_EVENTS": "kafka", "M5_MODEL_POLL_S": "0", "M5_QUERY_CACHE_SIZE": "0"})
+    if args.effort:
+        env["M5_EFFORT"] = str(args.effort)
     if args.snapshot_dir:
         env["M5_SNAPSHOT_DIR"] = str(args.snapshot_dir)
     base = f"http://127.0.0.1:{args.port}"
+    try:
+        urllib.request.urlopen(base + "/healthz", timeout=1)
+        raise SystemExit(f"something already answers on port {args.port}: stop it, or pass --port")
+    except OSError:
+        pass  # nothing there: ours will be the one measured
     proc = subprocess.Popen(
         [sys.executable, "-m", "m5cli", "serve", "--port", str(args.port)],
         env=env,
@@ -115,15 +131,20 @@ def main() -> int:
                 raise SystemExit("service not ready in 900 s")
             time.sleep(1)
         print(f"service ready in {time.monotonic() - t0:.0f} s: {ready['index_size']} vectors, {ready['index_kind']}", flush=True)
+        picked = rng.sample(asins, min(5000, len(asins)))
+        req = urllib.request.Request(base + "/asin/embeddings", json.dumps({"asins": picked[:1000]}).encode(), {"Content-Type": "application/json"})
+        vectors = {e["asin"]: e["vector"] for e in json.loads(urllib.request.urlopen(req).read())["embeddings"]}
+        samples = [(a, vectors[a], texts[i % len(texts)]) for i, a in enumerate(picked[:1000]) if a in vectors]
+        (tmp / "samples.json").write_text(json.dumps(samples))
         out = tmp / "times.json"
-        client = [sys.executable, __file__, "--client", str(args.port), str(tmp / "asins.txt")]
+        client = [sys.executable, __file__, "--client", str(args.port), str(tmp / "samples.json")]
         subprocess.run([*client, "1", str(out)], check=True)  # warm-up: caches, pages of the index, connections
         before = urllib.request.urlopen(base + "/metrics").read().decode()
         subprocess.run([*client, str(max(1, args.requests // 100)), str(out)], check=True)
         after = urllib.request.urlopen(base + "/metrics").read().decode()
         times = {k: np.array(v) / 1e6 for k, v in json.loads(out.read_text()).items()}
         server = server_stats(before, after)
-        results = {"index_size": ready["index_size"], "index_kind": ready["index_kind"], "routes": {}}
+        results = {"index_size": ready["index_size"], "index_kind": ready["index_kind"], "effort": args.effort, "routes": {}}
         for name, t in times.items():
             srv = server.get(SERVER_ROUTE[name], {})
             row = {"n": len(t), "e2e_p50_ms": round(float(np.percentile(t, 50)), 3), "e2e_p99_ms": round(float(np.percentile(t, 99)), 3)}
