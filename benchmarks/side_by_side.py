@@ -530,7 +530,7 @@ def markdown(res: dict, command: str) -> str:
     ann = next(r for r in knn if r["role"] == "m5_inproc")
     svc = next((r for r in knn if r["role"] == "m5_service"), None)
     lines = [
-        "## Side by side",
+        "### On synthetic vectors",
         "",
         "M5 next to a real vector database that installs from PyPI and runs here (Milvus Lite, Chroma in local mode), "
         "the usearch HNSW library, and, for query embedding, the infinity-emb server serving the same int8 ONNX query "
@@ -634,10 +634,14 @@ def markdown(res: dict, command: str) -> str:
 
 
 def write_section(doc: Path, section: str) -> None:
-    """Replace (or append) the '## Side by side' section, leaving other sections alone."""
+    """Replace (or append) the '### On synthetic vectors' part of '## Side by side', leaving the rest alone (the
+    headline on served vectors above it is benchmarks/served_side_by_side.py's)."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Side by side\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    pattern = re.compile(r"^### On synthetic vectors.*?\n.*?(?=^## |^### |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n## Side by side\n\n" + section + "\n"
     doc.write_text(text)
 
 
