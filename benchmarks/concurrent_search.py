@@ -12,25 +12,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import uvloop
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.rawhttp import exchange  # noqa: E402
+
 
 async def connection(port: int, asins: list[str], start: int, n: int, out: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for i in range(n):
         body = json.dumps({"asin": asins[(start + i) % len(asins)], "k": 10}).encode()
-        head = f"POST /search HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         t0 = time.perf_counter_ns()
-        writer.write(head.encode() + body)
-        got = await reader.readuntil(b"\r\n\r\n")
-        if not got.startswith(b"HTTP/1.1 200"):
-            raise SystemExit(f"answer {got[:60]!r}")
-        size = int(next(x for x in got.split(b"\r\n") if x.lower().startswith(b"content-length:")).split(b":")[1])
-        await reader.readexactly(size)
+        await exchange(reader, writer, "POST", "/search", body)
         out.append((time.perf_counter_ns() - t0) / 1e6)
     writer.close()
 

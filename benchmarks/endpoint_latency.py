@@ -28,6 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.rawhttp import exchange  # noqa: E402
 from loadtests.gate import server_stats  # noqa: E402
 
 # Each route gets the i-th sample: (ASIN, its stored vector, a query text). Text searches miss the query cache (the
@@ -62,14 +63,8 @@ def client_main(port: int, asins_file: str, rounds: int, out: str) -> None:
             for name, make in ROUTES.items():
                 for i in range(100):
                     method, path, body = make(*samples[(r * 100 + i) % len(samples)])
-                    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
                     t0 = time.perf_counter_ns()
-                    writer.write(head.encode() + body)
-                    got = await reader.readuntil(b"\r\n\r\n")
-                    if not got.startswith(b"HTTP/1.1 200"):
-                        raise SystemExit(f"{name}: {got[:60]!r}")
-                    n = int(next(x for x in got.split(b"\r\n") if x.lower().startswith(b"content-length:")).split(b":")[1])
-                    await reader.readexactly(n)
+                    await exchange(reader, writer, method, path, body)
                     times[name].append(time.perf_counter_ns() - t0)
         return times
 
