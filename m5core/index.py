@@ -157,6 +157,18 @@ class AnnIndex:
         i = self._ids.get(asin)
         return None if i is None or not self._live[i] else int(self._versions[i])
 
+    def held(self, asin: str) -> tuple[np.ndarray, str | None] | None:
+        """(the product's vector as the index holds it, its locale), or None if it is not in the index. IVF-SQ8 gives
+        back its 8-bit codes decoded (cosine to the stored vector 0.9992-1, median 0.99997, at 1M x 640): what every search
+        scores anyway."""
+        with self._lock:
+            i = self._ids.get(asin)
+            if i is None or not self._live[i]:
+                return None
+            vector = self._index.reconstruct(int(i))
+            locale = next((value for (field, value), m in self._masks.items() if field == "locale" and i < len(m) and m[i]), None)
+        return vector, locale
+
     def _grow(self, n: int) -> None:
         cap = len(self._live)
         if n <= cap:

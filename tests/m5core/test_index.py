@@ -334,3 +334,15 @@ def test_a_graph_over_the_centroids_probes_the_lists_a_flat_quantizer_would(tmp_
     import gc
 
     gc.collect()
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_sq8", "hnsw"])
+def test_held_gives_the_indexed_vector_and_locale(kind):
+    idx, x, asins, locs, pls = make(kind, n=3000)
+    for i in (0, 1, 2, 2999):
+        vec, loc = idx.held(asins[i])
+        assert loc == locs[i] and float(vec @ x[i]) > 0.995  # ivf_sq8: its 8-bit codes decoded (32-d here)
+        if kind != "ivf_sq8":
+            np.testing.assert_allclose(vec, x[i], rtol=1e-6)
+    idx.remove([asins[0]])
+    assert idx.held(asins[0]) is None and idx.held("B0NOTTHERE") is None

@@ -98,6 +98,22 @@ async def test_the_duplicates_hot_path_answers_like_the_routed_handler(api, monk
     assert n >= 2 * 3 * len(queries)
 
 
+async def test_a_product_the_index_does_not_hold_yet_is_read_from_the_store(api):
+    """The GET takes the product's vector from the index (no store round trip); one the feed has not brought to the
+    index yet (here: written to the store only) is read from the store, and still gets its duplicates."""
+    from m5core.stores.base import VectorRecord
+
+    h = await api()
+    twin = ENC.embed(["red running shoes size 42"])[0]  # B000000001's text: its exact twin
+    h.store.put([VectorRecord("B000000009", twin, 1, ENC.version, "h", "en_US", "softlines", 1.0)])
+    assert not h.app.state.m5.serving.index.contains("B000000009")
+    r = await h.client.get("/asin/B000000009/duplicates", params={"threshold": 0.99})
+    assert r.status_code == 200, r.text
+    assert [d["asin"] for d in r.json()["duplicates"]] == ["B000000001"]
+    held = await h.client.get("/asin/B000000001/duplicates", params={"threshold": 0.2})
+    assert [d["asin"] for d in held.json()["duplicates"]] == brute_force("B000000001", 0.2, same_locale=True)
+
+
 async def test_a_batch_answers_each_asin_as_the_get_does_and_an_unknown_one_fails_alone(api):
     h = await api(max_batch_asins=3)
     r = await h.client.post("/duplicates", json={"asins": ["B000000001", "B00000000Z", "B000000003"], "threshold": 0.1, "scope": "all"})
