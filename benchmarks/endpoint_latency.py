@@ -20,6 +20,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -101,9 +102,13 @@ def main() -> int:
     base = f"http://127.0.0.1:{args.port}"
     try:
         urllib.request.urlopen(base + "/healthz", timeout=1)
-        raise SystemExit(f"something already answers on port {args.port}: stop it, or pass --port")
+        taken = True
+    except urllib.error.HTTPError:
+        taken = True  # it answered, if not with 200
     except OSError:
-        pass  # nothing there: ours will be the one measured
+        taken = False  # nothing there: ours will be the one measured
+    if taken:
+        raise SystemExit(f"something already answers on port {args.port}: stop it, or pass --port")
     proc = subprocess.Popen(
         [sys.executable, "-m", "m5cli", "serve", "--port", str(args.port)],
         env=env,
@@ -126,10 +131,10 @@ def main() -> int:
                 raise SystemExit("service not ready in 900 s")
             time.sleep(1)
         print(f"service ready in {time.monotonic() - t0:.0f} s: {ready['index_size']} vectors, {ready['index_kind']}", flush=True)
-        picked = rng.sample(asins, min(5000, len(asins)))
-        req = urllib.request.Request(base + "/asin/embeddings", json.dumps({"asins": picked[:1000]}).encode(), {"Content-Type": "application/json"})
+        picked = rng.sample(asins, min(1000, len(asins)))  # at most the service's max_batch_asins (1,000)
+        req = urllib.request.Request(base + "/asin/embeddings", json.dumps({"asins": picked}).encode(), {"Content-Type": "application/json"})
         vectors = {e["asin"]: e["vector"] for e in json.loads(urllib.request.urlopen(req).read())["embeddings"]}
-        samples = [(a, vectors[a], texts[i % len(texts)]) for i, a in enumerate(picked[:1000]) if a in vectors]
+        samples = [(a, vectors[a], texts[i % len(texts)]) for i, a in enumerate(picked) if a in vectors]
         (tmp / "samples.json").write_text(json.dumps(samples))
         out = tmp / "times.json"
         client = [sys.executable, __file__, "--client", str(args.port), str(tmp / "samples.json")]

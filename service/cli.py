@@ -81,7 +81,6 @@ def export_env(s: ServiceSettings) -> None:
 
 
 def _serve(args) -> int:
-
     s = settings_from_args(ServiceSettings, args, args.parser)
     if (why := exposure_error(s)) is not None:
         args.parser.exit(2, f"m5 serve: error: {why}\n")
@@ -111,7 +110,6 @@ def _serve(args) -> int:
 
 def _router(args) -> int:
     """The shards check the callers' keys (the router passes credentials through and holds none)."""
-
     s = settings_from_args(RouterSettings, args, args.parser)
     if not s.shards:
         args.parser.exit(2, "m5 router: error: --shards is required (PARTITIONS=URL[,URL...], space-separated)\n")
